@@ -1,0 +1,41 @@
+# The README's two set-up commands: `make demo` and `make test`.
+# Each creates .venv when missing and installs what it needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP_DEMO := $(VENV)/.installed-demo
+STAMP_TEST := $(VENV)/.installed-test
+
+.PHONY: demo test lint typecheck bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP_DEMO): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(STAMP_TEST): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e ".[test,pandas]"
+	touch $@ $(STAMP_DEMO)
+
+demo: $(STAMP_DEMO)
+	cd examples && rm -rf demo-study && ../$(BIN)/python quickstart.py demo-study
+
+test: $(STAMP_TEST)
+	$(BIN)/python -m pytest -q
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/mypy
+
+lint: $(STAMP_TEST)
+	$(BIN)/ruff check src tests benchmarks examples
+
+typecheck: $(STAMP_TEST)
+	$(BIN)/mypy
+
+bench: $(STAMP_TEST)
+	$(BIN)/python benchmarks/bench_store.py
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

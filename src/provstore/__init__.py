@@ -1,0 +1,52 @@
+"""provstore: a provenance-tracking context store for scientific Python."""
+
+from __future__ import annotations
+
+from .api import open
+from .context import Context
+from .errors import (
+    BackendError,
+    CorruptObjectError,
+    InvalidNameError,
+    LockTimeoutError,
+    MissingAttributeError,
+    MissingKeyError,
+    NotFoundError,
+    ProvstoreError,
+    ReservedNameError,
+    StoreError,
+    StoreNotFoundError,
+    StoreVersionError,
+    UnsafeLoadError,
+    UnsupportedTypeError,
+)
+
+from .files import File
+from .lineage import History, Version
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # the door and the objects it hands out
+    "open",
+    "Context",
+    "File",
+    "History",
+    "Version",
+    # errors
+    "BackendError",
+    "CorruptObjectError",
+    "InvalidNameError",
+    "LockTimeoutError",
+    "MissingAttributeError",
+    "MissingKeyError",
+    "NotFoundError",
+    "ProvstoreError",
+    "ReservedNameError",
+    "StoreError",
+    "StoreNotFoundError",
+    "StoreVersionError",
+    "UnsafeLoadError",
+    "UnsupportedTypeError",
+    "__version__",
+]

@@ -1,0 +1,378 @@
+"""Context: the user's view of a store at one scope.
+
+Attribute and item access map names to artifacts. Reads resolve the name in
+the current scope first, then in each enclosing scope up to the root (lexical
+scoping); writes always bind in the current scope.
+
+``with ctx.scope(subject="01"):`` redirects ``ctx`` itself to the child scope
+for the duration of the block. The redirection lives in a
+:class:`contextvars.ContextVar`, so it is private to the thread or asyncio
+task that entered the block. A view is redirected by the blocks entered on
+views derived from it (through ``scope()``), never by unrelated views.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import difflib
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from .errors import (
+    InvalidNameError,
+    MissingAttributeError,
+    MissingKeyError,
+    NotFoundError,
+    ReservedNameError,
+)
+from .lineage import History
+from .scope import Segment, check_name, display, format_path, parse_path, segment_for_param
+from .store import Store
+
+__all__ = ["Context", "active_context"]
+
+_active: contextvars.ContextVar[tuple[Context, ...]] = contextvars.ContextVar(
+    "provstore_active", default=()
+)
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_MMAP_MODES = (None, "r", "c")
+
+
+def active_context() -> Context | None:
+    """Return the innermost context entered with ``with`` in this thread/task."""
+    stack = _active.get()
+    return stack[-1] if stack else None
+
+
+class Context:
+    """A view of a store at one scope; see :func:`provstore.open`.
+
+    Examples
+    --------
+    >>> ctx = provstore.open("study")                     # doctest: +SKIP
+    >>> with ctx.scope(subject="01"):                     # doctest: +SKIP
+    ...     ctx.signal = np.arange(10)
+    >>> ctx.scope(subject="01").signal                    # doctest: +SKIP
+    memmap([0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+    """
+
+    __slots__ = ("__weakref__", "_lineage", "_mmap_mode", "_segments", "_store", "_token")
+
+    def __init__(self, store: Store, segments: tuple[Segment, ...] = (), *,
+                 mmap_mode: str | None = "r", lineage: frozenset[object] = frozenset()) -> None:
+        if mmap_mode not in _MMAP_MODES:
+            raise ValueError(
+                f"mmap_mode must be one of {_MMAP_MODES}; artifacts are immutable, so "
+                "writable maps ('r+', 'w+') are not offered"
+            )
+        object.__setattr__(self, "_store", store)
+        object.__setattr__(self, "_segments", tuple(segments))
+        object.__setattr__(self, "_mmap_mode", mmap_mode)
+        object.__setattr__(self, "_token", object())
+        object.__setattr__(self, "_lineage", lineage)
+
+    # ------------------------------------------------------------ scoping
+    def _active_entry(self) -> Context | None:
+        for entry in reversed(_active.get()):
+            if entry is self or self._token in entry._lineage:
+                return entry
+        return None
+
+    def _current(self) -> tuple[Segment, ...]:
+        entry = self._active_entry()
+        return entry._segments if entry is not None else self._segments
+
+    @property
+    def path(self) -> str:
+        """The current scope's path (``"subject=01/sigma=2.0"``; ``""`` is the root)."""
+        return format_path(self._current())
+
+    @property
+    def store(self) -> Store:
+        """The underlying :class:`~provstore.store.Store`."""
+        return self._store
+
+    def scope(self, *labels: str, **params: Any) -> Context:
+        """Return a child view, also usable as ``with ctx.scope(...):``.
+
+        Parameters
+        ----------
+        *labels : str
+            Plain segments (``"session1"``), ``"key=value"`` segments, or paths
+            joining them with ``/``.
+        **params : JSON scalar
+            Parameter segments in the order given (``subject="01", sigma=2.0``).
+
+        Returns
+        -------
+        Context
+            A view of the child scope. Inside ``with``, this view's parents
+            (including ``ctx``) point at the child too.
+        """
+        segments = list(self._current())
+        for label in labels:
+            segments.extend(parse_path(label))
+        segments.extend(segment_for_param(k, v) for k, v in params.items())
+        lineage = self._lineage | {self._token}
+        entry = self._active_entry()
+        if entry is not None and entry is not self:
+            lineage = lineage | entry._lineage | {entry._token}
+        return Context(self._store, tuple(segments), mmap_mode=self._mmap_mode, lineage=lineage)
+
+    def __enter__(self) -> Context:
+        _active.set((*_active.get(), self))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        stack = _active.get()
+        for i in range(len(stack) - 1, -1, -1):
+            if stack[i] is self:
+                _active.set(stack[:i] + stack[i + 1 :])
+                return
+
+    def scopes(self, *, recursive: bool = False) -> list[str]:
+        """Return the paths of the child scopes (all descendants with ``recursive=True``)."""
+        sid = self._store.scope_id(self._current(), create=False)
+        return self._store.child_scopes(sid, recursive=recursive)
+
+    # ------------------------------------------------------------ reading
+    def get(self, name: str, *, version: int | None = None, mmap_mode: str | None | bool = True,
+            verify: bool = False) -> Any:
+        """Load the value bound to *name*, resolving enclosing scopes.
+
+        Parameters
+        ----------
+        name : str
+            The name, or a path relative to this scope (``"subject=01/signal"``).
+        version : int, optional
+            A version number from :meth:`history` (1 is the first; -1 the last).
+        mmap_mode : {"r", "c", None}, optional
+            How ``.npy`` arrays are mapped; defaults to the store's (``"r"``).
+            ``None`` loads an in-memory copy.
+        verify : bool
+            Re-hash the object file before loading it.
+
+        Raises
+        ------
+        NotFoundError
+            The name is bound in no visible scope (``KeyError`` flavour).
+        """
+        return self._get(name, attr=False, version=version, mmap_mode=mmap_mode, verify=verify)
+
+    def _get(self, name: str, *, attr: bool, version: int | None = None,
+             mmap_mode: str | None | bool = True, verify: bool = False) -> Any:
+        segments, name = self._split(name, attr=attr)
+        mode = self._mmap_mode if mmap_mode is True else mmap_mode
+        if mode not in _MMAP_MODES:
+            raise ValueError(f"mmap_mode must be one of {_MMAP_MODES}")
+        chain = self._store.chain(segments)
+        where = _where(segments, name)
+        if version is None:
+            found = self._store.resolve(chain, name)
+            if found is None:
+                raise self._missing(segments, chain, name, attr=attr)
+            artifact_id = found[1]
+        else:
+            artifact_id = self._versioned(segments, chain, name, version)
+        return self._store.load(artifact_id, mmap_mode=mode, verify=verify, where=where)
+
+    def _versioned(self, segments: tuple[Segment, ...], chain: list[int], name: str,
+                   version: int) -> int:
+        h = self._history(segments, chain, name)
+        try:
+            chosen = h.versions[version - 1 if version > 0 else version]
+        except IndexError:
+            raise MissingKeyError(
+                f"{_where(segments, name)} has versions 1..{len(h.versions)}, not {version}"
+            ) from None
+        if chosen.artifact_id is None:
+            raise MissingKeyError(
+                f"version {chosen.number} of {_where(segments, name)} is a deletion"
+            )
+        return chosen.artifact_id
+
+    def _missing(self, segments: tuple[Segment, ...], chain: list[int], name: str, *,
+                 attr: bool) -> NotFoundError:
+        close = difflib.get_close_matches(name, self._store.visible_names(chain), n=3)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        message = (f"{name!r} is not bound in {display(format_path(segments))} "
+                   f"or its enclosing scopes{hint}")
+        return (MissingAttributeError if attr else MissingKeyError)(message)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self._get(name, attr=True)
+
+    def __getitem__(self, name: str) -> Any:
+        return self._get(name, attr=False)
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        try:
+            segments, name = self._split(name, attr=False)
+        except InvalidNameError:
+            return False
+        return self._store.resolve(self._store.chain(segments), name) is not None
+
+    def names(self, *, inherited: bool = True) -> list[str]:
+        """Return the bound names, sorted; with ``inherited=False`` only this scope's."""
+        chain = self._store.chain(self._current())
+        sid = self._store.scope_id(self._current(), create=False)
+        if not inherited:
+            chain = [sid] if sid is not None else []
+        return list(self._store.visible_names(chain))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self.names())
+
+    def __dir__(self) -> list[str]:
+        # Tab completion offers the bound names next to the methods.
+        attrs = [n for n in self.names() if n.isidentifier()]
+        return sorted(set(attrs) | set(RESERVED))
+
+    def history(self, name: str) -> History:
+        """Return every version of *name* (a name or a path relative to this scope).
+
+        The history of a name resolves like a read, but a scope holding only
+        deletions of it still counts, so deleted names keep their history.
+        """
+        segments, name = self._split(name, attr=False)
+        return self._history(segments, self._store.chain(segments), name)
+
+    def _history(self, segments: tuple[Segment, ...], chain: list[int], name: str) -> History:
+        bound = self._store.bound_scopes(chain, name) if chain else []
+        if not bound:
+            raise self._missing(segments, chain, name, attr=False)
+        sid = bound[0]
+        rows = self._store.versions(sid, name)
+        scope_path = self._store.scope_path(sid)
+        return History.from_rows(scope_path, name, rows)
+
+    # ------------------------------------------------------------ writing
+    def set(self, name: str, value: Any, *, format: str | None = None, **options: Any) -> None:
+        """Store *value* and bind it to *name* in the current scope.
+
+        Parameters
+        ----------
+        name : str
+            Letters, digits, ``_``, ``-`` and ``.``.
+        value : object
+            Anything a backend can store; see :doc:`concepts`.
+        format : str, optional
+            Force a backend (``"npy"``, ``"hdf5"``, ``"nifti"``, ``"json"``, ``"pickle"``).
+        **options
+            Passed to the backend (``compress=True`` for NIfTI and HDF5).
+        """
+        self._put(name, value, format=format, options=options, origin=_caller())
+
+    def _put(self, name: str, value: Any, *, format: str | None, options: dict[str, Any],
+             origin: str | None) -> None:
+        segments = self._current()
+        check_name(name, where=f" in {display(format_path(segments))}")
+        prepared = self._store.prepare(value, format=format, **options)
+        sid = self._store.scope_id(segments, create=True)
+        assert sid is not None
+        self._store.bind(sid, name, prepared, origin=origin)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        _check_attribute(name, "assign", f"ctx[{name!r}] = ...")
+        self._put(name, value, format=None, options={}, origin=_caller())
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        self._put(name, value, format=None, options={}, origin=_caller())
+
+    def delete(self, name: str) -> None:
+        """Delete *name* from the current scope (a new version records the deletion).
+
+        History keeps every earlier version. A name bound in an enclosing
+        scope becomes visible again, like a local variable that stops
+        shadowing a global one.
+        """
+        segments = self._current()
+        where = f" in {display(format_path(segments))}"
+        check_name(name, where=where)
+        sid = self._store.scope_id(segments, create=False)
+        if sid is None or self._store.resolve([sid], name) is None:
+            raise MissingKeyError(f"{name!r} is not bound{where}; nothing to delete")
+        self._store.bind(sid, name, None, origin=_caller())
+
+    def __delattr__(self, name: str) -> None:
+        _check_attribute(name, "delete", f"del ctx[{name!r}]")
+        try:
+            self.delete(name)
+        except MissingKeyError as exc:
+            raise MissingAttributeError(str(exc)) from None
+
+    def __delitem__(self, name: str) -> None:
+        self.delete(name)
+
+    # ------------------------------------------------------------ plumbing
+    def _split(self, name: str, *, attr: bool) -> tuple[tuple[Segment, ...], str]:
+        if not isinstance(name, str):
+            raise InvalidNameError(f"names are strings, got {type(name).__name__}")
+        segments = self._current()
+        if not attr and "/" in name.strip("/"):
+            scope_text, _, name = name.strip("/").rpartition("/")
+            segments = segments + tuple(parse_path(scope_text))
+        check_name(name, where=f" in {display(format_path(segments))}")
+        return segments, name
+
+    def __repr__(self) -> str:
+        return f"<provstore.Context {str(self._store.root)!r} at {display(self.path)}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled by reference: another process reopens the same store.
+        return (_reopen, (self._store.url, str(self._store.root), self._store.safe,
+                          self.path, self._mmap_mode))
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, Context) and other._store is self._store
+                and other.path == self.path)
+
+    def __hash__(self) -> int:
+        return hash((id(self._store), self.path))
+
+
+def _reopen(url: str, root: str, safe: bool, path: str, mmap_mode: str | None) -> Context:
+    from .api import _store_for
+
+    store = _store_for(url, root, safe=safe)
+    return Context(store, tuple(parse_path(path)), mmap_mode=mmap_mode)
+
+
+def _where(segments: tuple[Segment, ...], name: str) -> str:
+    path = format_path(segments)
+    return f"{path}/{name}" if path else name
+
+
+def _check_attribute(name: str, verb: str, instead: str) -> None:
+    if name.startswith("_"):
+        raise ReservedNameError(
+            f"attribute names starting with '_' are reserved; use {instead}"
+        )
+    if name in RESERVED:
+        raise ReservedNameError(f"cannot {verb} {name!r}: it is a Context method; use {instead}")
+
+
+def _caller() -> str | None:
+    # The first frame outside provstore is the user's line that assigned.
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None:
+        return None
+    return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+
+
+# Method names, present and planned, that attribute assignment must not shadow.
+RESERVED = frozenset(
+    {n for n in dir(Context) if not n.startswith("_")}
+    | {"track", "dependents", "stale", "find", "table", "map", "explain", "close"}
+)

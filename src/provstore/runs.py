@@ -1,0 +1,147 @@
+"""Run records: which process wrote what, where and when.
+
+A run is opened lazily on a process's first write to a store and closed by
+``atexit`` as finished, or as failed when an uncaught exception is on its way
+out. A run still marked running whose heartbeat is old was killed: it reads
+as crashed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime as dt
+import getpass
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from typing import Any
+
+from sqlalchemy import Engine, insert, update
+
+from .db.engine import retrying, write
+from .db.models import Run
+
+__all__ = ["RunRecorder", "environment", "utcnow"]
+
+STALE_AFTER = dt.timedelta(minutes=5)
+_PACKAGES = ("numpy", "nibabel", "tables", "SQLAlchemy", "provstore", "pandas", "scipy")
+
+
+def utcnow() -> dt.datetime:
+    """Return the current UTC time without tzinfo (how the database stores it)."""
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def _git(cwd: str) -> tuple[str | None, bool | None]:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5
+        )
+        if commit.returncode != 0:
+            return None, None
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd, capture_output=True, text=True, timeout=10,
+        )
+        return commit.stdout.strip(), bool(status.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def _package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found: dict[str, str] = {}
+    for name in _PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def environment() -> dict[str, Any]:
+    """Capture the process's environment for a run row."""
+    cwd = os.getcwd()
+    script_dir = os.path.dirname(os.path.abspath(sys.argv[0])) if sys.argv and sys.argv[0] else cwd
+    commit, dirty = _git(script_dir if os.path.isdir(script_dir) else cwd)
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = None
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "user": user,
+        "argv": json.dumps(sys.argv),
+        "cwd": cwd,
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "python": sys.version.split()[0],
+        "packages": json.dumps(_package_versions()),
+    }
+
+
+class RunRecorder:
+    """Opens this process's run in one store on first write and closes it at exit."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._id: int | None = None
+
+    def run_id(self) -> int:
+        """Return this process's run id in the store, opening the run if needed."""
+        if self._id is not None and self._pid == os.getpid():
+            return self._id
+        with self._lock:
+            if self._id is None or self._pid != os.getpid():  # new process after fork
+                self._id = self._open()
+                self._pid = os.getpid()
+                atexit.register(self._close)
+            return self._id
+
+    def _open(self) -> int:
+        now = utcnow()
+        row = {
+            **environment(),
+            "uuid": uuid.uuid4().hex,
+            "started": now,
+            "heartbeat": now,
+            "status": "running",
+        }
+
+        def insert_run() -> int:
+            with write(self._engine) as conn:
+                return int(conn.execute(insert(Run).values(**row).returning(Run.id)).scalar_one())
+
+        return retrying(insert_run)
+
+    def _close(self) -> None:
+        if self._id is None or self._pid != os.getpid():
+            return
+        failed = getattr(sys, "last_value", None) is not None
+        status = "failed" if failed else "finished"
+        now = utcnow()
+        try:
+            with write(self._engine) as conn:
+                conn.execute(
+                    update(Run)
+                    .where(Run.id == self._id)
+                    .values(status=status, ended=now, heartbeat=now)
+                )
+        except Exception:  # noqa: BLE001 - never let exit-time bookkeeping mask the real exit
+            pass
+
+
+def status_of(row_status: str, heartbeat: dt.datetime, now: dt.datetime | None = None) -> str:
+    """Return the displayed status: a running run with a stale heartbeat crashed."""
+    now = now or utcnow()
+    if row_status == "running" and now - heartbeat > STALE_AFTER:
+        return "crashed"
+    return row_status

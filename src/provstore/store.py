@@ -1,0 +1,490 @@
+"""The store: one database plus one object root, and the rules tying them.
+
+A save hashes the value, publishes its file (outside any transaction, so a
+1 GB write never holds the database lock) and then commits the artifact row
+and the binding row together in one ``BEGIN IMMEDIATE`` transaction. A crash
+before the commit leaves at most an unreferenced object file, which ``gc``
+removes; a crash after it loses nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xxhash
+from sqlalchemy import Connection, insert, select
+
+from . import hashing
+from .backends.base import Backend, registry
+from .db import queries as q
+from .db.engine import check_schema, make_engine, retrying, upgrade, write
+from .errors import (
+    BackendError,
+    CorruptObjectError,
+    ProvstoreError,
+    StoreError,
+    UnsafeLoadError,
+    UnsupportedTypeError,
+)
+from .files import File
+from .objects import ObjectDir
+from .runs import RunRecorder, utcnow
+from .scope import Segment, format_path
+
+__all__ = ["ArtifactRow", "Prepared", "Store"]
+
+
+@dataclass(frozen=True)
+class ArtifactRow:
+    """An artifact as recorded in the database (immutable, so cached freely)."""
+
+    id: int
+    digest: str
+    format: str
+    suffix: str
+    size: int
+    file_digest: str | None
+    inline: bytes | None
+    meta: dict[str, Any]
+    summary: dict[str, Any]
+
+
+@dataclass
+class Prepared:
+    """An artifact whose file (if any) is published but whose row is not committed."""
+
+    digest: str
+    backend: Backend
+    suffix: str = ""
+    size: int = 0
+    file_digest: str | None = None
+    inline: bytes | None = None
+    meta: dict[str, Any] | None = None
+    summary: dict[str, Any] | None = None
+    existing_id: int | None = None
+    file_record: dict[str, Any] | None = None
+
+
+class Store:
+    """A database and an object root, opened once per process and location.
+
+    Users reach a store through :func:`provstore.open`, which returns a
+    :class:`~provstore.context.Context`; this class is the engine room.
+    """
+
+    def __init__(self, url: str, root: Path, *, safe: bool = False, durability: str = "normal",
+                 lock_path: Path | None = None) -> None:
+        self.url = url
+        self.root = root
+        self.safe = safe
+        self.engine = make_engine(url, durability=durability)
+        revision = check_schema(self.engine)
+        if revision != q.SCHEMA_HEAD:
+            if revision is not None and not url.startswith("sqlite"):
+                raise StoreError(f"the database at {url} needs `provstore upgrade`")
+            upgrade(self.engine, lock_path=lock_path)
+        self.objects = ObjectDir(root, durable=True)
+        self.objects.sweep()
+        self.runs = RunRecorder(self.engine)
+        self._scopes: dict[str, int] = {}
+        self._artifacts: dict[int, ArtifactRow] = {}
+        self._loaded: weakref.WeakValueDictionary[tuple[int, str | None], Any] = (
+            weakref.WeakValueDictionary()
+        )
+        self._identity: dict[int, tuple[weakref.ref[Any], int]] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ scopes
+    def scope_id(self, segments: tuple[Segment, ...], *, create: bool) -> int | None:
+        """Return the id of the scope at *segments*, creating it when asked."""
+        path = format_path(segments)
+        cached = self._scopes.get(path)
+        if cached is not None:
+            return cached
+        with self.engine.connect() as conn:
+            found = conn.execute(q.SCOPE_BY_PATH, {"path": path}).scalar()
+        if found is None and create:
+            found = retrying(lambda: self._create_scopes(segments))
+        if found is not None:
+            self._scopes[path] = found
+        return found
+
+    def _create_scopes(self, segments: tuple[Segment, ...]) -> int:
+        with write(self.engine) as conn:
+            parent: int | None = None
+            for depth in range(len(segments) + 1):
+                path = format_path(segments[:depth])
+                found = conn.execute(q.SCOPE_BY_PATH, {"path": path}).scalar()
+                if found is None:
+                    seg = segments[depth - 1] if depth else Segment("")
+                    found = conn.execute(q.INSERT_SCOPE, {
+                        "parent_id": parent, "segment": seg.text, "key": seg.key,
+                        "value": seg.value_json, "path": path, "depth": depth,
+                    }).scalar_one()
+                parent = found
+            assert parent is not None
+            return parent
+
+    def scope_path(self, scope_id: int) -> str:
+        """Return the path of scope *scope_id*."""
+        for path, sid in self._scopes.items():
+            if sid == scope_id:
+                return path
+        with self.engine.connect() as conn:
+            path = conn.execute(select(q.scopes.c.path).where(q.scopes.c.id == scope_id)).scalar()
+        if path is None:
+            raise StoreError(f"scope id {scope_id} does not exist")
+        return str(path)
+
+    def chain(self, segments: tuple[Segment, ...]) -> list[int]:
+        """Return ids of the existing scopes from *segments* up to the root, innermost first."""
+        ids = []
+        for depth in range(len(segments), -1, -1):
+            sid = self.scope_id(segments[:depth], create=False)
+            if sid is not None:
+                ids.append(sid)
+        return ids
+
+    # --------------------------------------------------------------- artifacts
+    def artifact(self, artifact_id: int, conn: Connection | None = None) -> ArtifactRow:
+        """Return the recorded artifact *artifact_id* (cached: artifacts are immutable)."""
+        row = self._artifacts.get(artifact_id)
+        if row is not None:
+            return row
+        with contextlib.ExitStack() as stack:
+            if conn is None:
+                conn = stack.enter_context(self.engine.connect())
+            found = conn.execute(q.ARTIFACT_BY_ID, {"id": artifact_id}).one()
+        row = ArtifactRow(
+            id=found.id, digest=found.digest, format=found.format, suffix=found.suffix,
+            size=found.size, file_digest=found.file_digest, inline=found.inline,
+            meta=json.loads(found.meta), summary=json.loads(found.summary),
+        )
+        self._artifacts[artifact_id] = row
+        return row
+
+    def known_artifact(self, value: Any) -> int | None:
+        """Return the artifact id *value* was loaded from, if it is that very object."""
+        entry = self._identity.get(id(value))
+        if entry is not None and entry[0]() is value:
+            return entry[1]
+        return None
+
+    def remember(self, value: Any, artifact_id: int) -> None:
+        """Record that *value* is the in-memory form of *artifact_id*.
+
+        Only read-only arrays are remembered: they cannot drift from the
+        stored bytes, so reassigning one (``ctx.y = ctx.x``) binds the same
+        artifact without hashing or saving again.
+        """
+        if not (isinstance(value, np.ndarray) and not value.flags.writeable):
+            return
+        key = id(value)
+        try:
+            ref = weakref.ref(value, lambda _r, k=key: self._identity.pop(k, None))
+        except TypeError:
+            return
+        self._identity[key] = (ref, artifact_id)
+
+    def prepare(self, value: Any, *, format: str | None = None, **options: Any) -> Prepared:
+        """Hash *value* and publish its object file; the row is committed by :meth:`bind`."""
+        if isinstance(value, File):
+            return self._prepare_file(value, format, options)
+        known = None if format or options else self.known_artifact(value)
+        if known is not None:
+            row = self.artifact(known)
+            return Prepared(digest=row.digest, backend=registry.get(row.format), existing_id=known)
+        backend = self._backend_for(value, format)
+        digest = hashing.digest(value)
+        existing = self._existing(digest, backend)
+        if existing is not None:
+            return Prepared(digest=digest, backend=backend, existing_id=existing)
+        prepared = Prepared(digest=digest, backend=backend, summary=backend.describe(value))
+        if backend.inline:
+            prepared.inline, prepared.meta = backend.encode(value, **options)
+            prepared.size = len(prepared.inline)
+        else:
+            prepared.suffix = backend.suffix_for(value, options)
+            self._publish(prepared, lambda tmp: self._write(backend, value, tmp, options))
+        return prepared
+
+    def _backend_for(self, value: Any, format: str | None) -> Backend:
+        if format is None:
+            return registry.choose(value, allow_unsafe=not self.safe)
+        backend = registry.get(format)
+        if not backend.can_save(value):
+            raise UnsupportedTypeError(
+                f"the {format!r} backend cannot store a {type(value).__qualname__}; "
+                "leave format unset to choose automatically"
+            )
+        return backend
+
+    def _existing(self, digest: str, backend: Backend) -> int | None:
+        with self.engine.connect() as conn:
+            found = conn.execute(q.ARTIFACT_BY_DIGEST, {
+                "algorithm": hashing.ALGORITHM, "digest": digest, "format": backend.name,
+            }).first()
+        if found is None:
+            return None
+        if found.inline is None and not self.objects.exists(digest, found.suffix):
+            return None  # file lost: publish it again, the row stays valid
+        return int(found.id)
+
+    @staticmethod
+    def _write(backend: Backend, value: Any, tmp: Path,
+               options: dict[str, Any]) -> tuple[dict[str, Any], str, int]:
+        try:
+            with_checksum = getattr(backend, "save_with_checksum", None)
+            if with_checksum is not None and not options:
+                meta, file_digest, size = with_checksum(value, tmp)
+                return meta, file_digest, size
+            meta = backend.save(value, tmp, **options)
+        except ProvstoreError:
+            raise
+        except Exception as exc:
+            raise BackendError(
+                f"the {backend.name!r} backend failed to save a {type(value).__qualname__}: {exc}"
+            ) from exc
+        return meta, hashing.file_digest(tmp), tmp.stat().st_size
+
+    def _publish(self, prepared: Prepared, write_file: Any) -> None:
+        meta, file_digest, size = self.objects.publish(prepared.digest, prepared.suffix, write_file)
+        prepared.meta, prepared.file_digest, prepared.size = meta, file_digest, size
+
+    def _prepare_file(self, file: File, format: str | None, options: dict[str, Any]) -> Prepared:
+        try:
+            stat = file.stat()
+        except FileNotFoundError as exc:
+            raise StoreError(f"cannot ingest {file.path}: no such file") from exc
+        backend = registry.get(format) if format else registry.for_suffix(file.name)
+        if backend.unsafe and self.safe:
+            raise UnsafeLoadError(
+                f"ingesting {file.name} would unpickle it, and the store was opened with "
+                "safe=True; convert the file to a standard format"
+            )
+        cached = self._cached_file(stat)
+        if cached is not None:
+            return cached
+        file_digest = file.digest()
+        record = {"path": stat.path, "size": stat.size, "mtime_ns": stat.mtime_ns,
+                  "inode": stat.inode, "algorithm": hashing.ALGORITHM, "digest": file_digest}
+        value = self._read_external(backend, file)
+        digest = file_digest if backend.name == "raw" else hashing.digest(value)
+        prepared = Prepared(digest=digest, backend=backend, file_record=record)
+        prepared.existing_id = self._existing(digest, backend)
+        if prepared.existing_id is not None:
+            return prepared
+        prepared.summary = backend.describe(value)
+        if backend.inline:
+            prepared.inline, prepared.meta = backend.encode(value, **options)
+            prepared.size = len(prepared.inline)
+            return prepared
+        prepared.suffix = _matching_suffix(backend, file.name)
+        self._publish(prepared, lambda tmp: _copy_verified(file, tmp, file_digest))
+        return prepared
+
+    def _cached_file(self, stat: Any) -> Prepared | None:
+        # Like git's index: an unchanged (path, size, mtime, inode) needs no re-read.
+        with self.engine.connect() as conn:
+            found = conn.execute(q.FILE_BY_STAT, {
+                "path": stat.path, "size": stat.size, "mtime_ns": stat.mtime_ns,
+                "inode": stat.inode,
+            }).first()
+        if found is None or found.artifact_id is None:
+            return None
+        row = self.artifact(found.artifact_id)
+        if row.inline is None and not self.objects.exists(row.digest, row.suffix):
+            return None
+        return Prepared(digest=row.digest, backend=registry.get(row.format),
+                        existing_id=row.id)
+
+    def _read_external(self, backend: Backend, file: File) -> Any:
+        if backend.name == "raw":
+            return file.path
+        try:
+            return backend.load(file.path, {}, mmap_mode="r" if backend.supports_mmap else None)
+        except CorruptObjectError as exc:
+            raise CorruptObjectError(
+                f"{file.path} cannot be read as {backend.name}: {exc}; pass format=... "
+                "to choose another backend"
+            ) from exc
+
+    # ---------------------------------------------------------------- bindings
+    def bind(self, scope_id: int, name: str, prepared: Prepared | None, *,
+             origin: str | None = None) -> tuple[int, int | None]:
+        """Commit the artifact row (if new) and a new version of (scope, name).
+
+        ``prepared=None`` records a deletion (a tombstone). Returns the new
+        version number and the artifact id.
+        """
+        run_id = self.runs.run_id()
+
+        def transaction() -> tuple[int, int | None]:
+            now = utcnow()
+            with write(self.engine) as conn:
+                artifact_id = None
+                if prepared is not None:
+                    artifact_id = self._commit_artifact(conn, prepared, run_id, now)
+                version = conn.execute(q.INSERT_BINDING, {
+                    "p_scope_id": scope_id, "p_name": name, "p_artifact_id": artifact_id,
+                    "p_created": now, "p_run_id": run_id, "p_origin": origin,
+                }).scalar_one()
+            return int(version), artifact_id
+
+        return retrying(transaction)
+
+    def _commit_artifact(self, conn: Connection, p: Prepared, run_id: int, now: Any) -> int:
+        artifact_id = p.existing_id
+        if artifact_id is None:
+            artifact_id = conn.execute(q.ARTIFACT_BY_DIGEST, {
+                "algorithm": hashing.ALGORITHM, "digest": p.digest, "format": p.backend.name,
+            }).scalar()
+        if artifact_id is None:
+            artifact_id = conn.execute(q.INSERT_ARTIFACT, {
+                "algorithm": hashing.ALGORITHM, "digest": p.digest, "format": p.backend.name,
+                "suffix": p.suffix, "size": p.size, "file_digest": p.file_digest,
+                "inline": p.inline, "meta": json.dumps(p.meta or {}),
+                "summary": json.dumps(p.summary or {}), "created": now, "run_id": run_id,
+            }).scalar_one()
+        if p.file_record is not None:
+            conn.execute(insert(q.files), {**p.file_record, "artifact_id": artifact_id,
+                                           "seen": now})
+        return int(artifact_id)
+
+    def resolve(self, chain: list[int], name: str) -> tuple[int, int] | None:
+        """Return (scope_id, artifact_id) of *name*'s current binding, innermost first."""
+        if not chain:
+            return None
+        with self.engine.connect() as conn:
+            rows = conn.execute(q.HEADS_FOR_NAME, {"name": name, "chain": chain}).all()
+        current = {r.scope_id: r.artifact_id for r in rows}
+        for sid in chain:
+            artifact_id = current.get(sid)
+            if artifact_id is not None:
+                return sid, int(artifact_id)
+        return None
+
+    def visible_names(self, chain: list[int]) -> dict[str, int]:
+        """Return name → scope id for every name visible from the innermost scope."""
+        if not chain:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(q.HEADS_IN_SCOPES, {"chain": chain}).all()
+        order = {sid: i for i, sid in enumerate(chain)}
+        best: dict[str, tuple[int, int | None]] = {}
+        for r in rows:
+            rank = order[r.scope_id]
+            if r.name not in best or rank < best[r.name][0]:
+                best[r.name] = (rank, r.artifact_id)
+        # A deletion in an inner scope unshadows the enclosing binding.
+        result: dict[str, int] = {}
+        for r in sorted(rows, key=lambda r: order[r.scope_id], reverse=True):
+            if r.artifact_id is not None:
+                result[r.name] = r.scope_id
+            elif result.get(r.name) == r.scope_id:
+                del result[r.name]
+        return dict(sorted(result.items()))
+
+    # ------------------------------------------------------------------ loads
+    def load(self, artifact_id: int, *, mmap_mode: str | None, verify: bool = False,
+             where: str = "") -> Any:
+        """Load artifact *artifact_id*; the same object comes back while it is alive."""
+        cache_key = (artifact_id, mmap_mode)
+        if not verify:
+            cached = self._loaded.get(cache_key)
+            if cached is not None:
+                return cached
+        row = self.artifact(artifact_id)
+        backend = registry.get(row.format)
+        if backend.unsafe and self.safe:
+            raise UnsafeLoadError(
+                f"{where} is stored as {row.format}, and loading it would unpickle; "
+                "the store was opened with safe=True. Reopen with safe=False if you trust it"
+            )
+        value = self._read(row, backend, mmap_mode, verify, where)
+        with contextlib.suppress(TypeError):
+            self._loaded[cache_key] = value
+        self.remember(value, artifact_id)
+        return value
+
+    def _read(self, row: ArtifactRow, backend: Backend, mmap_mode: str | None,
+              verify: bool, where: str) -> Any:
+        if row.inline is not None:
+            return backend.decode(row.inline, row.meta)
+        path = self.objects.path(row.digest, row.suffix)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError as exc:
+            raise CorruptObjectError(
+                f"{where}: object file {self.objects.relative(row.digest, row.suffix)} is "
+                "missing; run `provstore verify` to list every affected binding"
+            ) from exc
+        if size != row.size or (verify and hashing.file_digest(path) != row.file_digest):
+            raise CorruptObjectError(
+                f"{where}: object file {self.objects.relative(row.digest, row.suffix)} was "
+                "changed or truncated after it was stored; run `provstore verify`"
+            )
+        mode = mmap_mode if backend.supports_mmap else None
+        try:
+            return backend.load(path, row.meta, mmap_mode=mode)
+        except CorruptObjectError as exc:
+            raise CorruptObjectError(f"{where}: {exc}; run `provstore verify`") from exc
+
+    # ----------------------------------------------------------------- history
+    def versions(self, scope_id: int, name: str) -> list[Any]:
+        """Return every version row of (scope, name), oldest first, with artifact and run."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(q.VERSIONS, {"scope_id": scope_id, "name": name}).all())
+
+    def bound_scopes(self, chain: list[int], name: str) -> list[int]:
+        """Return the scopes of *chain* holding any version of *name*, innermost first."""
+        with self.engine.connect() as conn:
+            found = set(conn.execute(q.SCOPES_WITH_NAME, {"name": name, "chain": chain}).scalars())
+        return [sid for sid in chain if sid in found]
+
+    def child_scopes(self, scope_id: int | None, *, recursive: bool) -> list[str]:
+        """Return the paths of the scopes below *scope_id*."""
+        if scope_id is None:
+            return []
+        with self.engine.connect() as conn:
+            base = conn.execute(select(q.scopes.c.path).where(q.scopes.c.id == scope_id)).scalar()
+            if recursive:
+                prefix = f"{base}/" if base else ""
+                stmt = select(q.scopes.c.path).where(q.scopes.c.path.startswith(prefix, autoescape=True),
+                                                     q.scopes.c.id != scope_id)
+            else:
+                stmt = select(q.scopes.c.path).where(q.scopes.c.parent_id == scope_id)
+            return sorted(conn.execute(stmt).scalars())
+
+    def close(self) -> None:
+        """Release the database connections (the store can be reopened)."""
+        self.engine.dispose()
+
+
+def _matching_suffix(backend: Backend, filename: str) -> str:
+    lowered = filename.lower()
+    matches = [s for s in backend.suffixes if lowered.endswith(s)]
+    return max(matches, key=len) if matches else (backend.suffixes[0] if backend.suffixes else "")
+
+
+def _copy_verified(file: File, tmp: Path, expected: str) -> tuple[dict[str, Any], str, int]:
+    # Hash what is actually copied: a file rewritten while being ingested must
+    # not be recorded under the digest of its earlier content.
+    h = xxhash.xxh3_128()
+    size = 0
+    with open(file.path, "rb") as src, open(tmp, "wb") as dst:
+        while chunk := src.read(1 << 23):
+            h.update(chunk)
+            dst.write(chunk)
+            size += len(chunk)
+    if h.hexdigest() != expected:
+        raise StoreError(f"{file.path} changed while it was being ingested; try again")
+    return {}, expected, size
+

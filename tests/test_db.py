@@ -1,0 +1,171 @@
+"""The database: Alembic migrations, schema versions, pragmas, concurrent writers."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.config import Config
+from sqlalchemy import create_engine
+
+import provstore
+from provstore.db.engine import SCHEMA_HEAD, SCHEMA_REVISIONS, migrations_dir
+from provstore.db.models import Base
+from provstore.errors import ProvstoreError, StoreError, StoreNotFoundError, StoreVersionError
+
+
+def test_schema_head_matches_alembic() -> None:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    script = ScriptDirectory.from_config(cfg)
+    assert script.get_heads() == [SCHEMA_HEAD]
+    ordered = [rev.revision for rev in reversed(list(script.walk_revisions()))]
+    assert tuple(ordered) == SCHEMA_REVISIONS
+
+
+def test_migrated_schema_matches_models(ctx: provstore.Context, store_dir: Path) -> None:
+    ctx.x = 1
+    engine = create_engine(f"sqlite:///{store_dir / 'provstore.db'}")
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+
+
+def test_sqlite_runs_in_wal_with_foreign_keys(ctx: provstore.Context, store_dir: Path) -> None:
+    ctx.x = 1
+    con = sqlite3.connect(store_dir / "provstore.db")
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with ctx.store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 30_000
+
+
+def test_a_newer_schema_is_refused_naming_both_versions(store_dir: Path) -> None:
+    provstore.open(store_dir).x = 1
+    con = sqlite3.connect(store_dir / "provstore.db")
+    con.execute("UPDATE alembic_version SET version_num = '9999'")
+    con.commit()
+    con.close()
+    code = f"import provstore; provstore.open({str(store_dir)!r})"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "StoreVersionError" in out.stderr
+    assert "9999" in out.stderr and SCHEMA_HEAD in out.stderr
+
+
+def test_store_version_error_from_check(store_dir: Path) -> None:
+    from provstore.db.engine import check_schema, make_engine
+
+    provstore.open(store_dir).x = 1
+    con = sqlite3.connect(store_dir / "provstore.db")
+    con.execute("UPDATE alembic_version SET version_num = '0042'")
+    con.commit()
+    con.close()
+    with pytest.raises(StoreVersionError, match="0042.*newer than 0001"):
+        check_schema(make_engine(f"sqlite:///{store_dir / 'provstore.db'}"))
+
+
+def test_a_file_that_is_not_a_database_gives_a_clear_error(tmp_path: Path) -> None:
+    loc = tmp_path / "store"
+    loc.mkdir()
+    (loc / "provstore.db").write_bytes(b"this is not sqlite at all" * 100)
+    with pytest.raises(StoreError, match="not a provstore database") as info:
+        provstore.open(loc)
+    assert isinstance(info.value, ProvstoreError)
+
+
+def test_a_foreign_sqlite_database_is_refused(tmp_path: Path) -> None:
+    loc = tmp_path / "store"
+    loc.mkdir()
+    con = sqlite3.connect(loc / "provstore.db")
+    con.execute("CREATE TABLE other (x)")
+    con.commit()
+    con.close()
+    with pytest.raises(StoreError, match="not a provstore store"):
+        provstore.open(loc)
+
+
+def test_location_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    with pytest.raises(StoreError, match="takes the store's directory"):
+        provstore.open(f)
+
+
+def test_create_false_on_a_missing_store(tmp_path: Path) -> None:
+    with pytest.raises(StoreNotFoundError) as info:
+        provstore.open(tmp_path / "missing", create=False)
+    assert isinstance(info.value, FileNotFoundError)
+    assert not (tmp_path / "missing").exists()
+
+
+def test_opening_an_existing_store_changes_nothing(store_dir: Path) -> None:
+    provstore.open(store_dir).x = 1
+    db = store_dir / "provstore.db"
+    con = sqlite3.connect(db)
+    before = con.execute("SELECT * FROM bindings").fetchall()
+    con.close()
+    subprocess.run([sys.executable, "-c", f"import provstore; provstore.open({str(store_dir)!r})"],
+                   check=True)
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT * FROM bindings").fetchall() == before
+    assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == 1  # reads open no run
+
+
+def test_env_var_names_the_default_location(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROVSTORE", str(tmp_path / "from-env"))
+    provstore.open().x = 1
+    assert (tmp_path / "from-env" / "provstore.db").is_file()
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, provstore
+    ctx = provstore.open(sys.argv[1])
+    worker = sys.argv[2]
+    common = ctx.scope("common")   # made before the with-block: not redirected by it
+    with ctx.scope(worker=worker):
+        for i in range(int(sys.argv[3])):
+            ctx[f"n{i}"] = i
+            ctx.shared = i          # every worker rebinds one name in its scope
+            common[f"w{worker}-{i}"] = i
+    """
+)
+
+
+def test_concurrent_writer_processes_lose_nothing(store_dir: Path, tmp_path: Path) -> None:
+    provstore.open(store_dir)  # create first so the race is on writes, not creation
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    n_procs, n_writes = 6, 60
+    procs = [subprocess.Popen([sys.executable, str(script), str(store_dir), str(w), str(n_writes)],
+                              stderr=subprocess.PIPE, text=True) for w in range(n_procs)]
+    errors = [p.communicate()[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * n_procs, errors
+    assert not any("locked" in e for e in errors)
+    ctx = provstore.open(store_dir)
+    for w in range(n_procs):
+        scope = ctx.scope(worker=str(w))
+        assert [scope[f"n{i}"] for i in range(n_writes)] == list(range(n_writes))
+        assert [v.number for v in scope.history("shared").versions] == list(
+            range(1, n_writes + 1)
+        )
+    assert len(ctx.scope("common").names(inherited=False)) == n_procs * n_writes
+
+
+def test_concurrent_creation_of_a_new_store(tmp_path: Path) -> None:
+    loc = tmp_path / "fresh"
+    code = "import sys, provstore; provstore.open(sys.argv[1])[sys.argv[2]] = 1"
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(loc), f"x{i}"],
+                              stderr=subprocess.PIPE, text=True) for i in range(4)]
+    errors = [p.communicate()[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, errors
+    assert provstore.open(loc).names() == ["x0", "x1", "x2", "x3"]

@@ -1,0 +1,127 @@
+"""Canonical hashing: deterministic across processes, exact, type-tagged."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from provstore.errors import UnsupportedTypeError
+from provstore.files import File
+from provstore.hashing import array_digest, digest, file_digest
+
+VALUES = [
+    None, True, False, 0, 1, -1, 2**100, 0.0, -0.0, 1.5, float("nan"), 1 + 2j, "", "naïve Δ",
+    b"", b"\x00", (), (1,), [1], {"a": 1}, {1: "a"}, {1, 2}, frozenset({1}),
+    np.arange(3), np.arange(3, dtype=np.int32), np.float64(1.5), np.int64(1),
+]
+
+
+def test_distinct_values_have_distinct_digests() -> None:
+    digests = [digest(v) for v in VALUES]
+    assert len(set(digests)) == len(digests)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ({"a": 1, "b": 2}, {"b": 2, "a": 1}),
+        ({1: "x", "y": 2}, {"y": 2, 1: "x"}),
+        ({3, 1, 2}, {2, 3, 1}),
+        (np.arange(6).reshape(2, 3), np.asfortranarray(np.arange(6).reshape(2, 3))),
+        (np.arange(10)[::2], np.array([0, 2, 4, 6, 8])),
+    ],
+)
+def test_equal_values_hash_alike(a: object, b: object) -> None:
+    assert digest(a) == digest(b)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        (1, 1.0), (1, True), ("1", 1), (b"a", "a"), ((1, 2), [1, 2]), ([[1], 2], [[1, 2]]),
+        (np.zeros(2, "<f8"), np.zeros(2, ">f8")), (np.zeros((2, 3)), np.zeros((3, 2))),
+        (np.zeros(4, np.int32), np.zeros(2, np.int64)), ({"a": (1,)}, {"a": [1]}),
+    ],
+)
+def test_different_values_hash_differently(a: object, b: object) -> None:
+    assert digest(a) != digest(b)
+
+
+def test_digests_are_stable_across_processes() -> None:
+    code = (
+        "import numpy as np; from provstore.hashing import digest; "
+        "print(digest({'b': [1, 2.5, 'x'], 'a': np.arange(5), 's': {3, 1}}))"
+    )
+    runs = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={"PYTHONHASHSEED": seed, "PATH": ""}, check=True).stdout
+        for seed in ("1", "2", "3")
+    }
+    assert len(runs) == 1
+
+
+def test_array_digest_covers_every_byte_of_large_arrays() -> None:
+    a = np.zeros(3_000_000)
+    before = array_digest(a)
+    a[-1] = 1e-300
+    assert array_digest(a) != before
+    f = np.asfortranarray(np.random.default_rng(0).random((3000, 700)))
+    assert array_digest(f) == array_digest(np.ascontiguousarray(f))
+
+
+def test_dataclasses_and_custom_hash() -> None:
+    @dataclasses.dataclass
+    class P:
+        a: int
+        b: list[int]
+
+    class Custom:
+        def __init__(self, key: str) -> None:
+            self.key = key
+
+        def __provstore_hash__(self) -> str:
+            return self.key
+
+    assert digest(P(1, [2])) == digest(P(1, [2]))
+    assert digest(P(1, [2])) != digest(P(1, [3]))
+    assert digest(Custom("a")) == digest(Custom("a")) != digest(Custom("b"))
+
+
+class Opaque:
+    def __init__(self, v: int) -> None:
+        self.v = v
+
+
+def test_unknown_types_fall_back_to_pickle_with_one_warning() -> None:
+    with pytest.warns(UserWarning, match="through pickle"):
+        first = digest(Opaque(1))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert digest(Opaque(1)) == first  # no second warning
+        assert digest(Opaque(2)) != first
+
+
+def test_unpicklable_unknown_types_raise_a_clear_error() -> None:
+    class Local:
+        pass
+
+    with pytest.warns(UserWarning), pytest.raises(UnsupportedTypeError, match="__provstore_hash__"):
+        digest(Local())
+
+
+def test_file_digest_streams_and_files_hash_by_content(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    payload = np.random.default_rng(0).bytes(20_000_000)
+    a.write_bytes(payload)
+    b.write_bytes(payload)
+    assert file_digest(a) == file_digest(b)
+    assert digest(File(a)) == digest(File(b))
+    b.write_bytes(payload[:-1] + b"\x00")
+    assert digest(File(b)) != digest(File(a))
