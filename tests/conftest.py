@@ -17,3 +17,12 @@ def store_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def ctx(store_dir: Path) -> provstore.Context:
     return provstore.open(store_dir)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_hash_warnings() -> None:
+    # The pickle-fallback warning fires once per type per process; tests that
+    # expect it must not depend on which test hashed the type first.
+    from provstore import hashing
+
+    hashing._warned_types.clear()

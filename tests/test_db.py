@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from alembic.config import Config
 from sqlalchemy import create_engine
 
 import provstore
@@ -68,7 +68,7 @@ def test_store_version_error_from_check(store_dir: Path) -> None:
     con.execute("UPDATE alembic_version SET version_num = '0042'")
     con.commit()
     con.close()
-    with pytest.raises(StoreVersionError, match="0042.*newer than 0001"):
+    with pytest.raises(StoreVersionError, match=r"0042.*newer than 0001"):
         check_schema(make_engine(f"sqlite:///{store_dir / 'provstore.db'}"))
 
 

@@ -112,7 +112,9 @@ def test_unpicklable_unknown_types_raise_a_clear_error() -> None:
     class Local:
         pass
 
-    with pytest.warns(UserWarning), pytest.raises(UnsupportedTypeError, match="__provstore_hash__"):
+    with pytest.warns(UserWarning, match="through pickle"), pytest.raises(
+        UnsupportedTypeError, match="__provstore_hash__"
+    ):
         digest(Local())
 
 

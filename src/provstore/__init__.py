@@ -20,7 +20,6 @@ from .errors import (
     UnsafeLoadError,
     UnsupportedTypeError,
 )
-
 from .files import File
 from .lineage import History, Version
 

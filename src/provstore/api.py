@@ -14,11 +14,11 @@ __all__ = ["open"]
 
 DEFAULT_LOCATION = ".provstore"
 DB_NAME = "provstore.db"
-_stores: dict[tuple[str, str, bool, int], Store] = {}
+_stores: dict[tuple[str, str, bool, str, int], Store] = {}
 _lock = threading.Lock()
 
 
-def open(  # noqa: A001 - the natural name, like tables.open_file / zarr.open
+def open(
     location: str | os.PathLike[str] | None = None,
     *,
     db: str | None = None,
@@ -26,6 +26,7 @@ def open(  # noqa: A001 - the natural name, like tables.open_file / zarr.open
     mmap_mode: str | None = "r",
     safe: bool = False,
     create: bool = True,
+    durability: str = "normal",
 ) -> Context:
     """Open (or create) a store and return a Context at its root scope.
 
@@ -46,6 +47,11 @@ def open(  # noqa: A001 - the natural name, like tables.open_file / zarr.open
         automatically.
     create : bool
         Create the store when missing; otherwise raise ``StoreNotFoundError``.
+    durability : {"normal", "full"}
+        ``"normal"`` (SQLite ``synchronous=NORMAL`` in WAL mode) loses no
+        committed transaction when a process dies; ``"full"`` also survives
+        power loss, at the cost of an fsync per commit. Object files are
+        always fsynced before their rows commit.
 
     Returns
     -------
@@ -59,6 +65,8 @@ def open(  # noqa: A001 - the natural name, like tables.open_file / zarr.open
     StoreError
         The location holds something that is not a provstore store.
     """
+    if durability not in ("normal", "full"):
+        raise ValueError(f"durability must be 'normal' or 'full', not {durability!r}")
     loc = Path(location or os.environ.get("PROVSTORE") or DEFAULT_LOCATION).expanduser().absolute()
     if loc.exists() and not loc.is_dir():
         raise StoreError(
@@ -75,18 +83,23 @@ def open(  # noqa: A001 - the natural name, like tables.open_file / zarr.open
         if not loc.exists() and not create:
             raise StoreNotFoundError(f"no object root at {loc}; pass create=True to make one")
     loc.mkdir(parents=True, exist_ok=True)
-    store = _store_for(url, str(Path(root).expanduser().absolute() if root else loc), safe=safe)
+    store = _store_for(url, str(Path(root).expanduser().absolute() if root else loc), safe=safe,
+                       durability=durability)
+    # Every open sweeps debris of crashed writers, even when this process
+    # already had the store open: listing tmp/ costs microseconds.
+    store.objects.sweep()
     return Context(store, (), mmap_mode=mmap_mode)
 
 
-def _store_for(url: str, root: str, *, safe: bool) -> Store:
+def _store_for(url: str, root: str, *, safe: bool, durability: str = "normal") -> Store:
     # One Store per process and location: engines and caches are shared by
     # every Context on it, and a forked child builds its own.
-    key = (url, root, safe, os.getpid())
+    key = (url, root, safe, durability, os.getpid())
     with _lock:
         store = _stores.get(key)
         if store is None:
             lock_path = Path(root) / ".provstore.lock"
-            store = Store(url, Path(root), safe=safe, lock_path=lock_path)
+            store = Store(url, Path(root), safe=safe, durability=durability,
+                          lock_path=lock_path)
             _stores[key] = store
         return store

@@ -138,8 +138,8 @@ class Context:
         return self._store.child_scopes(sid, recursive=recursive)
 
     # ------------------------------------------------------------ reading
-    def get(self, name: str, *, version: int | None = None, mmap_mode: str | None | bool = True,
-            verify: bool = False) -> Any:
+    def get(self, name: str, *, version: int | None = None, mmap_mode: str | bool | None = True,
+            verify: bool = False, **options: Any) -> Any:
         """Load the value bound to *name*, resolving enclosing scopes.
 
         Parameters
@@ -153,16 +153,21 @@ class Context:
             ``None`` loads an in-memory copy.
         verify : bool
             Re-hash the object file before loading it.
+        **options
+            Passed to the backend's loader: ``lazy=True`` opens an HDF5
+            artifact as views that read nodes on access.
 
         Raises
         ------
         NotFoundError
             The name is bound in no visible scope (``KeyError`` flavour).
         """
-        return self._get(name, attr=False, version=version, mmap_mode=mmap_mode, verify=verify)
+        return self._get(name, attr=False, version=version, mmap_mode=mmap_mode, verify=verify,
+                         options=options)
 
     def _get(self, name: str, *, attr: bool, version: int | None = None,
-             mmap_mode: str | None | bool = True, verify: bool = False) -> Any:
+             mmap_mode: str | bool | None = True, verify: bool = False,
+             options: dict[str, Any] | None = None) -> Any:
         segments, name = self._split(name, attr=attr)
         mode = self._mmap_mode if mmap_mode is True else mmap_mode
         if mode not in _MMAP_MODES:
@@ -176,7 +181,8 @@ class Context:
             artifact_id = found[1]
         else:
             artifact_id = self._versioned(segments, chain, name, version)
-        return self._store.load(artifact_id, mmap_mode=mode, verify=verify, where=where)
+        return self._store.load(artifact_id, mmap_mode=mode, verify=verify, where=where,
+                                options=options)
 
     def _versioned(self, segments: tuple[Segment, ...], chain: list[int], name: str,
                    version: int) -> int:
@@ -329,8 +335,9 @@ class Context:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Pickled by reference: another process reopens the same store.
-        return (_reopen, (self._store.url, str(self._store.root), self._store.safe,
-                          self.path, self._mmap_mode))
+        store = self._store
+        return (_reopen, (store.url, str(store.root), store.safe, self.path, self._mmap_mode,
+                          store.durability))
 
     def __eq__(self, other: object) -> bool:
         return (isinstance(other, Context) and other._store is self._store
@@ -340,10 +347,11 @@ class Context:
         return hash((id(self._store), self.path))
 
 
-def _reopen(url: str, root: str, safe: bool, path: str, mmap_mode: str | None) -> Context:
+def _reopen(url: str, root: str, safe: bool, path: str, mmap_mode: str | None,
+            durability: str = "normal") -> Context:
     from .api import _store_for
 
-    store = _store_for(url, root, safe=safe)
+    store = _store_for(url, root, safe=safe, durability=durability)
     return Context(store, tuple(parse_path(path)), mmap_mode=mmap_mode)
 
 

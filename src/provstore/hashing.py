@@ -186,14 +186,14 @@ def _feed_array(h: Hasher, arr: np.ndarray) -> None:
     if arr.size == 0:
         return
     if arr.flags.c_contiguous:
-        h.raw(memoryview(arr.reshape(-1).view(np.uint8)))
+        h.raw(arr.reshape(-1).view(np.uint8).data)
         return
     # Re-lay out bounded slabs along the first axis: their C-order bytes,
     # concatenated, are the C-order bytes of the whole array.
     rows = max(1, _CHUNK // max(1, arr[0].nbytes)) if arr.ndim else 1
     for start in range(0, arr.shape[0], rows):
         slab = np.ascontiguousarray(arr[start : start + rows])
-        h.raw(memoryview(slab.reshape(-1).view(np.uint8)))
+        h.raw(slab.reshape(-1).view(np.uint8).data)
 
 
 def _feed_generic(h: Hasher, obj: np.generic) -> None:

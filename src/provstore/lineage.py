@@ -80,7 +80,7 @@ class Version:
         s = self.summary
         parts = [self.format or "?", str(s.get("dtype") or s.get("type", ""))]
         if s.get("shape") is not None:
-            parts.append("×".join(map(str, s["shape"])) or "scalar")
+            parts.append("x".join(map(str, s["shape"])) or "scalar")
         parts.append(_size(self.size or 0))
         return "  ".join(p for p in parts if p)
 

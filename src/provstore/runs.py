@@ -28,6 +28,7 @@ from .db.models import Run
 __all__ = ["RunRecorder", "environment", "utcnow"]
 
 STALE_AFTER = dt.timedelta(minutes=5)
+HEARTBEAT_SECONDS = 60.0  # well inside STALE_AFTER, so a live run never reads as crashed
 _PACKAGES = ("numpy", "nibabel", "tables", "SQLAlchemy", "provstore", "pandas", "scipy")
 
 
@@ -89,11 +90,13 @@ def environment() -> dict[str, Any]:
 class RunRecorder:
     """Opens this process's run in one store on first write and closes it at exit."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, heartbeat: float = HEARTBEAT_SECONDS) -> None:
         self._engine = engine
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._id: int | None = None
+        self._interval = heartbeat
+        self._stop = threading.Event()
 
     def run_id(self) -> int:
         """Return this process's run id in the store, opening the run if needed."""
@@ -103,8 +106,19 @@ class RunRecorder:
             if self._id is None or self._pid != os.getpid():  # new process after fork
                 self._id = self._open()
                 self._pid = os.getpid()
+                self._stop = threading.Event()
+                threading.Thread(target=self._beat, args=(self._id, self._stop),
+                                 name="provstore-heartbeat", daemon=True).start()
                 atexit.register(self._close)
             return self._id
+
+    def _beat(self, run_id: int, stop: threading.Event) -> None:
+        while not stop.wait(self._interval):
+            try:
+                with write(self._engine) as conn:
+                    conn.execute(update(Run).where(Run.id == run_id).values(heartbeat=utcnow()))
+            except Exception:
+                continue
 
     def _open(self) -> int:
         now = utcnow()
@@ -125,6 +139,7 @@ class RunRecorder:
     def _close(self) -> None:
         if self._id is None or self._pid != os.getpid():
             return
+        self._stop.set()
         failed = getattr(sys, "last_value", None) is not None
         status = "failed" if failed else "finished"
         now = utcnow()
@@ -135,7 +150,7 @@ class RunRecorder:
                     .where(Run.id == self._id)
                     .values(status=status, ended=now, heartbeat=now)
                 )
-        except Exception:  # noqa: BLE001 - never let exit-time bookkeeping mask the real exit
+        except Exception:
             pass
 
 

@@ -102,7 +102,7 @@ def _parse_value(text: str) -> Scalar:
         return text
     if isinstance(value, float) and not math.isfinite(value):
         return text
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def _coerce(key: str, value: Any) -> Scalar:

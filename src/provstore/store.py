@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 import weakref
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from sqlalchemy import Connection, insert, select
 from . import hashing
 from .backends.base import Backend, registry
 from .db import queries as q
-from .db.engine import check_schema, make_engine, retrying, upgrade, write
+from .db.engine import Readers, check_schema, make_engine, retrying, upgrade, write
 from .errors import (
     BackendError,
     CorruptObjectError,
@@ -84,6 +85,7 @@ class Store:
         self.url = url
         self.root = root
         self.safe = safe
+        self.durability = durability
         self.engine = make_engine(url, durability=durability)
         revision = check_schema(self.engine)
         if revision != q.SCHEMA_HEAD:
@@ -91,8 +93,8 @@ class Store:
                 raise StoreError(f"the database at {url} needs `provstore upgrade`")
             upgrade(self.engine, lock_path=lock_path)
         self.objects = ObjectDir(root, durable=True)
-        self.objects.sweep()
         self.runs = RunRecorder(self.engine)
+        self.readers = Readers(self.engine)
         self._scopes: dict[str, int] = {}
         self._artifacts: dict[int, ArtifactRow] = {}
         self._loaded: weakref.WeakValueDictionary[tuple[int, str | None], Any] = (
@@ -102,14 +104,21 @@ class Store:
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ scopes
+    def _query(self, statement: Any, params: dict[str, Any] | None = None) -> Any:
+        """Execute one read statement on this thread's reader; return the Result."""
+        try:
+            return self.readers.get().execute(statement, params or {})
+        except Exception:
+            self.readers.discard()
+            raise
+
     def scope_id(self, segments: tuple[Segment, ...], *, create: bool) -> int | None:
         """Return the id of the scope at *segments*, creating it when asked."""
         path = format_path(segments)
         cached = self._scopes.get(path)
         if cached is not None:
             return cached
-        with self.engine.connect() as conn:
-            found = conn.execute(q.SCOPE_BY_PATH, {"path": path}).scalar()
+        found = self._query(q.SCOPE_BY_PATH, {"path": path}).scalar()
         if found is None and create:
             found = retrying(lambda: self._create_scopes(segments))
         if found is not None:
@@ -137,11 +146,10 @@ class Store:
         for path, sid in self._scopes.items():
             if sid == scope_id:
                 return path
-        with self.engine.connect() as conn:
-            path = conn.execute(select(q.scopes.c.path).where(q.scopes.c.id == scope_id)).scalar()
-        if path is None:
+        found = self._query(select(q.scopes.c.path).where(q.scopes.c.id == scope_id)).scalar()
+        if found is None:
             raise StoreError(f"scope id {scope_id} does not exist")
-        return str(path)
+        return str(found)
 
     def chain(self, segments: tuple[Segment, ...]) -> list[int]:
         """Return ids of the existing scopes from *segments* up to the root, innermost first."""
@@ -158,9 +166,9 @@ class Store:
         row = self._artifacts.get(artifact_id)
         if row is not None:
             return row
-        with contextlib.ExitStack() as stack:
-            if conn is None:
-                conn = stack.enter_context(self.engine.connect())
+        if conn is None:
+            found = self._query(q.ARTIFACT_BY_ID, {"id": artifact_id}).one()
+        else:
             found = conn.execute(q.ARTIFACT_BY_ID, {"id": artifact_id}).one()
         row = ArtifactRow(
             id=found.id, digest=found.digest, format=found.format, suffix=found.suffix,
@@ -187,11 +195,12 @@ class Store:
         if not (isinstance(value, np.ndarray) and not value.flags.writeable):
             return
         key = id(value)
-        try:
-            ref = weakref.ref(value, lambda _r, k=key: self._identity.pop(k, None))
-        except TypeError:
-            return
-        self._identity[key] = (ref, artifact_id)
+        identity = self._identity
+
+        def forget(_ref: weakref.ref[Any]) -> None:
+            identity.pop(key, None)
+
+        self._identity[key] = (weakref.ref(value, forget), artifact_id)
 
     def prepare(self, value: Any, *, format: str | None = None, **options: Any) -> Prepared:
         """Hash *value* and publish its object file; the row is committed by :meth:`bind`."""
@@ -203,14 +212,14 @@ class Store:
             return Prepared(digest=row.digest, backend=registry.get(row.format), existing_id=known)
         backend = self._backend_for(value, format)
         digest = hashing.digest(value)
-        existing = self._existing(digest, backend)
-        if existing is not None:
-            return Prepared(digest=digest, backend=backend, existing_id=existing)
         prepared = Prepared(digest=digest, backend=backend, summary=backend.describe(value))
-        if backend.inline:
+        if backend.inline_for(value, options):
+            # No early lookup: the write transaction finds an existing row anyway.
             prepared.inline, prepared.meta = backend.encode(value, **options)
             prepared.size = len(prepared.inline)
-        else:
+            return prepared
+        prepared.existing_id = self._existing(digest, backend)
+        if prepared.existing_id is None:  # skip rewriting a file that is already stored
             prepared.suffix = backend.suffix_for(value, options)
             self._publish(prepared, lambda tmp: self._write(backend, value, tmp, options))
         return prepared
@@ -227,10 +236,9 @@ class Store:
         return backend
 
     def _existing(self, digest: str, backend: Backend) -> int | None:
-        with self.engine.connect() as conn:
-            found = conn.execute(q.ARTIFACT_BY_DIGEST, {
-                "algorithm": hashing.ALGORITHM, "digest": digest, "format": backend.name,
-            }).first()
+        found = self._query(q.ARTIFACT_BY_DIGEST, {
+            "algorithm": hashing.ALGORITHM, "digest": digest, "format": backend.name,
+        }).first()
         if found is None:
             return None
         if found.inline is None and not self.objects.exists(digest, found.suffix):
@@ -241,10 +249,9 @@ class Store:
     def _write(backend: Backend, value: Any, tmp: Path,
                options: dict[str, Any]) -> tuple[dict[str, Any], str, int]:
         try:
-            with_checksum = getattr(backend, "save_with_checksum", None)
-            if with_checksum is not None and not options:
-                meta, file_digest, size = with_checksum(value, tmp)
-                return meta, file_digest, size
+            fast = None if options else backend.save_with_checksum(value, tmp)
+            if fast is not None:
+                return fast
             meta = backend.save(value, tmp, **options)
         except ProvstoreError:
             raise
@@ -252,7 +259,7 @@ class Store:
             raise BackendError(
                 f"the {backend.name!r} backend failed to save a {type(value).__qualname__}: {exc}"
             ) from exc
-        return meta, hashing.file_digest(tmp), tmp.stat().st_size
+        return meta, _hash_while_syncing(tmp), tmp.stat().st_size
 
     def _publish(self, prepared: Prepared, write_file: Any) -> None:
         meta, file_digest, size = self.objects.publish(prepared.digest, prepared.suffix, write_file)
@@ -269,7 +276,7 @@ class Store:
                 f"ingesting {file.name} would unpickle it, and the store was opened with "
                 "safe=True; convert the file to a standard format"
             )
-        cached = self._cached_file(stat)
+        cached = self._cached_file(stat, backend)
         if cached is not None:
             return cached
         file_digest = file.digest()
@@ -282,28 +289,28 @@ class Store:
         if prepared.existing_id is not None:
             return prepared
         prepared.summary = backend.describe(value)
-        if backend.inline:
+        if backend.inline_for(value, options):
             prepared.inline, prepared.meta = backend.encode(value, **options)
             prepared.size = len(prepared.inline)
             return prepared
-        prepared.suffix = _matching_suffix(backend, file.name)
+        prepared.suffix = (backend.suffix_for(file.path, options) if not backend.suffixes
+                           else _matching_suffix(backend, file.name))
         self._publish(prepared, lambda tmp: _copy_verified(file, tmp, file_digest))
         return prepared
 
-    def _cached_file(self, stat: Any) -> Prepared | None:
+    def _cached_file(self, stat: Any, backend: Backend) -> Prepared | None:
         # Like git's index: an unchanged (path, size, mtime, inode) needs no re-read.
-        with self.engine.connect() as conn:
-            found = conn.execute(q.FILE_BY_STAT, {
-                "path": stat.path, "size": stat.size, "mtime_ns": stat.mtime_ns,
-                "inode": stat.inode,
-            }).first()
+        found = self._query(q.FILE_BY_STAT, {
+            "path": stat.path, "size": stat.size, "mtime_ns": stat.mtime_ns, "inode": stat.inode,
+        }).first()
         if found is None or found.artifact_id is None:
             return None
         row = self.artifact(found.artifact_id)
+        if row.format != backend.name:
+            return None  # ingested before through another backend
         if row.inline is None and not self.objects.exists(row.digest, row.suffix):
             return None
-        return Prepared(digest=row.digest, backend=registry.get(row.format),
-                        existing_id=row.id)
+        return Prepared(digest=row.digest, backend=backend, existing_id=row.id)
 
     def _read_external(self, backend: Backend, file: File) -> Any:
         if backend.name == "raw":
@@ -362,8 +369,7 @@ class Store:
         """Return (scope_id, artifact_id) of *name*'s current binding, innermost first."""
         if not chain:
             return None
-        with self.engine.connect() as conn:
-            rows = conn.execute(q.HEADS_FOR_NAME, {"name": name, "chain": chain}).all()
+        rows = self._query(q.HEADS_FOR_NAME, {"name": name, "chain": chain}).all()
         current = {r.scope_id: r.artifact_id for r in rows}
         for sid in chain:
             artifact_id = current.get(sid)
@@ -375,15 +381,10 @@ class Store:
         """Return name → scope id for every name visible from the innermost scope."""
         if not chain:
             return {}
-        with self.engine.connect() as conn:
-            rows = conn.execute(q.HEADS_IN_SCOPES, {"chain": chain}).all()
+        rows = self._query(q.HEADS_IN_SCOPES, {"chain": chain}).all()
         order = {sid: i for i, sid in enumerate(chain)}
-        best: dict[str, tuple[int, int | None]] = {}
-        for r in rows:
-            rank = order[r.scope_id]
-            if r.name not in best or rank < best[r.name][0]:
-                best[r.name] = (rank, r.artifact_id)
-        # A deletion in an inner scope unshadows the enclosing binding.
+        # Walk outermost to innermost; a deletion in an inner scope unshadows
+        # the enclosing binding.
         result: dict[str, int] = {}
         for r in sorted(rows, key=lambda r: order[r.scope_id], reverse=True):
             if r.artifact_id is not None:
@@ -394,9 +395,12 @@ class Store:
 
     # ------------------------------------------------------------------ loads
     def load(self, artifact_id: int, *, mmap_mode: str | None, verify: bool = False,
-             where: str = "") -> Any:
+             where: str = "", options: dict[str, Any] | None = None) -> Any:
         """Load artifact *artifact_id*; the same object comes back while it is alive."""
         cache_key = (artifact_id, mmap_mode)
+        if options:
+            row = self.artifact(artifact_id)
+            return self._read(row, registry.get(row.format), mmap_mode, verify, where, options)
         if not verify:
             cached = self._loaded.get(cache_key)
             if cached is not None:
@@ -415,7 +419,7 @@ class Store:
         return value
 
     def _read(self, row: ArtifactRow, backend: Backend, mmap_mode: str | None,
-              verify: bool, where: str) -> Any:
+              verify: bool, where: str, options: dict[str, Any] | None = None) -> Any:
         if row.inline is not None:
             return backend.decode(row.inline, row.meta)
         path = self.objects.path(row.digest, row.suffix)
@@ -424,48 +428,64 @@ class Store:
         except FileNotFoundError as exc:
             raise CorruptObjectError(
                 f"{where}: object file {self.objects.relative(row.digest, row.suffix)} is "
-                "missing; run `provstore verify` to list every affected binding"
+                "missing: it was deleted or moved outside provstore; rebind the name"
             ) from exc
         if size != row.size or (verify and hashing.file_digest(path) != row.file_digest):
             raise CorruptObjectError(
                 f"{where}: object file {self.objects.relative(row.digest, row.suffix)} was "
-                "changed or truncated after it was stored; run `provstore verify`"
+                "changed or truncated after it was stored; rebind the name from its source"
             )
         mode = mmap_mode if backend.supports_mmap else None
         try:
-            return backend.load(path, row.meta, mmap_mode=mode)
+            return backend.load(path, row.meta, mmap_mode=mode, **(options or {}))
         except CorruptObjectError as exc:
-            raise CorruptObjectError(f"{where}: {exc}; run `provstore verify`") from exc
+            raise CorruptObjectError(f"{where}: {exc}") from exc
 
     # ----------------------------------------------------------------- history
     def versions(self, scope_id: int, name: str) -> list[Any]:
         """Return every version row of (scope, name), oldest first, with artifact and run."""
-        with self.engine.connect() as conn:
-            return list(conn.execute(q.VERSIONS, {"scope_id": scope_id, "name": name}).all())
+        return list(self._query(q.VERSIONS, {"scope_id": scope_id, "name": name}).all())
 
     def bound_scopes(self, chain: list[int], name: str) -> list[int]:
         """Return the scopes of *chain* holding any version of *name*, innermost first."""
-        with self.engine.connect() as conn:
-            found = set(conn.execute(q.SCOPES_WITH_NAME, {"name": name, "chain": chain}).scalars())
+        found = set(self._query(q.SCOPES_WITH_NAME, {"name": name, "chain": chain}).scalars())
         return [sid for sid in chain if sid in found]
 
     def child_scopes(self, scope_id: int | None, *, recursive: bool) -> list[str]:
         """Return the paths of the scopes below *scope_id*."""
         if scope_id is None:
             return []
-        with self.engine.connect() as conn:
-            base = conn.execute(select(q.scopes.c.path).where(q.scopes.c.id == scope_id)).scalar()
-            if recursive:
-                prefix = f"{base}/" if base else ""
-                stmt = select(q.scopes.c.path).where(q.scopes.c.path.startswith(prefix, autoescape=True),
-                                                     q.scopes.c.id != scope_id)
-            else:
-                stmt = select(q.scopes.c.path).where(q.scopes.c.parent_id == scope_id)
-            return sorted(conn.execute(stmt).scalars())
+        base = self._query(select(q.scopes.c.path).where(q.scopes.c.id == scope_id)).scalar()
+        if recursive:
+            prefix = f"{base}/" if base else ""
+            stmt = select(q.scopes.c.path).where(
+                q.scopes.c.path.startswith(prefix, autoescape=True), q.scopes.c.id != scope_id
+            )
+        else:
+            stmt = select(q.scopes.c.path).where(q.scopes.c.parent_id == scope_id)
+        return sorted(self._query(stmt).scalars())
 
     def close(self) -> None:
         """Release the database connections (the store can be reopened)."""
+        self.readers.close_all()
         self.engine.dispose()
+
+
+def _hash_while_syncing(path: Path) -> str:
+    """Hash a just-written file while another thread flushes it to disk.
+
+    fsync releases the GIL and mostly waits on the disk, while hashing reads
+    the file back from the page cache: overlapping them hides most of the
+    checksum's cost (the seal's own fsync then finds nothing left to flush).
+    """
+    fd = os.open(path, os.O_RDONLY)
+    syncer = threading.Thread(target=os.fsync, args=(fd,), name="provstore-fsync")
+    try:
+        syncer.start()
+        return hashing.file_digest(path)
+    finally:
+        syncer.join()
+        os.close(fd)
 
 
 def _matching_suffix(backend: Backend, filename: str) -> str:

@@ -65,9 +65,11 @@ def test_kill_during_a_1gb_save(store_dir: Path, tmp_path: Path) -> None:
             break
         time.sleep(0.005)
     else:
+        proc.kill()
+        proc.communicate()
         pytest.fail("the big write never started")
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc.communicate()
     ctx = _check_store(store_dir)
     for i in range(5):
         np.testing.assert_array_equal(ctx[f"small{i}"], np.full(1000, i))

@@ -48,7 +48,8 @@ class Backend(ABC):
         Registry name, recorded with every artifact (``"npy"``).
     suffixes : tuple of str
         File suffixes this backend writes and ingests, the default first
-        (``(".nii", ".nii.gz")``). Empty for inline backends.
+        (``(".nii", ".nii.gz")``). An inline backend lists the suffixes it
+        ingests from files (json: ``(".json",)``).
     supports_mmap : bool
         Whether :meth:`load` honours ``mmap_mode``.
     inline : bool
@@ -70,6 +71,14 @@ class Backend(ABC):
     def can_save(self, obj: Any) -> bool:
         """Return whether :meth:`save` can store *obj* faithfully."""
 
+    def inline_for(self, obj: Any, options: dict[str, Any]) -> bool:
+        """Return whether *obj* is kept in the database rather than in a file.
+
+        Defaults to :attr:`inline`; a backend may keep small values inline and
+        write big ones to files (json does, above 1 MiB).
+        """
+        return self.inline
+
     def suffix_for(self, obj: Any, options: dict[str, Any]) -> str:
         """Return the file suffix for *obj* saved with *options*."""
         return self.suffixes[0] if self.suffixes else ""
@@ -83,11 +92,22 @@ class Backend(ABC):
         """
         raise BackendError(f"backend {self.name!r} does not write files")
 
-    def load(self, path: Path, metadata: dict[str, Any], *, mmap_mode: str | None) -> Any:
+    def save_with_checksum(self, obj: Any, path: Path) -> tuple[dict[str, Any], str, int] | None:
+        """Optional fast path: save and hash the file's bytes in one pass.
+
+        Returns ``(metadata, xxh3_128 hex digest of the file, size)``, or None
+        when the backend has no such path; the store then hashes the file
+        after :meth:`save`. Only called when no save options are given.
+        """
+        return None
+
+    def load(self, path: Path, metadata: dict[str, Any], *, mmap_mode: str | None,
+             **options: Any) -> Any:
         """Read the value stored at *path*.
 
-        Raise :class:`~provstore.errors.CorruptObjectError` when the file is
-        truncated or not in this format.
+        ``options`` come from ``ctx.get(name, **options)`` (hdf5:
+        ``lazy=True``). Raise :class:`~provstore.errors.CorruptObjectError`
+        when the file is truncated or not in this format.
         """
         raise BackendError(f"backend {self.name!r} does not read files")
 

@@ -6,18 +6,20 @@ per call costs ~150 µs here, a prebuilt Core statement ~30 µs.
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, func, insert, select
+from typing import cast
+
+from sqlalchemy import Table, bindparam, func, insert, select
 
 from .engine import SCHEMA_HEAD
 from .models import Artifact, Binding, FileRecord, Run, Scope
 
 __all__ = ["SCHEMA_HEAD"]
 
-scopes = Scope.__table__
-artifacts = Artifact.__table__
-bindings = Binding.__table__
-files = FileRecord.__table__
-runs = Run.__table__
+scopes = cast(Table, Scope.__table__)
+artifacts = cast(Table, Artifact.__table__)
+bindings = cast(Table, Binding.__table__)
+files = cast(Table, FileRecord.__table__)
+runs = cast(Table, Run.__table__)
 
 _b2 = bindings.alias("b2")
 

@@ -1,0 +1,23 @@
+"""Storage backends: stateless codecs between values and standard file formats.
+
+=========  ==========================================  ==================
+backend    values                                      file
+=========  ==========================================  ==================
+json       small JSON-able values                      inline in the DB
+npy        numpy arrays and scalars (not object)       ``.npy``
+nifti      nibabel Nifti1/Nifti2 images                ``.nii``/``.nii.gz``
+hdf5       nested dicts/lists/tuples of arrays,        ``.h5``
+           scalars and strings (PyTables)
+raw        files of unknown type, byte for byte        original suffix
+pickle     anything else (refused with ``safe=True``)  ``.pkl``
+=========  ==========================================  ==================
+
+Importing this package is cheap: backends, and the format libraries they need
+(PyTables, nibabel), are imported on first use through :data:`registry`.
+"""
+
+from __future__ import annotations
+
+from .base import Backend, BackendRegistry, registry
+
+__all__ = ["Backend", "BackendRegistry", "registry"]

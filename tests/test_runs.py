@@ -1,0 +1,83 @@
+"""Run records: one per writing process, closed as finished or failed."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import provstore
+from provstore.runs import STALE_AFTER, status_of, utcnow
+
+
+def _runs(store_dir: Path) -> list[sqlite3.Row]:
+    con = sqlite3.connect(store_dir / "provstore.db")
+    con.row_factory = sqlite3.Row
+    try:
+        return con.execute("SELECT * FROM runs ORDER BY id").fetchall()
+    finally:
+        con.close()
+
+
+def _run_script(store_dir: Path, body: str) -> subprocess.CompletedProcess[str]:
+    code = f"import provstore, sys\nctx = provstore.open({str(store_dir)!r})\n{body}"
+    return subprocess.run([sys.executable, "-c", code, "--flag"], capture_output=True, text=True)
+
+
+def test_a_writing_process_records_one_finished_run(store_dir: Path) -> None:
+    out = _run_script(store_dir, "ctx.a = 1\nctx.b = 2")
+    assert out.returncode == 0, out.stderr
+    (run,) = _runs(store_dir)
+    assert run["status"] == "finished" and run["ended"] is not None
+    assert run["pid"] != os.getpid()
+    assert json.loads(run["argv"])[-1] == "--flag"
+    assert run["python"] == sys.version.split()[0]
+    assert "numpy" in json.loads(run["packages"])
+
+
+def test_an_uncaught_exception_marks_the_run_failed(store_dir: Path) -> None:
+    out = _run_script(store_dir, "ctx.a = 1\nraise SystemError('boom')")
+    assert out.returncode != 0
+    assert _runs(store_dir)[-1]["status"] == "failed"
+
+
+def test_a_killed_run_reads_as_crashed_once_stale(store_dir: Path) -> None:
+    code = (f"import provstore, os, signal\nctx = provstore.open({str(store_dir)!r})\n"
+            "ctx.a = 1\nos.kill(os.getpid(), signal.SIGKILL)")
+    subprocess.run([sys.executable, "-c", code])
+    (run,) = _runs(store_dir)
+    assert run["status"] == "running"
+    heartbeat = dt.datetime.fromisoformat(run["heartbeat"])
+    assert status_of(run["status"], heartbeat) == "running"
+    assert status_of(run["status"], heartbeat, now=utcnow() + STALE_AFTER * 2) == "crashed"
+    assert signal.SIGKILL  # the process above really died without closing its run
+
+
+def test_reading_never_opens_a_run(store_dir: Path) -> None:
+    provstore.open(store_dir)
+    out = _run_script(store_dir, "print('a' in ctx, ctx.names())")
+    assert out.returncode == 0, out.stderr
+    assert _runs(store_dir) == []
+
+
+def test_a_live_run_keeps_its_heartbeat_fresh(store_dir: Path) -> None:
+    import time
+
+    from provstore.runs import RunRecorder
+
+    ctx = provstore.open(store_dir)
+    recorder = RunRecorder(ctx.store.engine, heartbeat=0.05)
+    run_id = recorder.run_id()
+    first = _runs(store_dir)[-1]["heartbeat"]
+    deadline = time.monotonic() + 10
+    while _runs(store_dir)[-1]["heartbeat"] == first and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _runs(store_dir)[-1]["heartbeat"] > first
+    assert _runs(store_dir)[-1]["id"] == run_id
+    recorder._close()
+    assert _runs(store_dir)[-1]["status"] == "finished"
