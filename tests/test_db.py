@@ -60,6 +60,36 @@ def test_a_newer_schema_is_refused_naming_both_versions(store_dir: Path) -> None
     assert "9999" in out.stderr and SCHEMA_HEAD in out.stderr
 
 
+def test_an_old_store_is_upgraded_on_open_with_its_data(store_dir: Path) -> None:
+    from alembic import command
+
+    from provstore.db.engine import make_engine
+
+    store_dir.mkdir(parents=True)
+    engine = make_engine(f"sqlite:///{store_dir / 'provstore.db'}")
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    with engine.connect() as conn:  # a store as the first release wrote it
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, SCHEMA_REVISIONS[0])
+        conn.commit()
+    engine.dispose()
+    code = (
+        "import sys, sqlite3; con = sqlite3.connect(sys.argv[1]); "
+        "con.execute(\"INSERT INTO scopes VALUES (1, NULL, '', NULL, NULL, '', 0)\"); "
+        "con.execute(\"INSERT INTO artifacts VALUES (1, 'xxh3_128', 'ab', 'json', '', 1, NULL, "
+        "X'31', '{}', '{}', '2026-01-01 00:00:00', NULL)\"); "
+        "con.execute(\"INSERT INTO bindings VALUES (1, 1, 'x', 1, 1, '2026-01-01 00:00:00', NULL, "
+        "NULL)\"); con.commit()"
+    )
+    subprocess.run([sys.executable, "-c", code, str(store_dir / "provstore.db")], check=True)
+    ctx = provstore.open(store_dir)
+    assert ctx.x == 1
+    con = sqlite3.connect(store_dir / "provstore.db")
+    assert con.execute("SELECT version_num FROM alembic_version").fetchone()[0] == SCHEMA_HEAD
+    con.close()
+
+
 def test_store_version_error_from_check(store_dir: Path) -> None:
     from provstore.db.engine import check_schema, make_engine
 
@@ -68,7 +98,7 @@ def test_store_version_error_from_check(store_dir: Path) -> None:
     con.execute("UPDATE alembic_version SET version_num = '0042'")
     con.commit()
     con.close()
-    with pytest.raises(StoreVersionError, match=r"0042.*newer than 0001"):
+    with pytest.raises(StoreVersionError, match=rf"0042.*newer than {SCHEMA_HEAD}"):
         check_schema(make_engine(f"sqlite:///{store_dir / 'provstore.db'}"))
 
 

@@ -22,13 +22,16 @@ from .errors import (
 )
 from .files import File
 from .lineage import History, Version
+from .tracking import TrackedFunction, track
 
 __version__ = "0.1.0"
 
 __all__ = [
     # the door and the objects it hands out
     "open",
+    "track",
     "Context",
+    "TrackedFunction",
     "File",
     "History",
     "Version",

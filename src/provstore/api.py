@@ -10,12 +10,22 @@ from .context import Context
 from .errors import StoreError, StoreNotFoundError
 from .store import Store
 
-__all__ = ["open"]
+__all__ = ["last_opened", "open"]
 
 DEFAULT_LOCATION = ".provstore"
 DB_NAME = "provstore.db"
 _stores: dict[tuple[str, str, bool, str, int], Store] = {}
 _lock = threading.Lock()
+_last: list[Context] = []
+
+
+def last_opened() -> Context | None:
+    """The root Context of the store this process opened most recently, if any.
+
+    Still valid in a forked child: a Store reconnects, and opens its own run,
+    when it finds itself in a new process.
+    """
+    return _last[-1] if _last else None
 
 
 def open(
@@ -88,7 +98,9 @@ def open(
     # Every open sweeps debris of crashed writers, even when this process
     # already had the store open: listing tmp/ costs microseconds.
     store.objects.sweep()
-    return Context(store, (), mmap_mode=mmap_mode)
+    ctx = Context(store, (), mmap_mode=mmap_mode)
+    _last[:] = [ctx]
+    return ctx
 
 
 def _store_for(url: str, root: str, *, safe: bool, durability: str = "normal") -> Store:

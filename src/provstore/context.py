@@ -261,6 +261,19 @@ class Context:
         scope_path = self._store.scope_path(sid)
         return History.from_rows(scope_path, name, rows)
 
+    def track(self, func: Any = None, *, version: str | None = None,
+              ignore: tuple[str, ...] | list[str] = ()) -> Any:
+        """Memoize *func* and record its calls in this context's store.
+
+        Like :func:`provstore.track`, but bound to this store whatever
+        context is active. Usable bare (``@ctx.track``), with options
+        (``@ctx.track(version="2")``) or on a library function
+        (``ctx.track(nilearn.image.smooth_img)``).
+        """
+        from .tracking import track
+
+        return track(func, version=version, ignore=ignore, context=self)
+
     # ------------------------------------------------------------ writing
     def set(self, name: str, value: Any, *, format: str | None = None, **options: Any) -> None:
         """Store *value* and bind it to *name* in the current scope.

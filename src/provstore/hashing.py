@@ -72,9 +72,27 @@ def digest(obj: Any) -> str:
     str
         32 hexadecimal characters (xxh3-128).
     """
+    oneshot = _ONESHOT.get(type(obj))
+    if oneshot is not None:  # the common scalar argument: one call into xxhash
+        return xxhash.xxh3_128_hexdigest(oneshot(obj))
     h = Hasher()
     feed(h, obj)
     return h.hexdigest()
+
+
+def _framed(tag: bytes, payload: bytes) -> bytes:
+    return tag + struct.pack("<Q", len(payload)) + payload
+
+
+# The exact bytes feed() would stream for these types (so digests agree).
+_ONESHOT: dict[type, Callable[[Any], bytes]] = {
+    type(None): lambda _: b"N",
+    bool: lambda v: b"T" if v else b"F",
+    int: lambda v: _framed(b"i", str(v).encode()),
+    float: lambda v: b"f" + struct.pack("<d", v),
+    str: lambda v: _framed(b"s", v.encode("utf-8", "surrogatepass")),
+    bytes: lambda v: _framed(b"b", v),
+}
 
 
 def array_digest(arr: np.ndarray) -> str:

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import xxhash
 from sqlalchemy import Connection, insert, select
 
@@ -35,6 +34,7 @@ from .errors import (
     UnsupportedTypeError,
 )
 from .files import File
+from .identity import CallMemo, IdentityMap, Known
 from .objects import ObjectDir
 from .runs import RunRecorder, utcnow
 from .scope import Segment, format_path
@@ -71,6 +71,7 @@ class Prepared:
     summary: dict[str, Any] | None = None
     existing_id: int | None = None
     file_record: dict[str, Any] | None = None
+    call_id: int | None = None
 
 
 class Store:
@@ -100,7 +101,8 @@ class Store:
         self._loaded: weakref.WeakValueDictionary[tuple[int, str | None], Any] = (
             weakref.WeakValueDictionary()
         )
-        self._identity: dict[int, tuple[weakref.ref[Any], int]] = {}
+        self.identity = IdentityMap()
+        self.memo = CallMemo()
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ scopes
@@ -178,41 +180,19 @@ class Store:
         self._artifacts[artifact_id] = row
         return row
 
-    def known_artifact(self, value: Any) -> int | None:
-        """Return the artifact id *value* was loaded from, if it is that very object."""
-        entry = self._identity.get(id(value))
-        if entry is not None and entry[0]() is value:
-            return entry[1]
-        return None
-
-    def remember(self, value: Any, artifact_id: int) -> None:
-        """Record that *value* is the in-memory form of *artifact_id*.
-
-        Only read-only arrays are remembered: they cannot drift from the
-        stored bytes, so reassigning one (``ctx.y = ctx.x``) binds the same
-        artifact without hashing or saving again.
-        """
-        if not (isinstance(value, np.ndarray) and not value.flags.writeable):
-            return
-        key = id(value)
-        identity = self._identity
-
-        def forget(_ref: weakref.ref[Any]) -> None:
-            identity.pop(key, None)
-
-        self._identity[key] = (weakref.ref(value, forget), artifact_id)
-
     def prepare(self, value: Any, *, format: str | None = None, **options: Any) -> Prepared:
         """Hash *value* and publish its object file; the row is committed by :meth:`bind`."""
         if isinstance(value, File):
             return self._prepare_file(value, format, options)
-        known = None if format or options else self.known_artifact(value)
+        known = None if format or options else self.identity.known(value)
         if known is not None:
-            row = self.artifact(known)
-            return Prepared(digest=row.digest, backend=registry.get(row.format), existing_id=known)
+            row = self.artifact(known.artifact_id)
+            return Prepared(digest=row.digest, backend=registry.get(row.format),
+                            existing_id=row.id, call_id=known.call_id)
         backend = self._backend_for(value, format)
         digest = hashing.digest(value)
-        prepared = Prepared(digest=digest, backend=backend, summary=backend.describe(value))
+        prepared = Prepared(digest=digest, backend=backend, summary=backend.describe(value),
+                            call_id=self.identity.recent_call(digest))
         if backend.inline_for(value, options):
             # No early lookup: the write transaction finds an existing row anyway.
             prepared.inline, prepared.meta = backend.encode(value, **options)
@@ -328,8 +308,9 @@ class Store:
              origin: str | None = None) -> tuple[int, int | None]:
         """Commit the artifact row (if new) and a new version of (scope, name).
 
-        ``prepared=None`` records a deletion (a tombstone). Returns the new
-        version number and the artifact id.
+        ``prepared=None`` records a deletion (a tombstone). Binding the value
+        the name already holds adds no version (a rerun of a script changes
+        nothing). Returns the version number and the artifact id.
         """
         run_id = self.runs.run_id()
 
@@ -339,9 +320,13 @@ class Store:
                 artifact_id = None
                 if prepared is not None:
                     artifact_id = self._commit_artifact(conn, prepared, run_id, now)
+                head = conn.execute(q.HEAD, {"scope_id": scope_id, "name": name}).first()
+                if head is not None and artifact_id is not None and head.artifact_id == artifact_id:
+                    return int(head.version), artifact_id  # same value: no new version
                 version = conn.execute(q.INSERT_BINDING, {
                     "p_scope_id": scope_id, "p_name": name, "p_artifact_id": artifact_id,
                     "p_created": now, "p_run_id": run_id, "p_origin": origin,
+                    "p_call_id": prepared.call_id if prepared is not None else None,
                 }).scalar_one()
             return int(version), artifact_id
 
@@ -395,7 +380,8 @@ class Store:
 
     # ------------------------------------------------------------------ loads
     def load(self, artifact_id: int, *, mmap_mode: str | None, verify: bool = False,
-             where: str = "", options: dict[str, Any] | None = None) -> Any:
+             where: str = "", options: dict[str, Any] | None = None,
+             call_id: int | None = None) -> Any:
         """Load artifact *artifact_id*; the same object comes back while it is alive."""
         cache_key = (artifact_id, mmap_mode)
         if options:
@@ -415,7 +401,7 @@ class Store:
         value = self._read(row, backend, mmap_mode, verify, where)
         with contextlib.suppress(TypeError):
             self._loaded[cache_key] = value
-        self.remember(value, artifact_id)
+        self.identity.remember(value, Known(artifact_id, row.digest, call_id))
         return value
 
     def _read(self, row: ArtifactRow, backend: Backend, mmap_mode: str | None,
@@ -464,6 +450,29 @@ class Store:
         else:
             stmt = select(q.scopes.c.path).where(q.scopes.c.parent_id == scope_id)
         return sorted(self._query(stmt).scalars())
+
+    # ------------------------------------------------------------------ calls
+    def finished_call(self, key: str) -> int | None:
+        """Return the newest finished call with *key*, if any."""
+        found = self._query(q.FINISHED_CALL, {"key": key}).scalar()
+        return None if found is None else int(found)
+
+    def call_outputs(self, call_id: int) -> list[tuple[str, int, int]]:
+        """Return ``(output_kind, position, artifact_id)`` rows of a call, in order."""
+        rows = self._query(q.CALL_OUTPUTS, {"call_id": call_id}).all()
+        return [(r.output_kind, r.position, r.artifact_id) for r in rows]
+
+    def load_output(self, artifact_id: int, call_id: int, *, computed: Any = None) -> Any:
+        """Return an output of *call_id*: the stored value, or the computed one.
+
+        Memory-mappable outputs (arrays, NIfTI) are always loaded from the
+        store: read-only, so a hit and a miss return alike and the object can
+        stand for its artifact. Others come back as computed, when available.
+        """
+        row = self.artifact(artifact_id)
+        if computed is not None and not registry.get(row.format).supports_mmap:
+            return computed
+        return self.load(artifact_id, mmap_mode="r", call_id=call_id)
 
     def close(self) -> None:
         """Release the database connections (the store can be reopened)."""

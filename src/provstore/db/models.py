@@ -13,6 +13,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -24,7 +25,19 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Artifact", "Base", "Binding", "FileRecord", "Run", "Scope"]
+__all__ = [
+    "Artifact",
+    "Base",
+    "Binding",
+    "Call",
+    "CallInput",
+    "CallOutput",
+    "CodeVersionRow",
+    "FileRecord",
+    "Lease",
+    "Run",
+    "Scope",
+]
 
 
 class Base(DeclarativeBase):
@@ -119,6 +132,7 @@ class Binding(Base):
     created: Mapped[datetime] = mapped_column(DateTime)
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
     origin: Mapped[str | None] = mapped_column(Text)  # file:line of an untracked assignment
+    call_id: Mapped[int | None] = mapped_column(ForeignKey("calls.id"))  # the producing call
 
 
 class FileRecord(Base):
@@ -140,3 +154,80 @@ class FileRecord(Base):
     artifact_id: Mapped[int | None] = mapped_column(ForeignKey("artifacts.id"))
     seen: Mapped[datetime] = mapped_column(DateTime)
 
+
+
+class CodeVersionRow(Base):
+    """The normalized source and dependencies of one code version of a function."""
+
+    __tablename__ = "code_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    digest: Mapped[str] = mapped_column(String(128), unique=True)
+    identity: Mapped[str] = mapped_column(Text)  # module:qualname
+    source: Mapped[str] = mapped_column(Text)
+    deps: Mapped[str] = mapped_column(Text)  # JSON {dependency: digest or version}
+    pinned: Mapped[str | None] = mapped_column(String(255))
+    created: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Call(Base):
+    """One execution (or attempt) of a tracked function."""
+
+    __tablename__ = "calls"
+    __table_args__ = (Index(None, "key", "status"), Index(None, "function"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(128))
+    function: Mapped[str] = mapped_column(Text)  # module:qualname
+    code_digest: Mapped[str] = mapped_column(String(128))
+    params: Mapped[str] = mapped_column(Text)  # JSON {argument: short repr}
+    status: Mapped[str] = mapped_column(String(16))  # running / done / failed / orphaned
+    output_kind: Mapped[str | None] = mapped_column(String(16))  # single / tuple
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    fence: Mapped[int] = mapped_column(Integer)
+    takeover_of: Mapped[str | None] = mapped_column(String(64))  # owner whose lease expired
+    started: Mapped[datetime] = mapped_column(DateTime)
+    finished: Mapped[datetime | None] = mapped_column(DateTime)
+    duration: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class CallInput(Base):
+    """An argument of a call: its digest, and the artifact it was, when stored."""
+
+    __tablename__ = "call_inputs"
+    __table_args__ = (Index(None, "artifact_id"),)
+
+    call_id: Mapped[int] = mapped_column(ForeignKey("calls.id"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(128))
+    artifact_id: Mapped[int | None] = mapped_column(ForeignKey("artifacts.id"))
+    file_path: Mapped[str | None] = mapped_column(Text)  # for provstore.File arguments
+    summary: Mapped[str] = mapped_column(Text)  # JSON: type, dtype, shape, or the value
+
+
+class CallOutput(Base):
+    """Element *position* of a call's return value (0 for a single value)."""
+
+    __tablename__ = "call_outputs"
+    __table_args__ = (Index(None, "artifact_id"),)
+
+    call_id: Mapped[int] = mapped_column(ForeignKey("calls.id"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    artifact_id: Mapped[int] = mapped_column(ForeignKey("artifacts.id"))
+
+
+class Lease(Base):
+    """Who computes a call key right now, until when, under which fence number."""
+
+    __tablename__ = "leases"
+
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    fence: Mapped[int] = mapped_column(Integer)
+    expires: Mapped[datetime] = mapped_column(DateTime)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    call_id: Mapped[int | None] = mapped_column(ForeignKey("calls.id"))

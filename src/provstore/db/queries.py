@@ -8,10 +8,21 @@ from __future__ import annotations
 
 from typing import cast
 
-from sqlalchemy import Table, bindparam, func, insert, select
+from sqlalchemy import Table, bindparam, delete, func, insert, select, update
 
 from .engine import SCHEMA_HEAD
-from .models import Artifact, Binding, FileRecord, Run, Scope
+from .models import (
+    Artifact,
+    Binding,
+    Call,
+    CallInput,
+    CallOutput,
+    CodeVersionRow,
+    FileRecord,
+    Lease,
+    Run,
+    Scope,
+)
 
 __all__ = ["SCHEMA_HEAD"]
 
@@ -51,8 +62,16 @@ INSERT_BINDING = (
         created=bindparam("p_created"),
         run_id=bindparam("p_run_id"),
         origin=bindparam("p_origin"),
+        call_id=bindparam("p_call_id"),
     )
     .returning(bindings.c.version)
+)
+
+HEAD = (
+    select(bindings.c.version, bindings.c.artifact_id)
+    .where(bindings.c.scope_id == bindparam("scope_id"), bindings.c.name == bindparam("name"))
+    .order_by(bindings.c.version.desc())
+    .limit(1)
 )
 
 _latest = (
@@ -87,6 +106,7 @@ VERSIONS = (
         bindings.c.artifact_id,
         bindings.c.created,
         bindings.c.origin,
+        bindings.c.call_id,
         artifacts.c.digest,
         artifacts.c.format,
         artifacts.c.suffix,
@@ -120,3 +140,63 @@ FILE_BY_STAT = (
     .order_by(files.c.id.desc())
     .limit(1)
 )
+
+calls = cast(Table, Call.__table__)
+call_outputs = cast(Table, CallOutput.__table__)
+
+FINISHED_CALL = (
+    select(calls.c.id)
+    .where(calls.c.key == bindparam("key"), calls.c.status == "done")
+    .order_by(calls.c.id.desc())
+    .limit(1)
+)
+
+CALL_OUTPUTS = (
+    select(calls.c.output_kind, call_outputs.c.position, call_outputs.c.artifact_id)
+    .join(call_outputs, call_outputs.c.call_id == calls.c.id)
+    .where(calls.c.id == bindparam("call_id"))
+    .order_by(call_outputs.c.position)
+)
+
+# ----------------------------------------------------------------- tracking
+call_inputs = cast(Table, CallInput.__table__)
+code_versions = cast(Table, CodeVersionRow.__table__)
+leases = cast(Table, Lease.__table__)
+
+INSERT_CALL = insert(calls).returning(calls.c.id)
+EXPIRE_CALL = (
+    update(calls)
+    .where(calls.c.id == bindparam("p_id"), calls.c.status == "running")
+    .values(status="expired", finished=bindparam("p_finished"))
+)
+FINISH_CALL = (
+    update(calls)
+    .where(calls.c.id == bindparam("p_id"))
+    .values(status=bindparam("p_status"), finished=bindparam("p_finished"),
+            duration=bindparam("p_duration"), output_kind=bindparam("p_kind"),
+            error=bindparam("p_error"))
+)
+INSERT_CALL_OUTPUT = insert(call_outputs)
+INSERT_CALL_INPUT = insert(call_inputs)
+CODE_BY_DIGEST = select(code_versions.c.id).where(code_versions.c.digest == bindparam("digest"))
+INSERT_CODE = insert(code_versions)
+ANY_ARTIFACT_BY_DIGEST = (
+    select(artifacts.c.id).where(artifacts.c.digest == bindparam("digest")).limit(1)
+)
+LEASE_BY_KEY = select(leases).where(leases.c.key == bindparam("key"))
+INSERT_LEASE = insert(leases)
+UPDATE_LEASE = (
+    update(leases)
+    .where(leases.c.key == bindparam("p_key"))
+    .values(owner=bindparam("p_owner"), fence=bindparam("p_fence"),
+            expires=bindparam("p_expires"), host=bindparam("p_host"), pid=bindparam("p_pid"),
+            call_id=bindparam("p_call_id"))
+)
+_held = (
+    (leases.c.key == bindparam("p_key"))
+    & (leases.c.owner == bindparam("p_owner"))
+    & (leases.c.fence == bindparam("p_fence"))
+)
+LEASE_HELD = select(leases.c.key).where(_held)
+RENEW_LEASE = update(leases).where(_held).values(expires=bindparam("p_expires"))
+DELETE_LEASE = delete(leases).where(_held)

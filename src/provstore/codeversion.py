@@ -1,0 +1,571 @@
+"""Code versions: what a tracked function's result depends on, besides its inputs.
+
+A :class:`CodeVersion` digests the function's normalized source (AST without docstrings
+or top-level decorators, so comments, formatting and ``@track`` do not count) plus,
+transitively, what it reads through globals and closures: user functions and classes (by
+source), attributes of user modules, simple constants (scalars, strings, small containers
+of those, numpy scalars; by value) and installed distributions or the standard library
+(``"dist:<name>" -> version``, never by source). Anything else (large arrays, open files,
+arbitrary objects) is ignored, except that instances of user classes pull in their class.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import importlib.metadata
+import inspect
+import os
+import struct
+import sys
+import sysconfig
+import textwrap
+import threading
+import types
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .hashing import Hasher, digest, feed
+
+__all__ = ["CodeVersion", "Fingerprinter", "code_version", "function_identity"]
+
+_MAX_DEPTH = 50
+_MAX_ITEMS = 1000  # elements a container constant may hold and still count as "simple"
+_MISSING: Any = object()
+_SELF: Any = object()  # stands for the cached function itself, so the cache holds it weakly
+_SCALARS = (int, float, complex, str, bytes, bool, type(None))
+_CONTAINERS = (tuple, frozenset, list, set, dict)
+_PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+@dataclass(frozen=True)
+class CodeVersion:
+    """The code version of one function.
+
+    Attributes
+    ----------
+    identity : str
+        ``"module:qualname"``; scripts give ``"__main__:qualname"`` (no path).
+    digest : str
+        32 hex characters (xxh3-128) over the normalized source, the pin and ``deps``;
+        with a pin, over the pin only.
+    source : str
+        Normalized source of the function itself (what history shows).
+    pinned : str or None
+        The ``version=`` pin, if any.
+    deps : dict of str to str
+        Every transitive dependency: ``"module:qualname"`` of user functions and classes
+        to their own (non-transitive) digest, ``"module.NAME"`` constants to the digest
+        of their value, ``"dist:<name>"`` to the distribution's version.
+    """
+
+    identity: str
+    digest: str
+    source: str
+    pinned: str | None
+    deps: dict[str, str] = field(default_factory=dict, hash=False)
+
+
+def function_identity(func: Any) -> str:
+    """Return ``"module:qualname"`` of *func*.
+
+    Parameters
+    ----------
+    func : callable
+        A function (tracked wrappers, methods and partials are unwrapped first).
+
+    Returns
+    -------
+    str
+        For scripts ``"__main__:qualname"``: the script's path is never embedded, so
+        moving a script does not change its identity.
+    """
+    func = _target(func)
+    module = getattr(func, "__module__", None) or "__main__"
+    qualname = getattr(func, "__qualname__", None) or type(func).__qualname__
+    return f"{module}:{qualname}"
+
+
+def code_version(func: Any, *, version: str | None = None) -> CodeVersion:
+    """Compute the code version of *func* from scratch (no caching).
+
+    Parameters
+    ----------
+    func : callable
+        The function; decorators (including provstore's own wrapper) are unwrapped.
+    version : str, optional
+        A manual pin: the digest then depends on this string only, while the source
+        and dependencies are still recorded.
+
+    Returns
+    -------
+    CodeVersion
+    """
+    return _compute(_target(func), version)[0]
+
+
+class Fingerprinter:
+    """Per-process cache of code versions with a cheap validity check.
+
+    Each entry remembers every name resolved during the transitive walk together with
+    the object it was bound to; :meth:`current` re-checks those bindings (a few dict
+    lookups) and recomputes when one changed: a notebook cell redefined a helper, a
+    module was reloaded or a constant was rebound. A mutable constant mutated in
+    place (``CONFIG["a"] = 2``, ``LOG.append(x)``) keeps the value it had when first
+    fingerprinted, until the process ends or the name is rebound.
+    Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cache: weakref.WeakKeyDictionary[Any, dict[str | None, _Entry]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def current(self, func: Any, *, version: str | None = None) -> CodeVersion:
+        """Return the code version of *func*, recomputing only when it may have changed.
+
+        Parameters
+        ----------
+        func : callable
+            The function (unwrapped as in :func:`code_version`).
+        version : str, optional
+            A manual pin, as in :func:`code_version`.
+
+        Returns
+        -------
+        CodeVersion
+            The cached object itself while every recorded binding is unchanged.
+        """
+        target = _target(func)
+        try:
+            with self._lock:
+                entry = self._cache.get(target, {}).get(version)
+        except TypeError:  # not weak-referenceable: nothing to cache on
+            return _compute(target, version)[0]
+        if entry is not None and entry.valid(target):
+            return entry.result
+        result, entry = _compute(target, version)
+        with self._lock:
+            self._cache.setdefault(target, {})[version] = entry
+        return result
+
+    def clear(self) -> None:
+        """Forget every cached code version."""
+        with self._lock:
+            self._cache.clear()
+
+
+@dataclass(frozen=True)
+class _Entry:
+    result: CodeVersion
+    code: Any  # the function's __code__ when cached
+    checks: tuple[tuple[Any, str, Any], ...]  # (namespace mapping, name, bound object)
+    attrs: tuple[tuple[Any, str, Any], ...]  # (function or cell, attribute, its value)
+    values: tuple[tuple[Any, str], ...]  # (mutable constant, digest)
+
+    def valid(self, target: Any) -> bool:
+        if getattr(target, "__code__", None) is not self.code:
+            return False
+        try:
+            for ns, name, obj in self.checks:
+                got = ns.get(name, _MISSING)
+                if got is not obj and (obj is not _SELF or got is not target):
+                    return False
+            for owner, attr, obj in self.attrs:
+                got = getattr(owner, attr, _MISSING)
+                if got is not obj and (obj is not _SELF or got is not target):
+                    return False
+        except ValueError:  # a closure cell was emptied
+            return False
+        # Mutable containers (lists, dicts, sets) count with the value they had
+        # when first fingerprinted in this process, and are not re-read: a
+        # function that appends to a module-level log list must not change its
+        # own version on every call. An edited literal shows in the next run.
+        return True
+
+
+# -- classification -----------------------------------------------------------------------
+
+
+@functools.cache
+def _library_roots() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    roots = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
+    roots.add(os.path.dirname(os.path.abspath(__file__)))  # provstore itself
+    roots.update(p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages"))
+    return tuple(os.path.join(os.path.realpath(r), "") for r in roots if r)
+
+
+@functools.lru_cache(maxsize=4096)
+def _file_is_user(filename: str) -> bool:
+    if filename.startswith("<"):  # exec'd code, notebook cells; "<frozen ...>" is stdlib
+        return not filename.startswith("<frozen")
+    path = os.path.realpath(filename)
+    parts = path.split(os.sep)
+    if "site-packages" in parts or "dist-packages" in parts:
+        return False
+    return not path.startswith(_library_roots())
+
+
+def _module_is_user(module: types.ModuleType) -> bool:
+    filename = getattr(module, "__file__", None)
+    if filename:
+        return _file_is_user(filename)
+    origin = getattr(getattr(module, "__spec__", None), "origin", None)
+    if origin in ("built-in", "frozen") or module.__name__ in sys.builtin_module_names:
+        return False
+    paths = list(getattr(module, "__path__", None) or [])
+    return _file_is_user(paths[0]) if paths else True
+
+
+@functools.cache
+def _packages() -> dict[str, list[str]]:
+    return dict(importlib.metadata.packages_distributions())
+
+
+@functools.lru_cache(maxsize=1024)
+def _dist(module_name: str) -> tuple[str, str] | None:
+    top = module_name.partition(".")[0]
+    if top in ("builtins", "__main__", ""):
+        return None
+    if top in sys.stdlib_module_names or top in sys.builtin_module_names:
+        return "python", _PYTHON
+    names = sorted(_packages().get(top, []))
+    if names:
+        try:
+            return names[0], importlib.metadata.version(names[0])
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return top, str(getattr(sys.modules.get(top), "__version__", "unknown"))
+
+
+def _class_is_user(cls: type) -> bool:
+    module = sys.modules.get(cls.__module__)
+    if module is None:  # defined by exec() under a made-up module name
+        return cls.__module__ != "builtins"
+    return _module_is_user(module)
+
+
+def _simple(obj: Any, budget: list[int]) -> bool:
+    budget[0] -= 1
+    if budget[0] < 0:
+        return False
+    kind = type(obj)
+    if kind in _SCALARS or isinstance(obj, np.generic):
+        return not (isinstance(obj, np.generic) and obj.dtype.hasobject)
+    if kind is dict:
+        return all(_simple(k, budget) and _simple(v, budget) for k, v in obj.items())
+    if kind in _CONTAINERS:
+        return all(_simple(x, budget) for x in obj)
+    return False
+
+
+def _mutable(obj: Any) -> bool:
+    kind = type(obj)
+    if kind in (list, set, dict):
+        return True
+    return kind in (tuple, frozenset) and any(_mutable(x) for x in obj)
+
+
+# -- sources and digests ------------------------------------------------------------------
+
+
+def _key(func: types.FunctionType) -> str:
+    """``module:qualname`` of the code itself (a functools.wraps wrapper keeps its own)."""
+    qualname = getattr(func.__code__, "co_qualname", func.__qualname__)
+    return f"{func.__module__ or '__main__'}:{qualname}"
+
+
+def _wrapped(obj: Any) -> Any:
+    try:
+        return getattr(obj, "__wrapped__", _MISSING)
+    except Exception:  # proxies whose __getattr__ misbehaves
+        return _MISSING
+
+
+def _target(func: Any) -> Any:
+    for _ in range(_MAX_DEPTH):
+        if isinstance(func, types.MethodType):
+            func = func.__func__
+        elif isinstance(func, functools.partial):
+            func = func.func
+        elif (inner := _wrapped(func)) is not _MISSING:  # the tracked function's decorators
+            func = inner
+        else:
+            break
+    return func
+
+
+def _owner(func: types.FunctionType) -> tuple[str, Any] | None:
+    """The global name and class a method is defined in, if reachable from its globals."""
+    path = func.__qualname__.split(".")[:-1]
+    if not path or "<locals>" in path:
+        return None
+    obj = func.__globals__.get(path[0])
+    for part in path[1:]:
+        obj = getattr(obj, part, None)
+    return (path[0], obj) if isinstance(obj, type) else None
+
+
+def _strip_docstrings(tree: ast.AST) -> None:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Module):
+            body = node.body
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
+                node.body = body[1:] or [ast.Pass()]
+
+
+def _parse(obj: Any, kind: type | tuple[type, ...], name: str) -> ast.Module | None:
+    """Parse the source of a code object or class, or None if it is unavailable."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(obj)))
+    except (OSError, TypeError, SyntaxError, IndentationError):
+        return None
+    if len(tree.body) != 1 or not isinstance(tree.body[0], kind):
+        return None
+    if getattr(tree.body[0], "name", None) != name:  # a stale file or a mismatched block
+        return None
+    _strip_docstrings(tree)
+    return tree
+
+
+def _feed_code(h: Hasher, code: types.CodeType) -> None:
+    h.tagged(b"C", code.co_code)
+    for names in (code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars):
+        h.tagged(b"n", "\0".join(names).encode())
+    counts = (code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount)
+    h.raw(b"a" + struct.pack("<3Q", *counts))
+    h.raw(b"k" + struct.pack("<Q", len(code.co_consts)))
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            _feed_code(h, const)
+        elif _simple(const, [_MAX_ITEMS]):
+            feed(h, const)
+        else:
+            h.tagged(b"r", repr(const).encode())
+
+
+def _code_digest(code: types.CodeType) -> str:
+    """Deterministic digest of a code object (stable within one Python minor version)."""
+    h = Hasher()
+    h.tagged(b"V", _PYTHON.encode())
+    _feed_code(h, code)
+    return h.hexdigest()
+
+
+def _code_tree(code: types.CodeType) -> Iterable[types.CodeType]:
+    yield code
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _code_tree(const)
+
+
+def _fallback_source(func: types.FunctionType) -> str:
+    try:
+        return textwrap.dedent(inspect.getsource(func.__code__)).strip()
+    except (OSError, TypeError):
+        return f"# source unavailable: {_key(func)}"
+
+
+def _own(func: types.FunctionType, *, top: bool) -> tuple[str, str, ast.Module | None]:
+    """(own digest, normalized source, parsed tree) of one function, not transitive."""
+    code = func.__code__
+    tree = None
+    if code.co_name != "<lambda>":
+        tree = _parse(code, (ast.FunctionDef, ast.AsyncFunctionDef), code.co_name)
+    if tree is None:
+        return _code_digest(code), _fallback_source(func), None
+    if top:
+        tree.body[0].decorator_list = []  # type: ignore[attr-defined]
+    source = ast.unparse(tree)
+    return digest(("src", source)), source, tree
+
+
+# -- the transitive walk ------------------------------------------------------------------
+
+
+class _Walk:
+    def __init__(self) -> None:
+        self.deps: dict[str, str] = {}
+        self.checks: dict[tuple[int, str], tuple[Any, str, Any]] = {}
+        self.attrs: list[tuple[Any, str, Any]] = []
+        self.values: list[tuple[Any, str]] = []
+        self.seen: set[int] = set()
+        self.trees: dict[int, tuple[set[str], set[str]]] = {}  # id(tree) -> (names, globals)
+
+    def add(self, key: str, value: str) -> None:
+        base, n = key, 1
+        while self.deps.get(key, value) != value:  # same name, different object
+            n += 1
+            key = f"{base}#{n}"
+        self.deps[key] = value
+
+    def check(self, ns: Any, name: str, obj: Any) -> None:
+        self.checks.setdefault((id(ns), name), (ns, name, obj))
+
+    def function(
+        self, func: types.FunctionType, depth: int, *, top: bool = False
+    ) -> tuple[str, str]:
+        self.seen.add(id(func))
+        self.attrs.append((func, "__code__", func.__code__))
+        own, source, tree = _own(func, top=top)
+        if not top:
+            self.add(_key(func), own)
+        if depth < _MAX_DEPTH:
+            self.refs(func, tree, depth)
+        return own, source
+
+    def refs(self, func: types.FunctionType, tree: ast.AST | None, depth: int) -> None:
+        attrs = {n for c in _code_tree(func.__code__) for n in c.co_names}
+        names, declared = set(attrs), set[str]()
+        if tree is not None:  # attribute names (x.mean) are not global reads
+            if id(tree) not in self.trees:
+                nodes = list(ast.walk(tree))
+                self.trees[id(tree)] = (
+                    {n.id for n in nodes if isinstance(n, ast.Name)},
+                    {n for g in nodes if isinstance(g, ast.Global) for n in g.names},
+                )
+            read, declared = self.trees[id(tree)]
+            names &= read
+        globs = func.__globals__
+        module = str(globs.get("__name__", "__main__"))
+        for name in sorted(names):
+            obj = globs.get(name, _MISSING)
+            self.check(globs, name, obj)
+            if obj is not _MISSING and name not in declared:  # `global X` state is not code
+                self.value(obj, f"{module}.{name}", attrs, depth)
+        for var, cell in zip(func.__code__.co_freevars, func.__closure__ or ()):
+            try:
+                obj = cell.cell_contents
+            except ValueError:  # not bound yet
+                continue
+            self.attrs.append((cell, "cell_contents", obj))
+            self.value(obj, f"{_key(func)}.<closure>.{var}", attrs, depth)
+
+    def value(self, obj: Any, key: str, attrs: set[str], depth: int) -> None:
+        if depth > _MAX_DEPTH or id(obj) in self.seen:
+            return
+        if isinstance(obj, types.FunctionType):
+            if _file_is_user(obj.__code__.co_filename):
+                self.function(obj, depth + 1)
+            elif (inner := _wrapped(obj)) is not _MISSING:  # a library decorator on user code
+                self.value(inner, key, attrs, depth + 1)
+            else:
+                self.library(getattr(obj, "__module__", None))
+        elif isinstance(obj, type):
+            if _class_is_user(obj):
+                self.klass(obj, depth + 1)
+            else:
+                self.library(obj.__module__)
+        elif isinstance(obj, types.ModuleType):
+            self.module(obj, attrs, depth)
+        elif isinstance(obj, types.MethodType):
+            self.value(obj.__func__, key, attrs, depth)
+            self.value(obj.__self__, key + ".__self__", attrs, depth)
+        elif isinstance(obj, functools.partial):
+            self.value(obj.func, key, attrs, depth)
+            self.value((obj.args, obj.keywords), key + ".<partial>", attrs, depth)
+        elif _simple(obj, [_MAX_ITEMS]):
+            d = digest(obj)
+            self.add(key, d)
+            if _mutable(obj):
+                self.values.append((obj, d))
+        elif (inner := _wrapped(obj)) is not _MISSING:  # tracked wrappers, lru_cache...
+            self.value(inner, key, attrs, depth + 1)
+        elif isinstance(obj, types.BuiltinFunctionType):  # math.sqrt, C extensions
+            module = getattr(obj, "__module__", None)
+            self.library(module if isinstance(module, str) else None)
+        else:  # an instance (ufunc, array, user object): only its class counts
+            self.value(type(obj), key, attrs, depth)
+
+    def library(self, module: str | None) -> None:
+        found = _dist(module) if module else None
+        if found is not None:
+            self.deps[f"dist:{found[0]}"] = found[1]
+
+    def module(self, module: types.ModuleType, attrs: set[str], depth: int) -> None:
+        if not _module_is_user(module):
+            self.library(module.__name__)
+            return
+        if depth >= _MAX_DEPTH:
+            return
+        ns = vars(module)
+        for name in sorted(attrs):
+            obj = ns.get(name, _MISSING)
+            if (id(ns), name) in self.checks or obj is _MISSING or name.startswith("__"):
+                continue
+            self.check(ns, name, obj)
+            self.value(obj, f"{module.__name__}.{name}", attrs, depth + 1)
+
+    def klass(self, cls: type, depth: int) -> None:
+        self.seen.add(id(cls))
+        tree = _parse(cls, ast.ClassDef, cls.__name__)
+        members: dict[str, list[types.FunctionType]] = {}
+        for name, attr in sorted(vars(cls).items()):
+            inner: list[Any]
+            if isinstance(attr, staticmethod | classmethod):
+                inner = [attr.__func__]
+            elif isinstance(attr, property):
+                inner = [attr.fget, attr.fset, attr.fdel]
+            else:
+                inner = [attr]
+            fns = [fn for fn in inner if isinstance(fn, types.FunctionType)]
+            if fns:
+                members[name] = fns
+        if tree is not None:
+            own = digest(("class", ast.unparse(tree)))
+        else:
+            codes = [(n, [_code_digest(f.__code__) for f in fs]) for n, fs in members.items()]
+            own = digest(("class-code", codes))
+        self.add(f"{cls.__module__}:{cls.__qualname__}", own)
+        if depth >= _MAX_DEPTH:
+            return
+        for base in cls.__bases__:
+            if base is not object:
+                self.value(base, f"{cls.__module__}.{cls.__qualname__}", set(), depth)
+        ns = cls.__dict__
+        for name, fns in members.items():
+            self.check(ns, name, ns[name])
+            for fn in fns:
+                if id(fn) in self.seen:
+                    continue
+                if fn.__qualname__.startswith(cls.__qualname__ + "."):  # defined in the class
+                    self.seen.add(id(fn))
+                    self.attrs.append((fn, "__code__", fn.__code__))
+                    self.refs(fn, tree, depth + 1)
+                else:  # a function assigned onto the class later
+                    self.value(fn, f"{cls.__module__}.{cls.__qualname__}.{name}", set(), depth)
+
+
+def _compute(func: Any, version: str | None) -> tuple[CodeVersion, _Entry]:
+    identity = function_identity(func)
+    walk = _Walk()
+    if isinstance(func, types.FunctionType):
+        own, source = walk.function(func, 0, top=True)
+        owner = _owner(func)
+        if owner is not None:  # a method: self.other() calls reach the whole class
+            walk.check(func.__globals__, owner[0], func.__globals__.get(owner[0]))
+            walk.value(owner[1], identity, set(), 0)
+    else:  # a library callable or a callable class: its dependencies only
+        walk.value(func, identity, set(), 0)
+        source, own = "", ""
+    deps = dict(sorted(walk.deps.items()))
+    if version is not None:
+        value = digest(("pinned", str(version)))
+    else:
+        value = digest(("code", own, sorted(deps.items())))
+    result = CodeVersion(identity, value, source, None if version is None else str(version), deps)
+    code = getattr(func, "__code__", None)
+    checks = tuple((ns, n, _SELF if o is func else o) for ns, n, o in walk.checks.values())
+    attrs = tuple((w, a, _SELF if o is func else o) for w, a, o in walk.attrs if w is not func)
+    return result, _Entry(result, code, checks, attrs, tuple(walk.values))

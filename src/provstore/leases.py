@@ -1,0 +1,156 @@
+"""Compute leases: at most one process computes a call key at a time.
+
+A lease is a row keyed by the call key, holding its owner (one uuid per
+attempt), a fence number and an expiry. Claiming is one ``BEGIN IMMEDIATE``
+transaction: if a finished call exists the caller loads it; if the lease is
+free it is taken; if it expired (its owner died or stalled) it is taken over
+with ``fence + 1`` and the take-over is recorded. The owner renews the lease
+from a heartbeat thread every third of its lifetime. Completing a call
+checks, in the committing transaction, that owner and fence still match; a
+holder that stalled past its expiry (``SIGSTOP``, a swapped-out VM) finds
+its fence outdated and its result is discarded.
+
+Expiry uses this host's clock, which is the database's clock for SQLite.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+
+from .db import queries as q
+from .db.engine import retrying, write
+from .runs import utcnow
+
+__all__ = ["DEFAULT_LEASE_SECONDS", "Claim", "LeaseKeeper", "claim", "lease_seconds"]
+
+DEFAULT_LEASE_SECONDS = 30.0
+_HOST = socket.gethostname()
+
+def lease_seconds() -> float:
+    """The lease lifetime: ``$PROVSTORE_LEASE_SECONDS`` or 30 s."""
+    return float(os.environ.get("PROVSTORE_LEASE_SECONDS", DEFAULT_LEASE_SECONDS))
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A lease held by this attempt, and the call row opened for it."""
+
+    key: str
+    owner: str
+    fence: int
+    call_id: int
+    takeover_of: str | None
+
+
+def finished_call(conn: Connection, key: str) -> int | None:
+    """Return the newest finished call with *key*, if any."""
+    found = conn.execute(q.FINISHED_CALL, {"key": key}).scalar()
+    return None if found is None else int(found)
+
+
+def claim(engine: Engine, key: str, call_row: dict[str, Any], *,
+          ttl: float, force: bool = False) -> Claim | int | None:
+    """Try to take the lease of *key*.
+
+    Returns a :class:`Claim` when this attempt now computes the call, the id
+    of a finished call when there is nothing to compute (never with
+    ``force=True``), or None when a live owner is computing it.
+    """
+
+    def attempt() -> Claim | int | None:
+        with write(engine) as conn:
+            done = None if force else finished_call(conn, key)
+            if done is not None:
+                return done
+            lease = conn.execute(q.LEASE_BY_KEY, {"key": key}).first()
+            now = utcnow()
+            if lease is not None and lease.expires > now:
+                return None
+            return _take(conn, key, lease, call_row, now, ttl)
+
+    return retrying(attempt)
+
+
+def _take(conn: Connection, key: str, lease: Any, call_row: dict[str, Any], now: dt.datetime,
+          ttl: float) -> Claim:
+    owner = uuid.uuid4().hex
+    fence = 1 if lease is None else lease.fence + 1
+    takeover = None if lease is None else lease.owner
+    call_id = conn.execute(q.INSERT_CALL, {
+        **call_row, "key": key, "fence": fence, "takeover_of": takeover, "status": "running",
+        "started": now,
+    }).scalar_one()
+    row = {"p_key": key, "p_owner": owner, "p_fence": fence,
+           "p_expires": now + dt.timedelta(seconds=ttl), "p_host": _HOST, "p_pid": os.getpid(),
+           "p_call_id": call_id}
+    if lease is None:
+        conn.execute(q.INSERT_LEASE, {k[2:]: v for k, v in row.items()})
+    else:
+        # The previous attempt's lease expired: it crashed, or stalled and
+        # will find its fence outdated when it tries to commit.
+        conn.execute(q.UPDATE_LEASE, row)
+        if lease.call_id is not None:
+            conn.execute(q.EXPIRE_CALL, {"p_id": lease.call_id, "p_finished": now})
+    return Claim(key, owner, fence, int(call_id), takeover)
+
+
+def still_mine(conn: Connection, c: Claim) -> bool:
+    """Whether *c* still holds its lease (call inside the committing transaction)."""
+    return conn.execute(q.LEASE_HELD, _held(c)).first() is not None
+
+
+def release(conn: Connection, c: Claim) -> None:
+    """Drop the lease of *c* if it still holds it."""
+    conn.execute(q.DELETE_LEASE, _held(c))
+
+
+def _held(c: Claim) -> dict[str, Any]:
+    return {"p_key": c.key, "p_owner": c.owner, "p_fence": c.fence}
+
+
+class LeaseKeeper:
+    """Renews a lease from a daemon thread while the owner computes.
+
+    Renewal runs every third of the lifetime, so two missed beats still
+    leave the lease valid. A renewal that finds the lease gone (taken over)
+    sets :attr:`lost`; the result will then be refused at commit.
+    """
+
+    def __init__(self, engine: Engine, c: Claim, ttl: float) -> None:
+        self._engine = engine
+        self._claim = c
+        self._ttl = ttl
+        self._stop = threading.Event()
+        self.lost = False
+        self._thread = threading.Thread(target=self._run, name="provstore-lease", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._ttl / 3):
+            try:
+                self.lost = not self._renew()
+            except Exception:
+                continue
+            if self.lost:
+                return
+
+    def _renew(self) -> bool:
+        c = self._claim
+        with write(self._engine) as conn:
+            params = {**_held(c), "p_expires": utcnow() + dt.timedelta(seconds=self._ttl)}
+            return bool(conn.execute(q.RENEW_LEASE, params).rowcount)
