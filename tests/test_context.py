@@ -294,3 +294,8 @@ def test_context_pickles_into_another_process(ctx: provstore.Context, tmp_path: 
 def test_bad_mmap_mode_is_refused(store_dir: Path) -> None:
     with pytest.raises(ValueError, match="immutable"):
         provstore.open(store_dir, mmap_mode="r+")
+
+
+def test_an_empty_context_is_still_truthy(ctx: provstore.Context) -> None:
+    assert len(ctx) == 0
+    assert ctx

@@ -199,3 +199,34 @@ def test_concurrent_creation_of_a_new_store(tmp_path: Path) -> None:
     errors = [p.communicate()[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, errors
     assert provstore.open(loc).names() == ["x0", "x1", "x2", "x3"]
+
+
+def test_hot_path_lookups_use_indexes(ctx: provstore.Context) -> None:
+    """Every prebuilt lookup on the hot path is answered by an index, never a scan."""
+    from sqlalchemy.dialects import sqlite as sqlite_dialect
+
+    from provstore.db import queries as q
+
+    ctx.x = 1
+    statements = {
+        "ARTIFACT_BY_DIGEST": (q.ARTIFACT_BY_DIGEST, {"algorithm": "a", "digest": "d",
+                                                      "format": "f"}),
+        "ANY_ARTIFACT_BY_DIGEST": (q.ANY_ARTIFACT_BY_DIGEST, {"algorithm": "a", "digest": "d"}),
+        "FINISHED_CALL": (q.FINISHED_CALL, {"key": "k"}),
+        "HEADS_FOR_NAME": (q.HEADS_FOR_NAME, {"name": "x", "chain": [1, 2]}),
+        "HEAD": (q.HEAD, {"scope_id": 1, "name": "x"}),
+        "CALL_OUTPUTS": (q.CALL_OUTPUTS, {"call_id": 1}),
+        "LEASE_BY_KEY": (q.LEASE_BY_KEY, {"key": "k"}),
+        "FILE_BY_STAT": (q.FILE_BY_STAT, {"path": "p", "size": 1, "mtime_ns": 1, "inode": 1}),
+    }
+    with ctx.store.engine.connect() as conn:
+        for label, (stmt, params) in statements.items():
+            # Constant test values rendered inline: EXPLAIN needs the full text.
+            compiled = stmt.params(params).compile(dialect=sqlite_dialect.dialect(),
+                                                   compile_kwargs={"literal_binds": True})
+            plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}").all()
+            details = " | ".join(str(row[-1]) for row in plan)
+            # SEARCH is an index lookup; SCAN reads a whole table or index.
+            scans = [d for d in details.split(" | ")
+                     if d.startswith("SCAN") and d != "SCAN CONSTANT ROW"]
+            assert not scans, f"{label} scans a table: {details}"

@@ -81,3 +81,23 @@ def test_a_live_run_keeps_its_heartbeat_fresh(store_dir: Path) -> None:
     assert _runs(store_dir)[-1]["id"] == run_id
     recorder._close()
     assert _runs(store_dir)[-1]["status"] == "finished"
+
+
+def test_runs_record_the_git_commit_and_dirty_flag_of_the_script(store_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    repo = tmp_path / "analysis"
+    repo.mkdir()
+    script = repo / "run.py"
+    script.write_text(f"import provstore\nprovstore.open({str(store_dir)!r}).x = 1\n")
+    git = ["git", "-c", "user.email=t@example.org", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], cwd=repo, check=True)
+    subprocess.run([*git, "add", "run.py"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "analysis"], cwd=repo, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    subprocess.run([sys.executable, str(script)], check=True, cwd=tmp_path)
+    script.write_text(script.read_text() + "# edited\n")
+    subprocess.run([sys.executable, str(script)], check=True, cwd=tmp_path)
+    clean, dirty = _runs(store_dir)
+    assert clean["git_commit"] == head and clean["git_dirty"] == 0
+    assert dirty["git_commit"] == head and dirty["git_dirty"] == 1

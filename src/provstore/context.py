@@ -238,6 +238,11 @@ class Context:
     def __len__(self) -> int:
         return len(self.names())
 
+    def __bool__(self) -> bool:
+        # A view of a store is always something, even before any name is bound:
+        # `ctx or provstore.open()` must not reopen because a store is empty.
+        return True
+
     def __dir__(self) -> list[str]:
         # Tab completion offers the bound names next to the methods.
         attrs = [n for n in self.names() if n.isidentifier()]

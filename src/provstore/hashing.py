@@ -118,7 +118,7 @@ def feed(h: Hasher, obj: Any) -> None:
 
     Encoded exactly: None, bool, int, float (IEEE bits), complex, str, bytes,
     tuple, list, dict (order-independent), set/frozenset, numpy arrays and
-    scalars, nibabel images, dataclasses, :class:`provstore.File`, and objects
+    scalars, nibabel images, pandas objects, dataclasses, :class:`provstore.File`, and objects
     with a ``__provstore_hash__()`` method. Anything else is pickled, with a
     warning once per type, since pickle bytes are not guaranteed canonical.
     """
@@ -229,6 +229,24 @@ def _feed_nifti(h: Hasher, img: Any) -> None:
     _feed_array(h, np.asanyarray(img.dataobj))
 
 
+def _feed_pandas(h: Hasher, obj: Any) -> None:
+    # Names, dtypes and pandas' own deterministic row hashes (fixed key, index
+    # included): equal frames hash alike whatever their memory layout.
+    import pandas as pd
+
+    h.tagged(b"p", type(obj).__name__.encode())
+    feed(h, tuple(obj.shape))
+    if isinstance(obj, pd.DataFrame):
+        feed(h, [str(c) for c in obj.columns])
+        feed(h, [str(t) for t in obj.dtypes])
+    elif isinstance(obj, pd.Series):
+        feed(h, (str(obj.name), str(obj.dtype)))
+    else:
+        feed(h, (str(getattr(obj, "name", None)), str(getattr(obj, "dtype", ""))))
+    index = not isinstance(obj, pd.Index)
+    _feed_array(h, np.asarray(pd.util.hash_pandas_object(obj, index=index), dtype=np.uint64))
+
+
 def _is_nibabel_image(obj: Any) -> bool:
     mod = type(obj).__module__
     return mod.startswith("nibabel.") and hasattr(obj, "dataobj") and hasattr(obj, "header")
@@ -245,6 +263,8 @@ def _feed_other(h: Hasher, obj: Any) -> None:
         _feed_generic(h, obj)
     elif _is_nibabel_image(obj):
         _feed_nifti(h, obj)
+    elif type(obj).__module__.partition(".")[0] == "pandas" and hasattr(obj, "shape"):
+        _feed_pandas(h, obj)
     elif isinstance(obj, Path):
         h.tagged(b"P", os.fspath(obj).encode("utf-8", "surrogatepass"))
     elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):

@@ -107,7 +107,8 @@ class TrackedFunction:
         from .api import last_opened
         from .context import active_context
 
-        return active_context() or last_opened()
+        active = active_context()
+        return active if active is not None else last_opened()
 
     def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any], *, recompute: bool) -> Any:
         ctx = self._resolve_context()
@@ -297,7 +298,8 @@ class _Computation:
         for name, i in self.inputs.items():
             artifact_id = i.artifact_id
             if artifact_id is None:  # an argument equal to a stored value still links to it
-                artifact_id = conn.execute(q.ANY_ARTIFACT_BY_DIGEST, {"digest": i.digest}).scalar()
+                artifact_id = conn.execute(q.ANY_ARTIFACT_BY_DIGEST, {
+                    "algorithm": hashing.ALGORITHM, "digest": i.digest}).scalar()
             rows.append({"call_id": call_id, "name": name, "digest": i.digest,
                          "artifact_id": artifact_id, "file_path": i.file_path,
                          "summary": json.dumps(_summary(i.summary))})
