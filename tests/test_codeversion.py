@@ -496,3 +496,23 @@ def test_fingerprinter_does_not_keep_redefined_functions_alive() -> None:
     exec("def f(x):\n    return x\n", ns)  # a notebook redefining f
     gc.collect()
     assert ref() is None
+
+
+def test_library_upgrades_do_not_change_user_code_versions(
+    load: Loader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+
+    from provstore import codeversion
+
+    mod = load(m=BASE + "import numpy as np\ndef uses_numpy(x):\n    return np.mean(x)\n")["m"]
+    user_before = code_version(mod.uses_numpy)
+    library_before = code_version(np.convolve)
+    assert user_before.deps["dist:numpy"] == np.__version__  # recorded, for history
+    assert "numpy==" in library_before.source
+    real = codeversion._dist
+    monkeypatch.setattr(codeversion, "_dist",
+                        lambda name: ("numpy", "99.0") if real(name) else None)
+    assert code_version(mod.uses_numpy).digest == user_before.digest
+    assert code_version(mod.uses_numpy).deps["dist:numpy"] == "99.0"
+    assert code_version(np.convolve).digest != library_before.digest  # name==version

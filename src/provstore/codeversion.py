@@ -547,10 +547,20 @@ class _Walk:
                     self.value(fn, f"{cls.__module__}.{cls.__qualname__}.{name}", set(), depth)
 
 
+def _dists(deps: dict[str, str]) -> list[str]:
+    return [f"{k[5:]}=={v}" for k, v in deps.items() if k.startswith("dist:")] or ["unknown"]
+
+
 def _compute(func: Any, version: str | None) -> tuple[CodeVersion, _Entry]:
     identity = function_identity(func)
     walk = _Walk()
-    if isinstance(func, types.FunctionType):
+    library = isinstance(func, types.FunctionType) and not _file_is_user(
+        func.__code__.co_filename
+    )
+    if library:  # from an installed distribution: versioned as name==version
+        walk.library(getattr(func, "__module__", None))
+        own, source = "", f"# {identity} (installed: {', '.join(_dists(walk.deps))})"
+    elif isinstance(func, types.FunctionType):
         own, source = walk.function(func, 0, top=True)
         owner = _owner(func)
         if owner is not None:  # a method: self.other() calls reach the whole class
@@ -559,11 +569,18 @@ def _compute(func: Any, version: str | None) -> tuple[CodeVersion, _Entry]:
     else:  # a library callable or a callable class: its dependencies only
         walk.value(func, identity, set(), 0)
         source, own = "", ""
+        library = not own
     deps = dict(sorted(walk.deps.items()))
     if version is not None:
         value = digest(("pinned", str(version)))
+    elif library:
+        value = digest(("library", identity, sorted(deps.items())))
     else:
-        value = digest(("code", own, sorted(deps.items())))
+        # Installed packages a user function calls are listed in deps but not
+        # hashed (DESIGN §5): upgrading numpy must not invalidate every result.
+        # Their versions are recorded on each run.
+        own_deps = sorted((k, v) for k, v in deps.items() if not k.startswith("dist:"))
+        value = digest(("code", own, own_deps))
     result = CodeVersion(identity, value, source, None if version is None else str(version), deps)
     code = getattr(func, "__code__", None)
     checks = tuple((ns, n, _SELF if o is func else o) for ns, n, o in walk.checks.values())
