@@ -119,3 +119,49 @@ def test_output_shows_history_and_layout(quickstart: tuple[Path, str]) -> None:
     assert "subject=02/template: 2 version(s)" in out
     assert "deleted" in out
     assert "provstore.db" in out
+
+
+# --------------------------------------------------------------------------- pipeline.py
+def _pipeline(store: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(EXAMPLES / "pipeline.py"), str(store), *args],
+        cwd=store.parent, capture_output=True, text=True, timeout=180,
+    )
+
+
+def _computed(stdout: str) -> list[str]:
+    """The steps whose bodies ran (they print "computing <step>", on misses only)."""
+    return [line.strip().removeprefix("computing ") for line in stdout.splitlines()
+            if line.strip().startswith("computing ")]
+
+
+def test_pipeline_resumes_after_a_crash_and_then_computes_nothing(tmp_path: Path) -> None:
+    per_subject = ["simulate", "zscore", "band_power"]
+    for alpha in ("0.1", "10.0", "1000.0"):
+        per_subject += [f"fit (alpha={alpha})", "evaluate"]
+    every_step = per_subject * 3  # 3 subjects, 27 tracked calls
+    store = tmp_path / "study"
+
+    crashed = _pipeline(store, "--crash-after", "10")
+    assert crashed.returncode == 1, crashed.stderr
+    assert "simulated crash after 10 tracked calls" in crashed.stdout
+    assert _computed(crashed.stdout) == every_step[:10]
+
+    resumed = _pipeline(store)
+    assert resumed.returncode == 0, resumed.stderr
+    # Only what the crashed run had not committed: subject=02 starts at zscore.
+    assert _computed(resumed.stdout) == every_step[10:]
+    assert "27 tracked calls" in resumed.stdout
+
+    again = _pipeline(store)
+    assert again.returncode == 0, again.stderr
+    assert _computed(again.stdout) == []
+    table = resumed.stdout.partition("R² on held-out trials:")[2].split("\n\n")[0]
+    assert table.strip()
+    assert table in again.stdout  # the same scores, loaded from the store
+
+    ctx = provstore.open(store, create=False)
+    for subject in ("01", "02", "03"):
+        r2 = [ctx.scope(subject=subject, alpha=a).r2 for a in (0.1, 10.0, 1000.0)]
+        assert r2[0] > 0.8 > 0.3 > r2[2]  # strong regularization underfits
+        assert len(ctx.history(f"subject={subject}/alpha=10.0/r2")) == 1  # reruns add no version

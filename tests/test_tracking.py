@@ -408,3 +408,27 @@ def test_a_version_pin_ignores_edits_until_it_changes(
     mod = module_factory(_pipeline(pin='(version="2")', scale=9))
     mod.step(1)
     assert mod.RUNS == [1]
+
+
+def test_a_lease_whose_owner_died_on_this_host_is_taken_over_at_once(
+    ctx: provstore.Context,
+) -> None:
+    import datetime as dt
+    import socket
+    import subprocess
+
+    from provstore.runs import utcnow
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    key = scale.key(41)
+    con = sqlite3.connect(ctx.store.root / "provstore.db")
+    con.execute("INSERT INTO leases (key, owner, fence, expires, host, pid, call_id) "
+                "VALUES (?, 'crashed-owner', 1, ?, ?, ?, NULL)",
+                (key, str(utcnow() + dt.timedelta(hours=1)), socket.gethostname(),
+                 int(dead.stdout)))
+    con.commit()
+    con.close()
+    assert scale(41) == 82  # no hour-long wait: the owner is gone
+    (row,) = _calls_table(ctx)
+    assert row["takeover_of"] == "crashed-owner" and row["fence"] == 2

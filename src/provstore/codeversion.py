@@ -15,6 +15,7 @@ import ast
 import functools
 import importlib.metadata
 import inspect
+import linecache
 import os
 import struct
 import sys
@@ -325,10 +326,26 @@ def _strip_docstrings(tree: ast.AST) -> None:
                 node.body = body[1:] or [ast.Pass()]
 
 
+def _source(obj: Any) -> str:
+    """The source block of a code object (fast path) or a class.
+
+    ``inspect.getsource`` maps a code object to its module by scanning every
+    loaded module (~25 ms on a first call); reading the block straight from
+    linecache, where notebook cells are registered too, gives the same text.
+    """
+    if isinstance(obj, types.CodeType):
+        linecache.checkcache(obj.co_filename)  # the file may have been edited
+        lines = linecache.getlines(obj.co_filename)
+        if not lines:
+            raise OSError(f"no source for {obj.co_filename}")
+        return "".join(inspect.getblock(lines[obj.co_firstlineno - 1:]))
+    return inspect.getsource(obj)
+
+
 def _parse(obj: Any, kind: type | tuple[type, ...], name: str) -> ast.Module | None:
     """Parse the source of a code object or class, or None if it is unavailable."""
     try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(obj)))
+        tree = ast.parse(textwrap.dedent(_source(obj)))
     except (OSError, TypeError, SyntaxError, IndentationError):
         return None
     if len(tree.body) != 1 or not isinstance(tree.body[0], kind):
@@ -372,7 +389,7 @@ def _code_tree(code: types.CodeType) -> Iterable[types.CodeType]:
 
 def _fallback_source(func: types.FunctionType) -> str:
     try:
-        return textwrap.dedent(inspect.getsource(func.__code__)).strip()
+        return textwrap.dedent(_source(func.__code__)).strip()
     except (OSError, TypeError):
         return f"# source unavailable: {_key(func)}"
 

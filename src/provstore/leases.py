@@ -3,8 +3,9 @@
 A lease is a row keyed by the call key, holding its owner (one uuid per
 attempt), a fence number and an expiry. Claiming is one ``BEGIN IMMEDIATE``
 transaction: if a finished call exists the caller loads it; if the lease is
-free it is taken; if it expired (its owner died or stalled) it is taken over
-with ``fence + 1`` and the take-over is recorded. The owner renews the lease
+free it is taken; if it expired (its owner died or stalled), or its owner is
+a process of this host that no longer exists, it is taken over with
+``fence + 1`` and the take-over is recorded. The owner renews the lease
 from a heartbeat thread every third of its lifetime. Completing a call
 checks, in the committing transaction, that owner and fence still match; a
 holder that stalled past its expiry (``SIGSTOP``, a swapped-out VM) finds
@@ -72,11 +73,28 @@ def claim(engine: Engine, key: str, call_row: dict[str, Any], *,
                 return done
             lease = conn.execute(q.LEASE_BY_KEY, {"key": key}).first()
             now = utcnow()
-            if lease is not None and lease.expires > now:
+            if lease is not None and lease.expires > now and not _owner_dead(lease):
                 return None
             return _take(conn, key, lease, call_row, now, ttl)
 
     return retrying(attempt)
+
+
+def _owner_dead(lease: Any) -> bool:
+    """Whether the lease's owner is a process of this host that no longer exists.
+
+    Then the lease is taken over at once: a rerun after a crash need not wait
+    for the lease to expire. Owners on other hosts can only expire.
+    """
+    if lease.host != _HOST or lease.pid == os.getpid():
+        return False
+    try:
+        os.kill(lease.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 def _take(conn: Connection, key: str, lease: Any, call_row: dict[str, Any], now: dt.datetime,

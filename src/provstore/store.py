@@ -9,7 +9,6 @@ removes; a crash after it loses nothing.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import threading
@@ -102,6 +101,7 @@ class Store:
             weakref.WeakValueDictionary()
         )
         self.identity = IdentityMap()
+        self._scalars: dict[int, Any] = {}  # immutable inline values by artifact id
         self.memo = CallMemo()
         self._lock = threading.Lock()
 
@@ -389,6 +389,8 @@ class Store:
             return self._read(row, registry.get(row.format), mmap_mode, verify, where, options)
         if not verify:
             cached = self._loaded.get(cache_key)
+            if cached is None:
+                cached = self._scalars.get(artifact_id)
             if cached is not None:
                 return cached
         row = self.artifact(artifact_id)
@@ -399,8 +401,11 @@ class Store:
                 "the store was opened with safe=True. Reopen with safe=False if you trust it"
             )
         value = self._read(row, backend, mmap_mode, verify, where)
-        with contextlib.suppress(TypeError):
+        try:
             self._loaded[cache_key] = value
+        except TypeError:  # ints, strings...: immutable ones are cached strongly
+            if type(value) in (int, float, str, bool, bytes) and len(self._scalars) < 65536:
+                self._scalars[artifact_id] = value
         self.identity.remember(value, Known(artifact_id, row.digest, call_id))
         return value
 
