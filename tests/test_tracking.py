@@ -432,3 +432,44 @@ def test_a_lease_whose_owner_died_on_this_host_is_taken_over_at_once(
     assert scale(41) == 82  # no hour-long wait: the owner is gone
     (row,) = _calls_table(ctx)
     assert row["takeover_of"] == "crashed-owner" and row["fence"] == 2
+
+
+class Model:
+    def __init__(self, weight: float) -> None:
+        self.weight = weight
+
+    def __provstore_hash__(self) -> float:
+        return self.weight
+
+    @provstore.track
+    def predict(self, x: float) -> float:
+        CALLS.append("predict")
+        return self.weight * x
+
+
+def test_tracked_methods_bind_self_and_keep_their_tools(ctx: provstore.Context) -> None:
+    model = Model(2.0)
+    assert model.predict(3.0) == 6.0
+    assert model.predict(3.0) == 6.0
+    assert Model(3.0).predict(3.0) == 9.0
+    assert CALLS == ["predict", "predict"]
+    assert model.predict.is_cached(3.0)
+    assert model.predict.key(3.0) != Model(3.0).predict.key(3.0)
+    assert model.predict.recompute(3.0) == 6.0
+    assert CALLS == ["predict", "predict", "predict"]
+
+
+def test_literal_arguments_do_not_link_to_unrelated_values(ctx: provstore.Context) -> None:
+    ctx.threshold = 5  # stored, but never read in this process
+    scale(np.arange(3.0), 5)
+    con = sqlite3.connect(ctx.store.root / "provstore.db")
+    links = con.execute("SELECT name, artifact_id FROM call_inputs "
+                        "WHERE name='factor'").fetchall()
+    con.close()
+    assert links == [("factor", None)]
+    assert scale(ctx.threshold, 5) is not None  # read from the store: now it links
+    con = sqlite3.connect(ctx.store.root / "provstore.db")
+    linked = con.execute("SELECT artifact_id FROM call_inputs WHERE name='x' "
+                         "ORDER BY call_id DESC LIMIT 1").fetchone()[0]
+    con.close()
+    assert linked == ctx.history("threshold").latest.artifact_id

@@ -264,7 +264,28 @@ class Context:
         sid = bound[0]
         rows = self._store.versions(sid, name)
         scope_path = self._store.scope_path(sid)
-        return History.from_rows(scope_path, name, rows)
+        return History.from_rows(scope_path, name, rows, store=self._store)
+
+    def explain(self, name: str) -> str:
+        """Explain why the current version of *name* was computed.
+
+        Compares the call that produced it with the call of the previous
+        version that came from a tracked call.
+
+        Parameters
+        ----------
+        name : str
+            A name or a path relative to this scope.
+
+        Returns
+        -------
+        str
+            What differs: the code version (changed dependencies and a diff
+            of the stored sources), the inputs (old → new digests with the
+            names bound to each), or neither (a forced recompute); or that it
+            is the first computation.
+        """
+        return self.history(name).explain()
 
     def track(self, func: Any = None, *, version: str | None = None,
               ignore: tuple[str, ...] | list[str] = ()) -> Any:

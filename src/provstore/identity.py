@@ -7,7 +7,8 @@ links ``f``'s call to ``x``. Only objects that cannot silently drift from
 their stored bytes are remembered: read-only arrays, and nibabel images
 guarded by a snapshot of their header and affine (the data proxy itself is
 read-only). Values equal to a recent tracked call's output are linked to that
-call by content digest (:meth:`IdentityMap.recent_call`).
+call by content digest (:meth:`IdentityMap.recent_call`), and small values this
+process read from the store are linked to their artifact the same way.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class IdentityMap:
 
     def __init__(self) -> None:
         self._entries: dict[int, tuple[weakref.ref[Any], Known, bytes | None]] = {}
-        self._recent: OrderedDict[str, int] = OrderedDict()
+        self._recent: OrderedDict[str, tuple[int | None, int]] = OrderedDict()
         self._lock = threading.Lock()
 
     def remember(self, value: Any, known: Known) -> None:
@@ -83,17 +84,28 @@ class IdentityMap:
             return None  # a header or affine was edited since the load
         return entry[1]
 
-    def note_output(self, digest: str, call_id: int) -> None:
-        """Record that a tracked call in this process returned content *digest*."""
+    def note_output(self, digest: str, call_id: int | None, artifact_id: int) -> None:
+        """Record that this process received content *digest* from the store.
+
+        From a tracked call (*call_id*), or a plain load of an inline value
+        (``call_id=None``): small values have no identity to remember them by,
+        so a later argument or binding with this content is linked to it.
+        """
         with self._lock:
-            self._recent[digest] = call_id
+            self._recent[digest] = (call_id, artifact_id)
             self._recent.move_to_end(digest)
             while len(self._recent) > RECENT_OUTPUTS:
                 self._recent.popitem(last=False)
 
     def recent_call(self, digest: str) -> int | None:
         """The call that recently returned content *digest* in this process, if any."""
-        return self._recent.get(digest)
+        found = self._recent.get(digest)
+        return None if found is None else found[0]
+
+    def recent_artifact(self, digest: str) -> int | None:
+        """The artifact of content *digest* a tracked call recently returned, if any."""
+        found = self._recent.get(digest)
+        return None if found is None else found[1]
 
 
 class CallMemo:

@@ -392,6 +392,11 @@ class Store:
             if cached is None:
                 cached = self._scalars.get(artifact_id)
             if cached is not None:
+                row = self.artifact(artifact_id)
+                if row.inline is not None:
+                    self.identity.note_output(row.digest, call_id, artifact_id)
+                elif call_id is not None:  # a tracked call's output: link it to the call
+                    self.identity.remember(cached, Known(artifact_id, row.digest, call_id))
                 return cached
         row = self.artifact(artifact_id)
         backend = registry.get(row.format)
@@ -401,6 +406,8 @@ class Store:
                 "the store was opened with safe=True. Reopen with safe=False if you trust it"
             )
         value = self._read(row, backend, mmap_mode, verify, where)
+        if row.inline is not None:
+            self.identity.note_output(row.digest, call_id, artifact_id)
         try:
             self._loaded[cache_key] = value
         except TypeError:  # ints, strings...: immutable ones are cached strongly

@@ -28,7 +28,7 @@ from . import hashing
 from .codeversion import CodeVersion, Fingerprinter, function_identity
 from .db import queries as q
 from .db.engine import retrying, write
-from .errors import InvalidNameError, LockTimeoutError
+from .errors import InvalidNameError
 from .leases import Claim, LeaseKeeper, claim, lease_seconds, release, still_mine
 from .runs import utcnow
 
@@ -96,6 +96,29 @@ class TrackedFunction:
         store = ctx.store if ctx is not None else None
         return self._key(store, args, kwargs)[0]
 
+    def explain(self, *args: Any, **kwargs: Any) -> str:
+        """Explain whether this call would be a hit and, if not, what changed.
+
+        Nothing is computed. On a miss, the call is compared with the newest
+        finished call of the same function: the code version (dependencies
+        and a diff of the sources) and each argument's digest.
+
+        Returns
+        -------
+        str
+            A few lines of text, starting with ``hit`` or ``miss`` after a header.
+        """
+        ctx = self._resolve_context()
+        if ctx is None:
+            return f"no provstore store is open: {self.identity} would run untracked"
+        from .lineage import InputInfo
+        from .lineage_graph import explain_call
+
+        key, cv, inputs = self._key(ctx.store, args, kwargs)
+        described = {name: InputInfo(name, i.digest, i.artifact_id, i.file_path,
+                                     _summary(i.summary)) for name, i in inputs.items()}
+        return explain_call(ctx.store, self.identity, key, cv, described)
+
     @property
     def code_version(self) -> CodeVersion:
         """The current code version (normalized source, dependencies, digest)."""
@@ -150,7 +173,7 @@ class TrackedFunction:
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
         if instance is None:
             return self
-        return functools.partial(self, instance)
+        return _BoundTracked(self, instance)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # By reference, like a plain function: the module attribute is looked up again.
@@ -160,6 +183,28 @@ class TrackedFunction:
 
     def __repr__(self) -> str:
         return f"<tracked {self.identity}{self._signature}>"
+
+
+class _BoundTracked:
+    """A tracked method bound to an instance: every method of the wrapper, with self."""
+
+    __slots__ = ("__self__", "_tracked")
+
+    def __init__(self, tracked: TrackedFunction, instance: Any) -> None:
+        self._tracked = tracked
+        self.__self__ = instance
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._tracked(self.__self__, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._tracked, name)
+        if name in ("recompute", "is_cached", "key", "explain"):
+            return functools.partial(attr, self.__self__)
+        return attr
+
+    def __repr__(self) -> str:
+        return f"<bound {self._tracked!r} of {self.__self__!r}>"
 
 
 def _rebuild(module: str, qualname: str, context: Any, version: str | None,
@@ -194,7 +239,11 @@ class _Input:
         from .files import File
 
         path = str(value.path) if isinstance(value, File) else None
-        return cls(hashing.digest(value), None, path, value)
+        digest = hashing.digest(value)
+        # A small value equal to what a tracked call just returned is that
+        # output (ints, lists...: no identity to remember them by).
+        recent = store.identity.recent_artifact(digest) if store is not None else None
+        return cls(digest, recent, path, value)
 
 
 class _Computation:
@@ -218,8 +267,14 @@ class _Computation:
                 raise
         duration = time.perf_counter() - started
         committed = self._commit(c, value, duration)
-        if committed is None:  # our lease was taken over: the other result wins
-            return _load_outputs(self.store, self._wait_for_winner())
+        while committed is None:
+            # Our lease was taken over while we stalled. The taker's result wins
+            # if it commits; if the taker dies first, our value is as good as
+            # any: claim the key again and commit it.
+            again = self._claim(recompute=False)
+            if isinstance(again, int):
+                return _load_outputs(self.store, again)
+            committed = self._commit(again, value, duration)
         self.store.memo.note_key(self.key, committed)
         return _load_outputs(self.store, committed, computed=value)
 
@@ -238,15 +293,6 @@ class _Computation:
                 return c
             time.sleep(delay)  # a live owner computes it: wait, then look again
             delay = min(delay * 1.5, 0.5)
-
-    def _wait_for_winner(self, timeout: float = 3600.0) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            done = self.store.finished_call(self.key)
-            if done is not None:
-                return done
-            time.sleep(0.05)
-        raise LockTimeoutError(f"{self.tf.identity}: the call that took over ours never finished")
 
     def _fail(self, c: Claim, exc: BaseException) -> None:
         text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
@@ -298,6 +344,8 @@ class _Computation:
         for name, i in self.inputs.items():
             artifact_id = i.artifact_id
             if artifact_id is None:  # an argument equal to a stored value still links to it
+                # Only stored files (arrays, images...): an argument 5 is not
+                # the lineage of every artifact whose value is 5.
                 artifact_id = conn.execute(q.ANY_ARTIFACT_BY_DIGEST, {
                     "algorithm": hashing.ALGORITHM, "digest": i.digest}).scalar()
             rows.append({"call_id": call_id, "name": name, "digest": i.digest,
@@ -317,7 +365,7 @@ def _load_outputs(store: Any, call_id: int, computed: Any = None) -> Any:
     values = []
     for position, (_, _, artifact_id) in enumerate(rows):
         row = store.artifact(artifact_id)
-        store.identity.note_output(row.digest, call_id)
+        store.identity.note_output(row.digest, call_id, artifact_id)
         values.append(store.load_output(artifact_id, call_id,
                                         computed=_element(computed, kind, position)))
     return tuple(values) if kind == "tuple" else values[0]

@@ -142,6 +142,7 @@ class FileRecord(Base):
     __table_args__ = (
         Index(None, "path", "size", "mtime_ns", "inode"),
         Index(None, "digest"),
+        Index(None, "artifact_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

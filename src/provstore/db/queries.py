@@ -8,7 +8,18 @@ from __future__ import annotations
 
 from typing import cast
 
-from sqlalchemy import Integer, Table, bindparam, case, delete, func, insert, literal, select, update
+from sqlalchemy import (
+    Integer,
+    Table,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 
 from .engine import SCHEMA_HEAD
 from .models import (
@@ -184,7 +195,8 @@ INSERT_CODE = insert(code_versions)
 ANY_ARTIFACT_BY_DIGEST = (
     select(artifacts.c.id)
     .where(artifacts.c.algorithm == bindparam("algorithm"),
-           artifacts.c.digest == bindparam("digest"))
+           artifacts.c.digest == bindparam("digest"),
+           artifacts.c.inline.is_(None))
     .limit(1)
 )
 LEASE_BY_KEY = select(leases).where(leases.c.key == bindparam("key"))
@@ -284,7 +296,7 @@ _ranked_names = select(
 # most ``limit`` per artifact (a value bound in 10,000 scopes lists a few).
 NAMES_OF_ARTIFACTS = (
     select(_ranked_names)
-    .where(_ranked_names.c.rank <= bindparam("limit"))
+    .where(_ranked_names.c.rank <= bindparam("limit", type_=Integer))
     .order_by(_ranked_names.c.artifact_id, _ranked_names.c.rank)
 )
 
@@ -315,10 +327,11 @@ _walk = _walk.union(
     select(_w_co.c.call_id, _walk.c.depth + 1)
     .select_from(
         _walk.join(_w_ci, _w_ci.c.call_id == _walk.c.call_id).join(
-            _w_co, (_w_co.c.artifact_id == _w_ci.c.artifact_id) & (_w_co.c.call_id == _walk_producer)
+            _w_co,
+            (_w_co.c.artifact_id == _w_ci.c.artifact_id) & (_w_co.c.call_id == _walk_producer),
         )
     )
-    .where(_walk.c.depth < bindparam("max_depth"))
+    .where(_walk.c.depth < bindparam("max_depth", type_=Integer))
 )
 UPSTREAM_CALLS = (
     select(_walk.c.call_id, func.min(_walk.c.depth).label("depth"))
@@ -351,9 +364,13 @@ ARTIFACTS_BY_IDS = select(
     artifacts.c.id, artifacts.c.digest, artifacts.c.format, artifacts.c.size, artifacts.c.summary
 ).where(artifacts.c.id.in_(bindparam("ids", expanding=True)))
 
+# With the algorithm, the (algorithm, digest, format) index answers it.
 ARTIFACTS_BY_DIGESTS = (
     select(artifacts.c.digest, func.min(artifacts.c.id).label("id"))
-    .where(artifacts.c.digest.in_(bindparam("digests", expanding=True)))
+    .where(
+        artifacts.c.algorithm == bindparam("algorithm"),
+        artifacts.c.digest.in_(bindparam("digests", expanding=True)),
+    )
     .group_by(artifacts.c.digest)
 )
 
