@@ -348,7 +348,7 @@ class History:
             new digests, with the names bound to each), or nothing (a forced
             recompute); or that this is the first computation.
         """
-        from .lineage_graph import explain_history
+        from .explain import explain_history
 
         return explain_history(self)
 

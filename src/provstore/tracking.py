@@ -112,7 +112,7 @@ class TrackedFunction:
         if ctx is None:
             return f"no provstore store is open: {self.identity} would run untracked"
         from .lineage import InputInfo
-        from .lineage_graph import explain_call
+        from .explain import explain_call
 
         key, cv, inputs = self._key(ctx.store, args, kwargs)
         described = {name: InputInfo(name, i.digest, i.artifact_id, i.file_path,

@@ -1,0 +1,182 @@
+"""Explaining results: why a call ran, and what differs from an earlier one.
+
+Used by :meth:`provstore.History.explain` / ``ctx.explain(name)`` and by
+:meth:`provstore.TrackedFunction.explain`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .lineage import (
+    History,
+    InputInfo,
+)
+from .lineage_graph import LineageReader
+
+__all__ = ["explain_call", "explain_history"]
+
+class _Recipe(Protocol):
+    """What a call's key is made of: a recorded call, or one about to be made."""
+
+    @property
+    def function(self) -> str: ...
+    @property
+    def key(self) -> str: ...
+    @property
+    def code_digest(self) -> str: ...
+    @property
+    def source(self) -> str | None: ...
+    @property
+    def deps(self) -> dict[str, str]: ...
+    @property
+    def pinned(self) -> str | None: ...
+    @property
+    def inputs(self) -> dict[str, InputInfo]: ...
+
+
+@dataclass(frozen=True)
+class _Prospect:
+    function: str
+    key: str
+    code_digest: str
+    source: str | None
+    deps: dict[str, str]
+    pinned: str | None
+    inputs: dict[str, InputInfo]
+
+
+def explain_history(h: History) -> str:
+    """See :meth:`provstore.lineage.History.explain`."""
+    v = h.latest
+    if v.deleted:
+        return f"{h.path} was deleted (v{v.number})"
+    new = v.call
+    if new is None:
+        return (f"{h.path} v{v.number} was not computed by a tracked call: "
+                f"assigned at {v.origin or 'an unknown place'}")
+    head = f"{h.path} v{v.number}: {new}"
+    before = next((p for p in reversed(h.versions[:-1]) if p.call is not None), None)
+    if before is None or before.call is None:
+        return f"{head}\nfirst computation: no earlier version of {h.name} came from a tracked call"
+    old = before.call
+    if old.id == new.id:
+        return f"{head}\nsame call as v{before.number}: its result was reused, not recomputed"
+    lines = [head, f"compared with v{before.number}: {old}"]
+    if new.id < old.id:
+        lines.append(f"(call {new.id} is older than call {old.id}: a cached result was reused)")
+    return "\n".join(lines + differences(old, new))
+
+
+def explain_call(store: Any, function: str, key: str, code: Any,
+                 inputs: dict[str, InputInfo]) -> str:
+    """Explain a call about to be made (:meth:`provstore.TrackedFunction.explain`).
+
+    Parameters
+    ----------
+    store : Store
+        Where the call would be recorded.
+    function : str
+        ``module:qualname`` of the tracked function.
+    key : str
+        The call's key.
+    code : CodeVersion
+        The function's current code version.
+    inputs : dict of str to InputInfo
+        The bound arguments, as they would be keyed.
+    """
+    reader = LineageReader(store)
+    head = f"{function} with these arguments (key {key[:12]}):"
+    done = store.finished_call(key)
+    if done is not None and done in (hit := reader.calls([done])):
+        when = f" on {hit[done].finished:%Y-%m-%d %H:%M:%S}" if hit[done].finished else ""
+        return f"{head}\nhit: {hit[done]}{when}; its stored result would be loaded"
+    latest = reader.latest_done_call(function)
+    old = None if latest is None else reader.calls([latest]).get(latest)
+    if old is None:
+        return f"{head}\nmiss: first computation: no finished call of {function} yet"
+    new = _Prospect(function, key, code.digest, code.source, dict(code.deps), code.pinned,
+                    reader.with_names(inputs))
+    return "\n".join([head, f"miss: compared with the newest finished call, {old}:",
+                      *differences(old, new)])
+
+
+def differences(old: _Recipe, new: _Recipe) -> list[str]:
+    """Lines telling what differs between two calls' code and inputs."""
+    lines = []
+    if old.function != new.function:
+        lines.append(f"function: {old.function} → {new.function}")
+    if old.key == new.key:
+        return [*lines, "same key: forced recompute"]
+    if old.code_digest == new.code_digest:
+        lines.append(f"code: unchanged ({new.code_digest[:12]})")
+    else:
+        lines.append(f"code: changed, {old.code_digest[:12]} → {new.code_digest[:12]}")
+        lines.extend(_code_changes(old, new))
+    changed, same = [], []
+    for name in [*new.inputs, *(n for n in old.inputs if n not in new.inputs)]:
+        o, n = old.inputs.get(name), new.inputs.get(name)
+        if o is None:
+            assert n is not None
+            changed.append(f"  + {name}: new argument {n.digest[:12]} ({_what(n)})")
+        elif n is None:
+            changed.append(f"  - {name}: no longer an argument (was {_what(o)})")
+        elif o.digest != n.digest:
+            changed.append(f"  {name}: {o.digest[:12]} → {n.digest[:12]}  "
+                           f"({_what(o)} → {_what(n)})")
+        else:
+            same.append(name)
+    if changed:
+        lines += ["inputs changed:", *changed]
+    if same:
+        lines.append(f"inputs unchanged: {', '.join(same)}")
+    if old.code_digest == new.code_digest and not changed and old.function == new.function:
+        lines.append("the keys differ though code and inputs match (were ignore= names changed?)")
+    return lines
+
+
+def _code_changes(old: _Recipe, new: _Recipe) -> list[str]:
+    lines = []
+    if old.pinned != new.pinned:
+        lines.append(f"  pinned version: {old.pinned!r} → {new.pinned!r}")
+    deps = []
+    for dep in sorted(old.deps.keys() | new.deps.keys()):
+        a, b = old.deps.get(dep), new.deps.get(dep)
+        if a is None:
+            deps.append(f"    + {dep} {_short(b)}")
+        elif b is None:
+            deps.append(f"    - {dep} {_short(a)}")
+        elif a != b:
+            deps.append(f"    {dep}: {_short(a)} → {_short(b)}")
+    if deps:
+        lines += ["  dependencies changed:", *deps]
+    if old.source is None or new.source is None:
+        lines.append("  (the source of one version was not recorded)")
+    elif old.source == new.source:
+        lines.append("  source: unchanged")
+    else:
+        diff = difflib.unified_diff(
+            old.source.splitlines(), new.source.splitlines(), lineterm="",
+            fromfile=f"{old.function} {old.code_digest[:12]}",
+            tofile=f"{new.function} {new.code_digest[:12]}")
+        lines += ["  source diff:", *(f"    {line}" for line in diff)]
+    return lines
+
+
+def _short(value: str | None) -> str:
+    text = str(value)
+    return text if len(text) <= 16 else text[:12]
+
+
+def _what(i: InputInfo) -> str:
+    if i.names:
+        return i.describe_names()
+    if i.file_path is not None:
+        return f"file {i.file_path}"
+    if i.artifact_id is not None:
+        return f"artifact {i.artifact_id}"
+    text = json.dumps(i.summary)
+    return text if len(text) <= 60 else text[:57] + "..."
