@@ -167,7 +167,9 @@ def test_file_ingestion_is_cached_on_stat(ctx: provstore.Context, tmp_path: Path
     np.save(src, np.arange(10))
     ctx.a = provstore.File(src)
     calls = []
-    monkeypatch.setattr(ctx.store, "_read_external", lambda *a: calls.append(a))
+    from provstore import ingest
+
+    monkeypatch.setattr(ingest, "_read_external", lambda *a: calls.append(a))
     ctx.b = provstore.File(src)  # unchanged file: no re-read
     assert calls == []
     assert ctx.history("b").latest.artifact_id == ctx.history("a").latest.artifact_id

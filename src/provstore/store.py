@@ -13,11 +13,9 @@ import json
 import os
 import threading
 import weakref
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import xxhash
 from sqlalchemy import Connection, insert, select
 
 from . import hashing
@@ -34,43 +32,13 @@ from .errors import (
 )
 from .files import File
 from .identity import CallMemo, IdentityMap, Known
+from .ingest import prepare_file
 from .objects import ObjectDir
+from .records import ArtifactRow, Prepared
 from .runs import RunRecorder, utcnow
 from .scope import Segment, format_path
 
-__all__ = ["ArtifactRow", "Prepared", "Store"]
-
-
-@dataclass(frozen=True)
-class ArtifactRow:
-    """An artifact as recorded in the database (immutable, so cached freely)."""
-
-    id: int
-    digest: str
-    format: str
-    suffix: str
-    size: int
-    file_digest: str | None
-    inline: bytes | None
-    meta: dict[str, Any]
-    summary: dict[str, Any]
-
-
-@dataclass
-class Prepared:
-    """An artifact whose file (if any) is published but whose row is not committed."""
-
-    digest: str
-    backend: Backend
-    suffix: str = ""
-    size: int = 0
-    file_digest: str | None = None
-    inline: bytes | None = None
-    meta: dict[str, Any] | None = None
-    summary: dict[str, Any] | None = None
-    existing_id: int | None = None
-    file_record: dict[str, Any] | None = None
-    call_id: int | None = None
+__all__ = ["ArtifactRow", "Prepared", "Store"]  # records re-exported for callers
 
 
 class Store:
@@ -183,7 +151,7 @@ class Store:
     def prepare(self, value: Any, *, format: str | None = None, **options: Any) -> Prepared:
         """Hash *value* and publish its object file; the row is committed by :meth:`bind`."""
         if isinstance(value, File):
-            return self._prepare_file(value, format, options)
+            return prepare_file(self, value, format, options)
         known = None if format or options else self.identity.known(value)
         if known is not None:
             row = self.artifact(known.artifact_id)
@@ -244,64 +212,6 @@ class Store:
     def _publish(self, prepared: Prepared, write_file: Any) -> None:
         meta, file_digest, size = self.objects.publish(prepared.digest, prepared.suffix, write_file)
         prepared.meta, prepared.file_digest, prepared.size = meta, file_digest, size
-
-    def _prepare_file(self, file: File, format: str | None, options: dict[str, Any]) -> Prepared:
-        try:
-            stat = file.stat()
-        except FileNotFoundError as exc:
-            raise StoreError(f"cannot ingest {file.path}: no such file") from exc
-        backend = registry.get(format) if format else registry.for_suffix(file.name)
-        if backend.unsafe and self.safe:
-            raise UnsafeLoadError(
-                f"ingesting {file.name} would unpickle it, and the store was opened with "
-                "safe=True; convert the file to a standard format"
-            )
-        cached = self._cached_file(stat, backend)
-        if cached is not None:
-            return cached
-        file_digest = file.digest()
-        record = {"path": stat.path, "size": stat.size, "mtime_ns": stat.mtime_ns,
-                  "inode": stat.inode, "algorithm": hashing.ALGORITHM, "digest": file_digest}
-        value = self._read_external(backend, file)
-        digest = file_digest if backend.name == "raw" else hashing.digest(value)
-        prepared = Prepared(digest=digest, backend=backend, file_record=record)
-        prepared.existing_id = self._existing(digest, backend)
-        if prepared.existing_id is not None:
-            return prepared
-        prepared.summary = backend.describe(value)
-        if backend.inline_for(value, options):
-            prepared.inline, prepared.meta = backend.encode(value, **options)
-            prepared.size = len(prepared.inline)
-            return prepared
-        prepared.suffix = (backend.suffix_for(file.path, options) if not backend.suffixes
-                           else _matching_suffix(backend, file.name))
-        self._publish(prepared, lambda tmp: _copy_verified(file, tmp, file_digest))
-        return prepared
-
-    def _cached_file(self, stat: Any, backend: Backend) -> Prepared | None:
-        # Like git's index: an unchanged (path, size, mtime, inode) needs no re-read.
-        found = self._query(q.FILE_BY_STAT, {
-            "path": stat.path, "size": stat.size, "mtime_ns": stat.mtime_ns, "inode": stat.inode,
-        }).first()
-        if found is None or found.artifact_id is None:
-            return None
-        row = self.artifact(found.artifact_id)
-        if row.format != backend.name:
-            return None  # ingested before through another backend
-        if row.inline is None and not self.objects.exists(row.digest, row.suffix):
-            return None
-        return Prepared(digest=row.digest, backend=backend, existing_id=row.id)
-
-    def _read_external(self, backend: Backend, file: File) -> Any:
-        if backend.name == "raw":
-            return file.path
-        try:
-            return backend.load(file.path, {}, mmap_mode="r" if backend.supports_mmap else None)
-        except CorruptObjectError as exc:
-            raise CorruptObjectError(
-                f"{file.path} cannot be read as {backend.name}: {exc}; pass format=... "
-                "to choose another backend"
-            ) from exc
 
     # ---------------------------------------------------------------- bindings
     def bind(self, scope_id: int, name: str, prepared: Prepared | None, *,
@@ -507,25 +417,3 @@ def _hash_while_syncing(path: Path) -> str:
     finally:
         syncer.join()
         os.close(fd)
-
-
-def _matching_suffix(backend: Backend, filename: str) -> str:
-    lowered = filename.lower()
-    matches = [s for s in backend.suffixes if lowered.endswith(s)]
-    return max(matches, key=len) if matches else (backend.suffixes[0] if backend.suffixes else "")
-
-
-def _copy_verified(file: File, tmp: Path, expected: str) -> tuple[dict[str, Any], str, int]:
-    # Hash what is actually copied: a file rewritten while being ingested must
-    # not be recorded under the digest of its earlier content.
-    h = xxhash.xxh3_128()
-    size = 0
-    with open(file.path, "rb") as src, open(tmp, "wb") as dst:
-        while chunk := src.read(1 << 23):
-            h.update(chunk)
-            dst.write(chunk)
-            size += len(chunk)
-    if h.hexdigest() != expected:
-        raise StoreError(f"{file.path} changed while it was being ingested; try again")
-    return {}, expected, size
-

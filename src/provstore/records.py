@@ -1,0 +1,42 @@
+"""Records the store hands around: stored artifacts and artifacts being saved."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .backends.base import Backend
+
+__all__ = ["ArtifactRow", "Prepared"]
+
+
+@dataclass(frozen=True)
+class ArtifactRow:
+    """An artifact as recorded in the database (immutable, so cached freely)."""
+
+    id: int
+    digest: str
+    format: str
+    suffix: str
+    size: int
+    file_digest: str | None
+    inline: bytes | None
+    meta: dict[str, Any]
+    summary: dict[str, Any]
+
+
+@dataclass
+class Prepared:
+    """An artifact whose file (if any) is published but whose row is not committed."""
+
+    digest: str
+    backend: Backend
+    suffix: str = ""
+    size: int = 0
+    file_digest: str | None = None
+    inline: bytes | None = None
+    meta: dict[str, Any] | None = None
+    summary: dict[str, Any] | None = None
+    existing_id: int | None = None
+    file_record: dict[str, Any] | None = None
+    call_id: int | None = None
