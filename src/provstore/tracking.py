@@ -111,8 +111,8 @@ class TrackedFunction:
         ctx = self._resolve_context()
         if ctx is None:
             return f"no provstore store is open: {self.identity} would run untracked"
-        from .lineage import InputInfo
         from .explain import explain_call
+        from .lineage import InputInfo
 
         key, cv, inputs = self._key(ctx.store, args, kwargs)
         described = {name: InputInfo(name, i.digest, i.artifact_id, i.file_path,

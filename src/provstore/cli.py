@@ -1,0 +1,398 @@
+"""The ``provstore`` command: a thin click layer over the library.
+
+Every command opens the store, calls one library function and prints the
+result as a rich table (plain text when not on a terminal) or, with
+``--json``, as JSON for scripts. Errors are handled in one place,
+:meth:`_Group.invoke`: any :class:`~provstore.errors.ProvstoreError` becomes
+a message on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+from rich.text import Text
+
+from . import api, maintenance
+from .context import Context
+from .errors import NotFoundError, ProvstoreError, StoreNotFoundError
+from .lineage import Version
+from .scope import display, parse_path
+
+__all__ = ["cli", "main"]
+
+EXIT_OK, EXIT_NEGATIVE, EXIT_ERROR = 0, 1, 2
+EXIT_CODES = """\b
+Exit codes:
+  0  success
+  1  a negative answer: `verify` found damage (--strict: or orphans), `which` found nothing
+  2  an error (no store, unknown name, bad option): the message is on stderr"""
+
+
+class CommandError(ProvstoreError):
+    """A command cannot do what was asked (reported like every ProvstoreError)."""
+
+
+class _Group(click.Group):
+    """The one error handler: ProvstoreError → message on stderr, exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ProvstoreError as exc:
+            click.echo(f"provstore: error: {exc}", err=True)
+            raise click.exceptions.Exit(EXIT_ERROR) from exc
+
+
+class _Env:
+    """The options of the group; opens the store on first use."""
+
+    def __init__(self, store: Path, db: str | None) -> None:
+        self.location, self.db = store, db
+        self._ctx: Context | None = None
+
+    @property
+    def ctx(self) -> Context:
+        if self._ctx is None:
+            try:
+                # safe=True: the command line never unpickles anything.
+                self._ctx = api.open(self.location, db=self.db, create=False, safe=True)
+            except StoreNotFoundError as exc:
+                raise self.missing() from exc
+        return self._ctx
+
+    def missing(self) -> StoreNotFoundError:
+        return StoreNotFoundError(
+            f"no provstore store at {self.location.absolute()}; pass --store PATH or set "
+            "PROVSTORE (stores are created by provstore.open() in Python)")
+
+
+pass_env = click.make_pass_decorator(_Env)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+@click.group(cls=_Group, epilog=EXIT_CODES,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--store", type=click.Path(file_okay=False, path_type=Path), envvar="PROVSTORE",
+              default=".provstore", show_default=True, metavar="PATH",
+              help="The store directory; $PROVSTORE when set.")
+@click.option("--db", metavar="URL", envvar="PROVSTORE_DB",
+              help="A database URL overriding the store's SQLite file (PostgreSQL).")
+@click.version_option(package_name="provstore", prog_name="provstore")
+@click.pass_context
+def cli(click_ctx: click.Context, store: Path, db: str | None) -> None:
+    """Inspect, verify and clean a provstore store."""
+    click_ctx.obj = _Env(store, db)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``provstore`` console script and ``python -m provstore``."""
+    cli.main(args=argv, prog_name="provstore")
+
+
+# ------------------------------------------------------------------ output
+def _console() -> Console:
+    # Created per command: CliRunner swaps sys.stdout, and folding instead of
+    # cropping keeps every name in narrow or non-terminal output.
+    return Console(highlight=False, soft_wrap=False)
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _table(title: str | None, columns: list[str], rows: list[list[Any]]) -> Table:
+    table = Table(title=title, title_justify="left", show_edge=False)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:  # Text cells: names must never be read as rich markup
+        table.add_row(*(Text("" if cell is None else str(cell)) for cell in row))
+    return table
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[maintenance.Progress | None]:
+    """A rich progress bar on stderr when it is a terminal; no-op otherwise."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        tasks: dict[str, Any] = {}
+
+        def update(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=total or None)
+            bar.update(tasks[phase], completed=done, total=total or None)
+
+        yield update
+
+
+def _version_dict(v: Version) -> dict[str, Any]:
+    run = v.run
+    return {"version": v.number, "path": v.path, "deleted": v.deleted, "format": v.format,
+            "summary": v.summary, "digest": v.digest, "size": v.size, "created": v.created,
+            "run": None if run is None else asdict(run), "origin": v.origin,
+            "call_id": v.call_id}
+
+
+# ---------------------------------------------------------------- commands
+@cli.command("ls")
+@click.argument("scope", required=False, default="")
+@click.option("-a", "--all", "inherited", is_flag=True,
+              help="Also list names inherited from enclosing scopes.")
+@json_option
+@pass_env
+def ls_command(env: _Env, scope: str, inherited: bool, as_json: bool) -> None:
+    """List the names bound in SCOPE (default: the root) and its child scopes."""
+    store = env.ctx.store
+    segments = tuple(parse_path(scope))
+    sid = store.scope_id(segments, create=False)
+    if sid is None:
+        raise NotFoundError(f"{display(scope.strip('/'))} does not exist in this store")
+    view = env.ctx.scope(scope) if segments else env.ctx
+    chain = store.chain(segments) if inherited else [sid]
+    # The history of scope/name from the scope that binds it: an inner scope
+    # holding only a deletion of the name must not hide the visible binding.
+    latest = [env.ctx.history(f"{path}/{name}" if path else name).latest
+              for name, path in ((n, store.scope_path(s))
+                                 for n, s in store.visible_names(chain).items())]
+    children = view.scopes()
+    if as_json:
+        _echo_json({"scope": view.path, "names": [_version_dict(v) for v in latest],
+                    "scopes": children})
+        return
+    console = _console()
+    rows = [[v.name, v.scope if v.scope != view.path else "", f"v{v.number}", v.describe(),
+             v.created.strftime("%Y-%m-%d %H:%M")] for v in latest]
+    console.print(_table(f"names in {display(view.path)}",
+                         ["name", "inherited from", "version", "value", "created"], rows))
+    if children:
+        console.print(_table("scopes", ["scope"], [[c] for c in children]))
+
+
+@cli.command("show")
+@click.argument("name")
+@json_option
+@pass_env
+def show_command(env: _Env, name: str, as_json: bool) -> None:
+    """Summarize the current value of NAME (a path such as subject=01/mask)."""
+    v = env.ctx.history(name).latest
+    made = getattr(v, "call", None)  # the producing call, also when linked by content
+    data = {**_version_dict(v), "call": None if made is None else {
+        "id": made.id, "function": made.function, "code_digest": made.code_digest,
+        "status": made.status, "params": made.params}}
+    if as_json:
+        _echo_json(data)
+        return
+    run = f"{v.run}" if v.run else None
+    call = None if made is None else str(made)
+    rows: list[list[Any]] = [
+        ["name", v.path], ["version", v.number], ["value", v.describe()], ["format", v.format],
+        ["dtype", v.summary.get("dtype")], ["shape", v.summary.get("shape")],
+        ["digest", v.digest], ["size", v.size], ["created", v.created], ["run", run],
+        ["origin", v.origin], ["call", call]]
+    _console().print(_table(None, ["field", "value"], [r for r in rows if r[1] is not None]))
+
+
+@cli.command("history")
+@click.argument("name")
+@json_option
+@pass_env
+def history_command(env: _Env, name: str, as_json: bool) -> None:
+    """Print how NAME was made (lineage tree) and every version of it."""
+    h = env.ctx.history(name)
+    if as_json:
+        _echo_json({"path": h.path, "scope": h.scope, "name": h.name,
+                    "versions": [_version_dict(v) for v in h.versions]})
+        return
+    click.echo(str(h))
+
+
+@cli.command("runs")
+@click.option("-n", "--limit", type=click.IntRange(min=1), metavar="N",
+              help="Only the newest N runs.")
+@json_option
+@pass_env
+def runs_command(env: _Env, limit: int | None, as_json: bool) -> None:
+    """List the processes that wrote to the store, newest first.
+
+    A run still marked running whose heartbeat stopped shows as crashed.
+    """
+    runs = maintenance.list_runs(env.ctx.store, limit=limit)
+    if as_json:
+        _echo_json([asdict(r) for r in runs])
+        return
+    rows = [[r.id, r.status, r.started.strftime("%Y-%m-%d %H:%M:%S"),
+             r.ended.strftime("%Y-%m-%d %H:%M:%S") if r.ended else "",
+             f"{r.user or '?'}@{r.host}:{r.pid}",
+             (r.git_commit or "")[:10] + ("+dirty" if r.git_dirty else ""),
+             " ".join(r.argv)] for r in runs]
+    _console().print(_table("runs", ["id", "status", "started", "ended", "where", "git",
+                                     "command"], rows))
+
+
+@cli.command("verify")
+@click.option("--strict", is_flag=True, help="Also fail on orphan files (crash debris).")
+@json_option
+@pass_env
+def verify_command(env: _Env, strict: bool, as_json: bool) -> None:
+    """Re-hash every object file and check every row; exit 1 when anything is wrong.
+
+    Permissions and modification times are never trusted: every byte is read.
+    Damaged objects are reported with the bindings and calls they affect.
+    """
+    with _progress(not as_json) as progress:
+        report = maintenance.verify(env.ctx.store, progress=progress)
+    failed = not report.ok or (strict and bool(report.problems))
+    if as_json:
+        _echo_json(report.to_dict())
+    else:
+        click.echo(str(report))
+    if failed:
+        raise click.exceptions.Exit(EXIT_NEGATIVE)
+
+
+@cli.command("gc")
+@click.option("--dry-run/--apply", default=True, show_default=True,
+              help="Only report what would be removed, or remove it.")
+@click.option("--keep-versions", type=click.IntRange(min=1), metavar="N",
+              help="Delete binding versions older than the newest N of each name, and the "
+                   "artifacts nothing references any more.")
+@click.option("--grace", type=click.FloatRange(min=0), default=3600.0, show_default=True,
+              metavar="SECONDS",
+              help="Keep orphan files younger than this: they may be publications in flight.")
+@json_option
+@pass_env
+def gc_command(env: _Env, dry_run: bool, keep_versions: int | None, grace: float,
+               as_json: bool) -> None:
+    """Remove orphan object files and, with --keep-versions, old versions.
+
+    A dry run by default. Never removes what a binding, a call or an
+    ingested-file record references, nor what a running call uses.
+    """
+    with _progress(not as_json) as progress:
+        report = maintenance.gc(env.ctx.store, dry_run=dry_run, grace_seconds=grace,
+                                keep_versions=keep_versions, progress=progress)
+    if as_json:
+        _echo_json(report.to_dict())
+    else:
+        click.echo(str(report))
+
+
+@cli.command("which")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@json_option
+@pass_env
+def which_command(env: _Env, file: Path, as_json: bool) -> None:
+    """Find FILE in the store by its content and print the history of each binding.
+
+    Exits 1 when the content is not in this store.
+    """
+    matches = maintenance.which(env.ctx.store, file)
+    if as_json:
+        _echo_json([asdict(m) for m in matches])
+    elif matches:
+        for m in matches:
+            click.echo(f"{file} is artifact {m.artifact_id} ({m.format} {m.digest[:12]}, "
+                       f"matched by {m.how})")
+            for path in sorted({b.path for b in m.bindings}):
+                click.echo("")
+                click.echo(str(env.ctx.history(path)))
+            if not m.bindings:
+                click.echo("  bound to no name (a call output or an ingested file only)")
+    if not matches:
+        if not as_json:
+            click.echo(f"{file}: not in this store", err=True)
+        raise click.exceptions.Exit(EXIT_NEGATIVE)
+
+
+@cli.command("export")
+@click.argument("name")
+@click.argument("file", type=click.Path(path_type=Path))
+@pass_env
+def export_command(env: _Env, name: str, file: Path) -> None:
+    """Copy the current value of NAME to FILE in its standard format.
+
+    A lineage sidecar FILE.provstore.json is written next to it.
+    """
+    target = maintenance.export(env.ctx, name, file)
+    click.echo(f"exported {name} to {target} (lineage in {target}.provstore.json)")
+
+
+@cli.command("upgrade")
+@pass_env
+def upgrade_command(env: _Env) -> None:
+    """Bring the database schema to this provstore's version (server databases).
+
+    SQLite stores are upgraded automatically when opened.
+    """
+    from .db.engine import SCHEMA_HEAD, check_schema, make_engine, upgrade
+
+    url = env.db or f"sqlite:///{env.location.absolute() / api.DB_NAME}"
+    if env.db is None and not (env.location / api.DB_NAME).exists():
+        raise env.missing()
+    engine = make_engine(url)
+    try:
+        before = check_schema(engine)
+        if before == SCHEMA_HEAD:
+            click.echo(f"the schema is already at {SCHEMA_HEAD}; nothing to do")
+            return
+        upgrade(engine, lock_path=None if env.db else env.location / ".provstore.lock")
+        click.echo(f"upgraded the schema from {before or 'empty'} to {SCHEMA_HEAD}")
+    finally:
+        engine.dispose()
+
+
+@cli.command("graph")
+@click.argument("name")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write to this file: .dot/.gv as DOT, .svg/.png through Graphviz.")
+@pass_env
+def graph_command(env: _Env, name: str, output: Path | None) -> None:
+    """Print the lineage graph of NAME in Graphviz DOT, or render it with -o."""
+    h = env.ctx.history(name)
+    upstream: Callable[[], Any] | None = getattr(h, "upstream", None)
+    try:
+        dot = upstream().to_dot() if upstream is not None else None
+    except (AttributeError, ValueError) as exc:
+        raise CommandError(f"no lineage graph for {h.path}: {exc}") from exc
+    if dot is None:
+        raise CommandError("`provstore graph` needs lineage graphs (History.upstream), "
+                           "which this provstore lacks")
+    if output is None:
+        click.echo(dot, nl=False)
+        return
+    kind = output.suffix.lower()
+    if kind in (".dot", ".gv", ""):
+        output.write_text(dot)
+    elif kind in (".svg", ".png"):
+        _render(dot, output, kind[1:])
+    else:
+        raise CommandError(f"cannot write {output.name}: use .dot, .gv, .svg or .png")
+    click.echo(f"wrote the lineage of {h.path} to {output}")
+
+
+def _render(dot: str, output: Path, fmt: str) -> None:
+    exe = shutil.which("dot")
+    if exe is None:
+        raise CommandError(f"rendering {fmt.upper()} needs Graphviz's `dot` on PATH "
+                           "(apt install graphviz, brew install graphviz); "
+                           f"or write DOT with -o {output.with_suffix('.dot').name}")
+    done = subprocess.run([exe, f"-T{fmt}", "-o", os.fspath(output)], input=dot.encode(),
+                          capture_output=True, check=False)
+    if done.returncode != 0:
+        raise CommandError(f"Graphviz failed: {done.stderr.decode(errors='replace').strip()}")
