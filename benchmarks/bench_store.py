@@ -425,14 +425,19 @@ def case_hashing(arr: np.ndarray, repeats: int, wait: float) -> Result:
 
 
 # --------------------------------------------------------------------------- main
-def machine() -> str:
-    """One line describing the machine and the library versions."""
+def cpu_model() -> str:
+    """``"2 CPU (AMD EPYC ...)"``: the core count and model, for benchmark headers."""
     cpu = platform.processor() or "?"
     if os.path.exists("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as f:
             cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
                        cpu)
-    return (f"{os.cpu_count()} CPU ({cpu}), Python {platform.python_version()}, "
+    return f"{os.cpu_count()} CPU ({cpu})"
+
+
+def machine() -> str:
+    """One line describing the machine and the library versions."""
+    return (f"{cpu_model()}, Python {platform.python_version()}, "
             f"numpy {np.__version__}, PyTables {tables.__version__}, nibabel {nib.__version__}, "
             f"SQLite {sqlite3.sqlite_version}, provstore {provstore.__version__}")
 

@@ -28,7 +28,6 @@ import argparse
 import datetime as dt
 import functools
 import itertools
-import os
 import platform
 import shutil
 import sqlite3
@@ -44,7 +43,7 @@ from pathlib import Path
 
 import joblib
 import numpy as np
-from bench_store import settle  # the same idle check as bench_store.py (same directory)
+from bench_store import cpu_model, settle  # shared with bench_store.py (same directory)
 
 import provstore
 
@@ -346,12 +345,7 @@ def case_race(ws: Workspace, trials: int) -> Row:
 # --------------------------------------------------------------------------- main
 def machine() -> str:
     """One line describing the machine and the versions."""
-    cpu = platform.processor() or "?"
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
-                       cpu)
-    return (f"{os.cpu_count()} CPU ({cpu}), Python {platform.python_version()}, "
+    return (f"{cpu_model()}, Python {platform.python_version()}, "
             f"numpy {np.__version__}, joblib {joblib.__version__}, "
             f"SQLite {sqlite3.sqlite_version}, provstore {provstore.__version__}")
 

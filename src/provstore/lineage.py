@@ -470,7 +470,7 @@ def describe_artifact(format: str | None, summary: dict[str, Any], size: int | N
     parts = [format or "?", str(summary.get("dtype") or summary.get("type", ""))]
     if summary.get("shape") is not None:
         parts.append("x".join(map(str, summary["shape"])) or "scalar")
-    parts.append(_size(size or 0))
+    parts.append(format_size(size or 0))
     return "  ".join(p for p in parts if p)
 
 
@@ -478,7 +478,8 @@ def _seconds(s: float) -> str:
     return f"{s * 1000:.1f} ms" if s < 1 else f"{s:.2f} s"
 
 
-def _size(n: int) -> str:
+def format_size(n: int) -> str:
+    """``1536`` → ``'1.5 KiB'``: byte counts for people."""
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if size < 1024 or unit == "GiB":

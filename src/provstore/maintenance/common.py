@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 
 from ..db import queries as q
 from ..errors import ProvstoreError
+from ..lineage import format_size as _size
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -167,13 +168,6 @@ def _tick(progress: Progress | None, phase: str, done: int, total: int) -> None:
         progress(phase, done, total)
 
 
-def _size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 def _bindings_of(store: Store, artifact_ids: Iterable[int]) -> dict[int, list[BindingRef]]:
