@@ -396,3 +396,47 @@ def _render(dot: str, output: Path, fmt: str) -> None:
                           capture_output=True, check=False)
     if done.returncode != 0:
         raise CommandError(f"Graphviz failed: {done.stderr.decode(errors='replace').strip()}")
+
+
+@cli.command("stale")
+@click.argument("scope", required=False, default="")
+@click.option("-a", "--all", "unimportable", is_flag=True,
+              help="Also list results whose function cannot be imported here.")
+@json_option
+@pass_env
+def stale_command(env: _Env, scope: str, unimportable: bool, as_json: bool) -> None:
+    """List results in SCOPE and below whose producing code or inputs changed since.
+
+    A result is stale when its function, importable now, has another code
+    version than the one recorded, or when an input was rebound to another
+    value. Nothing is recomputed or deleted; the exit code is 0 either way.
+    """
+    view = env.ctx.scope(scope) if parse_path(scope) else env.ctx
+    found = view.stale(unimportable=unimportable)
+    if as_json:
+        _echo_json([s.to_dict() for s in found])
+    elif found:
+        for s in found:
+            click.echo(str(s))
+    else:
+        click.echo(f"nothing is stale in {display(view.path)}")
+
+
+@cli.command("diff")
+@click.argument("a")
+@click.argument("b")
+@click.option("--depth", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Call levels to follow into inputs that differ.")
+@json_option
+@pass_env
+def diff_command(env: _Env, a: str, b: str, depth: int, as_json: bool) -> None:
+    """Compare how A and B (paths such as subject=01/mask) were made.
+
+    Reports the first differences in code version (with a diff of the
+    sources), parameters, inputs and package versions; or identical lineage.
+    """
+    result = env.ctx.history(a).diff(env.ctx.history(b), depth=depth)
+    if as_json:
+        _echo_json(result.to_dict())
+    else:
+        click.echo(str(result))

@@ -18,7 +18,7 @@ import difflib
 import os
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import (
     InvalidNameError,
@@ -28,6 +28,9 @@ from .errors import (
     ReservedNameError,
 )
 from .lineage import History
+
+if TYPE_CHECKING:
+    from .impact import Dependent, Stale
 from .scope import Segment, check_name, display, format_path, parse_path, segment_for_param
 from .store import Store
 
@@ -287,6 +290,62 @@ class Context:
         """
         return self.history(name).explain()
 
+    def dependents(self, name: str, *, transitive: bool = True) -> list[Dependent]:
+        """Return the current bindings computed from the current value of *name*.
+
+        Follows the finished calls that read its artifact to the artifacts
+        they returned, and those to the names bound to them.
+
+        Parameters
+        ----------
+        name : str
+            A name or a path relative to this scope.
+        transitive : bool
+            Follow the calls downstream through every level (up to 100);
+            ``False`` lists only what was computed from it directly.
+
+        Returns
+        -------
+        list of Dependent
+            ``path``, ``version``, ``function`` and ``call_id`` of each, nearest first.
+
+        Raises
+        ------
+        NotFoundError
+            *name* is not bound, or its current version is a deletion.
+        """
+        from .impact import dependents
+
+        h = self.history(name)
+        if h.latest.artifact_id is None:
+            raise MissingKeyError(f"{h.path} is deleted (v{h.latest.number}): no dependents")
+        return dependents(self._store, h.latest.artifact_id, transitive=transitive,
+                          exclude=h.path)
+
+    def stale(self, *, unimportable: bool = False) -> list[Stale]:
+        """Return the results here and below whose recorded recipe changed since.
+
+        A current binding made by a tracked call is stale when the function,
+        importable now, has another code version than the call recorded
+        (``"code changed: <dependencies>"``), or when an input of the call was
+        bound to a name that now holds another value (``"input x rebound:
+        scope/name v2 → v3"``). Nothing is recomputed or deleted.
+
+        Parameters
+        ----------
+        unimportable : bool
+            Also list results whose function cannot be imported here
+            (reason ``"not importable"``); by default they are skipped.
+
+        Returns
+        -------
+        list of Stale
+            ``path``, ``reason`` and ``call_id`` of each, sorted by path.
+        """
+        from .impact import stale
+
+        return stale(self._store, self.path, unimportable=unimportable)
+
     def track(self, func: Any = None, *, version: str | None = None,
               ignore: tuple[str, ...] | list[str] = ()) -> Any:
         """Memoize *func* and record its calls in this context's store.
@@ -299,6 +358,57 @@ class Context:
         from .tracking import track
 
         return track(func, version=version, ignore=ignore, context=self)
+
+    def table(self, name: str, func: Any = None, *, recursive: bool = True) -> Any:
+        """Collect *name* from this scope and every scope below it into a DataFrame.
+
+        Parameters
+        ----------
+        name : str
+            The name to collect; a scope counts where *name* is bound, not
+            where it is inherited.
+        func : callable, optional
+            Applied to each value (``lambda m: m.sum()``); the column holds the results.
+        recursive : bool
+            Every descendant scope; with False only the direct children.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per scope, sorted by path: a column per scope parameter
+            (``subject``, ``sigma``...; None/NaN where a scope lacks it),
+            ``scope`` (the path) and *name*.
+
+        Raises
+        ------
+        ImportError
+            pandas is not installed (``pip install provstore[pandas]``).
+        """
+        from .sweeps import table
+
+        return table(self._store, self._current(), name, func, recursive=recursive,
+                     mmap_mode=self._mmap_mode)
+
+    def find(self, function: Any = None, **params: Any) -> list[Any]:
+        """Return the current bindings at and below this scope that match.
+
+        Parameters
+        ----------
+        function : callable or str, optional
+            Only values produced by this function: a tracked function, a
+            plain function, or its ``"module:qualname"``.
+        **params : JSON scalar
+            Only scopes with these parameters (``sigma=2.0``).
+
+        Returns
+        -------
+        list of provstore.sweeps.Found
+            With ``path``, ``scope``, ``name``, ``version``, ``artifact_id``,
+            ``params`` and ``function``; sorted by scope path, then name.
+        """
+        from .sweeps import find
+
+        return find(self._store, self._current(), function=function, params=params)
 
     # ------------------------------------------------------------ writing
     def set(self, name: str, value: Any, *, format: str | None = None, **options: Any) -> None:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from .runs import status_of
 
 if TYPE_CHECKING:
+    from .impact import Diff
     from .lineage_graph import LineageGraph, LineageReader, Node
 
 __all__ = ["BoundName", "CallInfo", "History", "InputInfo", "RunInfo", "Version"]
@@ -351,6 +352,33 @@ class History:
         from .explain import explain_history
 
         return explain_history(self)
+
+    def diff(self, other: History, *, depth: int = 1) -> Diff:
+        """Compare the lineage of the current version with that of *other*'s.
+
+        Walks both upstream graphs from their current versions and reports
+        the first divergences: the producing function, its code version
+        (changed dependencies and a unified diff of the stored sources), the
+        parameters (``sigma: 1.0 → 2.0``), the inputs (same artifact or not;
+        differing inputs are followed to their own producing calls), and the
+        package versions of the two runs.
+
+        Parameters
+        ----------
+        other : History
+            The history to compare with (its current version).
+        depth : int
+            How many call levels to follow into differing inputs.
+
+        Returns
+        -------
+        Diff
+            ``str(diff)`` reads in plain language (``identical lineage`` when
+            nothing differs); ``diff.to_dict()`` is JSON-ready.
+        """
+        from .impact import diff
+
+        return diff(self, other, depth=depth)
 
     def _version(self, number: int) -> Version:
         try:

@@ -10,6 +10,7 @@ from typing import cast
 
 from sqlalchemy import (
     Integer,
+    String,
     Table,
     bindparam,
     case,
@@ -17,9 +18,11 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    or_,
     select,
     update,
 )
+from sqlalchemy import cast as sql_cast
 
 from .engine import SCHEMA_HEAD
 from .models import (
@@ -376,4 +379,137 @@ ARTIFACTS_BY_DIGESTS = (
 
 LATEST_DONE_CALL_OF = select(func.max(calls.c.id)).where(
     calls.c.function == bindparam("function"), calls.c.status == "done"
+)
+
+# ----------------------------------------------------------------- sweeps
+# The current (non-deleted) bindings at and below one scope, for ctx.table and
+# ctx.find (provstore.sweeps). One statement serves every variant: a NULL
+# ``pattern`` drops the descendants (then ``parent_id`` adds the children),
+# a NULL ``name`` or ``function`` drops that filter. The pattern is a LIKE
+# prefix escaped by the caller with ``\`` (paths may hold ``_`` and ``%``).
+_sw_latest = bindings.alias("sw_latest")
+_sw_current = (
+    select(func.max(_sw_latest.c.version))
+    .where(_sw_latest.c.scope_id == bindings.c.scope_id, _sw_latest.c.name == bindings.c.name)
+    .scalar_subquery()
+)
+_sw_pattern = bindparam("pattern", type_=String)
+_sw_name = bindparam("name", type_=String)
+_sw_function = bindparam("function", type_=String)
+CURRENT_BELOW = (
+    select(
+        scopes.c.path,
+        bindings.c.name,
+        bindings.c.version,
+        bindings.c.artifact_id,
+        calls.c.function,
+    )
+    .select_from(
+        bindings.join(scopes, scopes.c.id == bindings.c.scope_id).outerjoin(
+            calls, calls.c.id == bindings.c.call_id
+        )
+    )
+    .where(
+        or_(
+            scopes.c.id == bindparam("scope_id", type_=Integer),
+            scopes.c.parent_id == bindparam("parent_id", type_=Integer),
+            scopes.c.path.like(_sw_pattern, escape="\\"),
+        ),
+        # CAST: PostgreSQL must know a parameter's type to test it for NULL.
+        or_(sql_cast(_sw_name, String).is_(None), bindings.c.name == _sw_name),
+        or_(sql_cast(_sw_function, String).is_(None), calls.c.function == _sw_function),
+        bindings.c.version == _sw_current,
+        bindings.c.artifact_id.is_not(None),
+    )
+    .order_by(scopes.c.path, bindings.c.name)
+)
+
+# ----------------------------------------------------------------- impact
+# Reads for provstore.impact: dependents, stale results and run packages.
+_im_b = bindings.alias("im_b")
+_im_latest = bindings.alias("im_latest")
+_im_current = (
+    select(func.max(_im_latest.c.version))
+    .where(_im_latest.c.scope_id == _im_b.c.scope_id, _im_latest.c.name == _im_b.c.name)
+    .scalar_subquery()
+)
+
+# The downstream walk: from one artifact, through the finished calls that read
+# it, to the artifacts they returned, recursively (UNION; ``max_depth`` bounds
+# it, call ids grow with time so real lineage is acyclic). Then the current
+# bindings of every artifact reached, with the call that made it.
+_dn_ci = call_inputs.alias("dn_ci")
+_dn_c = calls.alias("dn_c")
+_dn_co = call_outputs.alias("dn_co")
+_down = select(
+    bindparam("root", type_=Integer).label("artifact_id"), literal(0, Integer).label("depth")
+).cte("down", recursive=True)
+_down = _down.union(
+    select(_dn_co.c.artifact_id, _down.c.depth + 1)
+    .select_from(
+        _down.join(_dn_ci, _dn_ci.c.artifact_id == _down.c.artifact_id)
+        .join(_dn_c, (_dn_c.c.id == _dn_ci.c.call_id) & (_dn_c.c.status == "done"))
+        .join(_dn_co, _dn_co.c.call_id == _dn_c.c.id)
+    )
+    .where(_down.c.depth < bindparam("max_depth", type_=Integer))
+)
+DOWNSTREAM_BINDINGS = (
+    select(
+        scopes.c.path,
+        _im_b.c.name,
+        _im_b.c.version,
+        _im_b.c.artifact_id,
+        _dn_c.c.function,
+        _dn_c.c.id.label("call_id"),
+        (_down.c.depth + 1).label("depth"),
+    )
+    .select_from(
+        _down.join(_dn_ci, _dn_ci.c.artifact_id == _down.c.artifact_id)
+        .join(_dn_c, (_dn_c.c.id == _dn_ci.c.call_id) & (_dn_c.c.status == "done"))
+        .join(_dn_co, _dn_co.c.call_id == _dn_c.c.id)
+        .join(_im_b, _im_b.c.artifact_id == _dn_co.c.artifact_id)
+        .join(scopes, scopes.c.id == _im_b.c.scope_id)
+    )
+    .where(_down.c.depth < bindparam("max_depth", type_=Integer),
+           _im_b.c.version == _im_current)
+    .distinct()
+)
+
+# Current, non-deleted bindings with a recorded call at ``path`` and below it
+# (``pattern``: the escaped ``path/`` prefix followed by ``%``).
+CALLED_BINDINGS_BELOW = (
+    select(scopes.c.path, _im_b.c.name, _im_b.c.version, _im_b.c.artifact_id, _im_b.c.call_id)
+    .join(scopes, scopes.c.id == _im_b.c.scope_id)
+    .where(
+        (scopes.c.path == bindparam("path")) | scopes.c.path.like(bindparam("pattern"),
+                                                                   escape="\\"),
+        _im_b.c.version == _im_current,
+        _im_b.c.artifact_id.is_not(None),
+        _im_b.c.call_id.is_not(None),
+    )
+    .order_by(scopes.c.path, _im_b.c.name)
+)
+
+# Every (scope, name) that ever bound one of the artifacts: the last version
+# that did, and the name's current version and artifact (NULL when deleted).
+_im_head = bindings.alias("im_head")
+BINDINGS_OF_ARTIFACTS = (
+    select(
+        _im_b.c.artifact_id,
+        scopes.c.path,
+        _im_b.c.name,
+        func.max(_im_b.c.version).label("version"),
+        _im_head.c.version.label("head_version"),
+        _im_head.c.artifact_id.label("head_artifact_id"),
+    )
+    .join(scopes, scopes.c.id == _im_b.c.scope_id)
+    .join(_im_head, (_im_head.c.scope_id == _im_b.c.scope_id)
+          & (_im_head.c.name == _im_b.c.name) & (_im_head.c.version == _im_current))
+    .where(_im_b.c.artifact_id.in_(bindparam("ids", expanding=True)))
+    .group_by(_im_b.c.artifact_id, _im_b.c.scope_id, scopes.c.path, _im_b.c.name,
+              _im_head.c.version, _im_head.c.artifact_id)
+)
+
+RUN_PACKAGES = select(runs.c.id, runs.c.packages).where(
+    runs.c.id.in_(bindparam("ids", expanding=True))
 )
