@@ -11,7 +11,6 @@ a history costs nothing more than before.
 from __future__ import annotations
 
 import datetime as dt
-import html
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -423,7 +422,9 @@ class History:
         return f"<History {self.path!r}: {len(self.versions)} version(s)>"
 
     def _repr_html_(self) -> str:
-        return f"<pre>{html.escape(str(self))}</pre>"
+        from .lineage_html import history_html
+
+        return history_html(self)
 
 
 # ------------------------------------------------------------------ the tree
