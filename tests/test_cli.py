@@ -252,3 +252,52 @@ def test_docs_match_the_help() -> None:
         text = DOCS.read_text()
     assert f"{BEGIN}\n{generated}{END}" in text, (
         "docs/cli.md is out of date: PROVSTORE_UPDATE_DOCS=1 pytest tests/test_cli.py -k docs")
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "is_json"),
+    [
+        (["ls", "--json"], 0, True),
+        (["ls", "subject=01"], 0, False),
+        (["show", "score", "--json"], 0, True),
+        (["history", "subject=01/mask", "--json"], 0, True),
+        (["runs", "--json"], 0, True),
+        (["stale", "--json"], 0, True),
+        (["diff", "subject=01/mask", "subject=02/mask", "--json"], 0, True),
+        (["verify", "--json"], 0, True),
+        (["gc", "--json"], 0, True),
+        (["upgrade"], 0, False),
+        (["graph", "subject=01/mask"], 0, False),
+        (["history", "missing-name"], 2, False),
+    ],
+    ids=lambda v: v[0] if isinstance(v, list) else str(v),
+)
+def test_every_command_as_a_real_process(study: Path, args: list[str], code: int,
+                                         is_json: bool) -> None:
+    """The installed console script, as a user types it (no CliRunner in between)."""
+    script = Path(sys.executable).with_name("provstore")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "provstore"]
+    done = subprocess.run([*command, "--store", str(study), *args], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == code, done.stderr
+    if is_json:
+        json.loads(done.stdout)
+    if code == 2:
+        assert done.stderr.startswith("provstore: error:")
+    else:
+        assert done.stdout.strip()
+
+
+def test_export_and_which_as_real_processes(study: Path, tmp_path: Path) -> None:
+    script = Path(sys.executable).with_name("provstore")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "provstore"]
+    dest = tmp_path / "score.npy"
+    exported = subprocess.run([*command, "--store", str(study), "export", "score", str(dest)],
+                              capture_output=True, text=True, timeout=120)
+    assert exported.returncode == 0, exported.stderr
+    assert np.load(dest).tolist() == [0, 1, 2, 3]
+    assert json.loads((tmp_path / "score.npy.provstore.json").read_text())["name"] == "score"
+    found = subprocess.run([*command, "--store", str(study), "which", str(dest)],
+                           capture_output=True, text=True, timeout=120)
+    assert found.returncode == 0, found.stderr
+    assert "score" in found.stdout
