@@ -1,0 +1,252 @@
+"""What counts as user code, and how one function's source is normalized and hashed.
+
+Split from :mod:`provstore.codeversion`, which walks a function's references
+transitively and caches the result.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import importlib.metadata
+import inspect
+import linecache
+import os
+import struct
+import sys
+import sysconfig
+import textwrap
+import types
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from .hashing import Hasher, digest, feed
+
+_MAX_DEPTH = 50
+_MAX_ITEMS = 1000  # elements a container constant may hold and still count as "simple"
+_MISSING: Any = object()
+_SCALARS = (int, float, complex, str, bytes, bool, type(None))
+_CONTAINERS = (tuple, frozenset, list, set, dict)
+_PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+# -- classification -----------------------------------------------------------------------
+
+
+@functools.cache
+def _library_roots() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    roots = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
+    roots.add(os.path.dirname(os.path.abspath(__file__)))  # provstore itself
+    roots.update(p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages"))
+    return tuple(os.path.join(os.path.realpath(r), "") for r in roots if r)
+
+
+@functools.lru_cache(maxsize=4096)
+def _file_is_user(filename: str) -> bool:
+    if filename.startswith("<"):  # exec'd code, notebook cells; "<frozen ...>" is stdlib
+        return not filename.startswith("<frozen")
+    path = os.path.realpath(filename)
+    parts = path.split(os.sep)
+    if "site-packages" in parts or "dist-packages" in parts:
+        return False
+    return not path.startswith(_library_roots())
+
+
+def _module_is_user(module: types.ModuleType) -> bool:
+    filename = getattr(module, "__file__", None)
+    if filename:
+        return _file_is_user(filename)
+    origin = getattr(getattr(module, "__spec__", None), "origin", None)
+    if origin in ("built-in", "frozen") or module.__name__ in sys.builtin_module_names:
+        return False
+    paths = list(getattr(module, "__path__", None) or [])
+    return _file_is_user(paths[0]) if paths else True
+
+
+@functools.cache
+def _packages() -> dict[str, list[str]]:
+    return dict(importlib.metadata.packages_distributions())
+
+
+@functools.lru_cache(maxsize=1024)
+def _dist(module_name: str) -> tuple[str, str] | None:
+    top = module_name.partition(".")[0]
+    if top in ("builtins", "__main__", ""):
+        return None
+    if top in sys.stdlib_module_names or top in sys.builtin_module_names:
+        return "python", _PYTHON
+    names = sorted(_packages().get(top, []))
+    if names:
+        try:
+            return names[0], importlib.metadata.version(names[0])
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return top, str(getattr(sys.modules.get(top), "__version__", "unknown"))
+
+
+def _class_is_user(cls: type) -> bool:
+    module = sys.modules.get(cls.__module__)
+    if module is None:  # defined by exec() under a made-up module name
+        return cls.__module__ != "builtins"
+    return _module_is_user(module)
+
+
+def _simple(obj: Any, budget: list[int]) -> bool:
+    budget[0] -= 1
+    if budget[0] < 0:
+        return False
+    kind = type(obj)
+    if kind in _SCALARS or isinstance(obj, np.generic):
+        return not (isinstance(obj, np.generic) and obj.dtype.hasobject)
+    if kind is dict:
+        return all(_simple(k, budget) and _simple(v, budget) for k, v in obj.items())
+    if kind in _CONTAINERS:
+        return all(_simple(x, budget) for x in obj)
+    return False
+
+
+def _mutable(obj: Any) -> bool:
+    kind = type(obj)
+    if kind in (list, set, dict):
+        return True
+    return kind in (tuple, frozenset) and any(_mutable(x) for x in obj)
+
+
+# -- sources and digests ------------------------------------------------------------------
+
+
+def _key(func: types.FunctionType) -> str:
+    """``module:qualname`` of the code itself (a functools.wraps wrapper keeps its own)."""
+    qualname = getattr(func.__code__, "co_qualname", func.__qualname__)
+    return f"{func.__module__ or '__main__'}:{qualname}"
+
+
+def _wrapped(obj: Any) -> Any:
+    try:
+        return getattr(obj, "__wrapped__", _MISSING)
+    except Exception:  # proxies whose __getattr__ misbehaves
+        return _MISSING
+
+
+def _target(func: Any) -> Any:
+    for _ in range(_MAX_DEPTH):
+        if isinstance(func, types.MethodType):
+            func = func.__func__
+        elif isinstance(func, functools.partial):
+            func = func.func
+        elif (inner := _wrapped(func)) is not _MISSING:  # the tracked function's decorators
+            func = inner
+        else:
+            break
+    return func
+
+
+def _owner(func: types.FunctionType) -> tuple[str, Any] | None:
+    """The global name and class a method is defined in, if reachable from its globals."""
+    path = func.__qualname__.split(".")[:-1]
+    if not path or "<locals>" in path:
+        return None
+    obj = func.__globals__.get(path[0])
+    for part in path[1:]:
+        obj = getattr(obj, part, None)
+    return (path[0], obj) if isinstance(obj, type) else None
+
+
+def _strip_docstrings(tree: ast.AST) -> None:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Module):
+            body = node.body
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
+                node.body = body[1:] or [ast.Pass()]
+
+
+def _source(obj: Any) -> str:
+    """The source block of a code object (fast path) or a class.
+
+    ``inspect.getsource`` maps a code object to its module by scanning every
+    loaded module (~25 ms on a first call); reading the block straight from
+    linecache, where notebook cells are registered too, gives the same text.
+    """
+    if isinstance(obj, types.CodeType):
+        linecache.checkcache(obj.co_filename)  # the file may have been edited
+        lines = linecache.getlines(obj.co_filename)
+        if not lines:
+            raise OSError(f"no source for {obj.co_filename}")
+        return "".join(inspect.getblock(lines[obj.co_firstlineno - 1:]))
+    return inspect.getsource(obj)
+
+
+def _parse(obj: Any, kind: type | tuple[type, ...], name: str) -> ast.Module | None:
+    """Parse the source of a code object or class, or None if it is unavailable."""
+    try:
+        tree = ast.parse(textwrap.dedent(_source(obj)))
+    except (OSError, TypeError, SyntaxError, IndentationError):
+        return None
+    if len(tree.body) != 1 or not isinstance(tree.body[0], kind):
+        return None
+    if getattr(tree.body[0], "name", None) != name:  # a stale file or a mismatched block
+        return None
+    _strip_docstrings(tree)
+    return tree
+
+
+def _feed_code(h: Hasher, code: types.CodeType) -> None:
+    h.tagged(b"C", code.co_code)
+    for names in (code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars):
+        h.tagged(b"n", "\0".join(names).encode())
+    counts = (code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount)
+    h.raw(b"a" + struct.pack("<3Q", *counts))
+    h.raw(b"k" + struct.pack("<Q", len(code.co_consts)))
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            _feed_code(h, const)
+        elif _simple(const, [_MAX_ITEMS]):
+            feed(h, const)
+        else:
+            h.tagged(b"r", repr(const).encode())
+
+
+def _code_digest(code: types.CodeType) -> str:
+    """Deterministic digest of a code object (stable within one Python minor version)."""
+    h = Hasher()
+    h.tagged(b"V", _PYTHON.encode())
+    _feed_code(h, code)
+    return h.hexdigest()
+
+
+def _code_tree(code: types.CodeType) -> Iterable[types.CodeType]:
+    yield code
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _code_tree(const)
+
+
+def _fallback_source(func: types.FunctionType) -> str:
+    try:
+        return textwrap.dedent(_source(func.__code__)).strip()
+    except (OSError, TypeError):
+        return f"# source unavailable: {_key(func)}"
+
+
+def _own(func: types.FunctionType, *, top: bool) -> tuple[str, str, ast.Module | None]:
+    """(own digest, normalized source, parsed tree) of one function, not transitive."""
+    code = func.__code__
+    tree = None
+    if code.co_name != "<lambda>":
+        tree = _parse(code, (ast.FunctionDef, ast.AsyncFunctionDef), code.co_name)
+    if tree is None:
+        return _code_digest(code), _fallback_source(func), None
+    if top:
+        tree.body[0].decorator_list = []  # type: ignore[attr-defined]
+    source = ast.unparse(tree)
+    return digest(("src", source)), source, tree
+
+
