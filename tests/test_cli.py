@@ -264,6 +264,8 @@ def test_docs_match_the_help() -> None:
         (["runs", "--json"], 0, True),
         (["stale", "--json"], 0, True),
         (["diff", "subject=01/mask", "subject=02/mask", "--json"], 0, True),
+        (["dependents", "subject=01/bold", "--json"], 0, True),
+        (["dependents", "subject=01/bold"], 0, False),
         (["verify", "--json"], 0, True),
         (["gc", "--json"], 0, True),
         (["upgrade"], 0, False),
@@ -301,3 +303,11 @@ def test_export_and_which_as_real_processes(study: Path, tmp_path: Path) -> None
                            capture_output=True, text=True, timeout=120)
     assert found.returncode == 0, found.stderr
     assert "score" in found.stdout
+
+
+def test_dependents_lists_what_was_computed_from_an_input(study: Path) -> None:
+    found = json.loads(run(study, "dependents", "subject=01/bold", "--json").output)
+    # Both subjects' masks are all True: one artifact, bound under two names.
+    assert sorted(d["path"] for d in found) == ["subject=01/mask", "subject=02/mask"]
+    assert found[0]["function"].endswith("threshold") and found[0]["depth"] == 1
+    assert "nothing in the store" in run(study, "dependents", "template").output

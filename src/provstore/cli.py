@@ -9,6 +9,7 @@ a message on stderr and exit code 2.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -440,3 +441,25 @@ def diff_command(env: _Env, a: str, b: str, depth: int, as_json: bool) -> None:
         _echo_json(result.to_dict())
     else:
         click.echo(str(result))
+
+
+@cli.command("dependents")
+@click.argument("name")
+@click.option("--direct", is_flag=True, help="Only results computed from NAME itself.")
+@json_option
+@pass_env
+def dependents_command(env: _Env, name: str, direct: bool, as_json: bool) -> None:
+    """List the results computed from NAME, nearest first.
+
+    NAME is a path such as subject=01/bold. Follows calls downstream: every
+    current binding whose value was made from NAME's current value, directly
+    or through other tracked calls.
+    """
+    found = env.ctx.dependents(name, transitive=not direct)
+    if as_json:
+        _echo_json([dataclasses.asdict(d) for d in found])
+    elif found:
+        for d in found:
+            click.echo(str(d))
+    else:
+        click.echo(f"nothing in the store was computed from {name}")
