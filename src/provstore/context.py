@@ -359,6 +359,47 @@ class Context:
 
         return track(func, version=version, ignore=ignore, context=self)
 
+    def map(self, func: Any, iterable: Any, *, executor: Any = None, chunksize: int = 1,
+            progress: bool | None = None) -> Iterator[Any]:
+        """Run ``func(item)`` for each item in parallel, in this store and scope.
+
+        Each call runs inside ``with view:`` where *view* is this context at
+        its current scope, reopened by reference in the worker: tracked
+        functions record into this store (hits are loaded, misses computed
+        once across all workers), and bindings made through
+        :func:`provstore.context.active_context` land in this scope.
+
+        Parameters
+        ----------
+        func : callable
+            Takes one item. In other processes it must be importable by
+            reference: a module-level function or tracked function, or a
+            ``functools.partial`` of one.
+        iterable : iterable
+            The items; read in full before the first call is submitted.
+        executor : concurrent.futures.Executor, optional
+            Where the calls run: a thread or process pool, a loky executor,
+            ``dask.distributed.Client.get_executor()``. By default a
+            ``ProcessPoolExecutor`` with one worker per core, created here and
+            shut down when the results are exhausted.
+        chunksize : int
+            Items sent to a worker at once (each item still succeeds or fails alone).
+        progress : bool, optional
+            Show a ``rich`` progress bar on stderr; by default only when stderr
+            is a terminal.
+
+        Returns
+        -------
+        iterator
+            The results in input order, as they become available. An item's
+            exception is raised when the iterator reaches it (with the worker's
+            traceback as its cause); the other calls still run and commit.
+        """
+        from .mapping import map_calls
+
+        return map_calls(self, func, iterable, executor=executor, chunksize=chunksize,
+                         progress=progress)
+
     def table(self, name: str, func: Any = None, *, recursive: bool = True) -> Any:
         """Collect *name* from this scope and every scope below it into a DataFrame.
 
