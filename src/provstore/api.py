@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .context import Context
 from .errors import StoreError, StoreNotFoundError
+from .fstype import check_sqlite_url
 from .store import Store
 
 __all__ = ["last_opened", "open"]
@@ -73,7 +74,10 @@ def open(
     StoreVersionError
         The store was written by a newer provstore.
     StoreError
-        The location holds something that is not a provstore store.
+        The location holds something that is not a provstore store, or the
+        SQLite database would live on a network filesystem (NFS, CIFS,
+        Lustre...), where its locking is unreliable: keep the database local
+        or use PostgreSQL.
     """
     if durability not in ("normal", "full"):
         raise ValueError(f"durability must be 'normal' or 'full', not {durability!r}")
@@ -92,6 +96,7 @@ def open(
         url = db
         if not loc.exists() and not create:
             raise StoreNotFoundError(f"no object root at {loc}; pass create=True to make one")
+    check_sqlite_url(url)  # SQLite on NFS/CIFS/Lustre... corrupts: refuse before creating it
     loc.mkdir(parents=True, exist_ok=True)
     store = _store_for(url, str(Path(root).expanduser().absolute() if root else loc), safe=safe,
                        durability=durability)
