@@ -425,6 +425,22 @@ def case_hashing(arr: np.ndarray, repeats: int, wait: float) -> Result:
 
 
 # --------------------------------------------------------------------------- main
+def parse_common(argv: list[str] | None, doc: str | None, *, quick: str,
+                 only: str) -> argparse.Namespace:
+    """The options every benchmark script takes (--quick, --repeats, --only, ...)."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--repeats", type=int, help="repeats per case (default 7, quick 3)")
+    parser.add_argument("--only", help=only)
+    parser.add_argument("--tmp", default="/tmp", help="parent of the temporary directories")
+    parser.add_argument("--wait", type=float, default=1.0,
+                        help="max seconds to wait for idle CPUs before each side (0: never)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print every sample")
+    args = parser.parse_args(argv)
+    args.repeats = args.repeats or (3 if args.quick else 7)
+    return args
+
+
 def cpu_model() -> str:
     """``"2 CPU (AMD EPYC ...)"``: the core count and model, for benchmark headers."""
     cpu = platform.processor() or "?"
@@ -476,16 +492,8 @@ def run(args: argparse.Namespace) -> list[Result]:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run, print the table."""
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, 3 repeats (smoke run)")
-    parser.add_argument("--repeats", type=int, help="repeats per case (default 7, quick 3)")
-    parser.add_argument("--only", help="comma-separated case letters, e.g. a,f")
-    parser.add_argument("--tmp", default="/tmp", help="parent of the temporary directories")
-    parser.add_argument("--wait", type=float, default=1.0,
-                        help="max seconds to wait for idle CPUs before each side (0: never)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="print every sample")
-    args = parser.parse_args(argv)
-    args.repeats = args.repeats or (3 if args.quick else 7)
+    args = parse_common(argv, __doc__, quick="small sizes, 3 repeats (smoke run)",
+                        only="comma-separated case letters, e.g. a,f")
 
     started = time.monotonic()
     print(f"provstore benchmarks, {dt.datetime.now():%Y-%m-%d %H:%M}, "

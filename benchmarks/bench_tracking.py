@@ -43,7 +43,11 @@ from pathlib import Path
 
 import joblib
 import numpy as np
-from bench_store import cpu_model, settle  # shared with bench_store.py (same directory)
+from bench_store import (  # shared with bench_store.py (same directory)
+    cpu_model,
+    parse_common,
+    settle,
+)
 
 import provstore
 
@@ -375,17 +379,9 @@ def run(args: argparse.Namespace) -> list[Row]:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run, print the table."""
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="smaller array, fewer calls and trials, 3 repeats (smoke run)")
-    parser.add_argument("--repeats", type=int, help="repeats per timed case (default 7, quick 3)")
-    parser.add_argument("--only", help="comma-separated cases: a, a', b, c, d")
-    parser.add_argument("--tmp", default="/tmp", help="parent of the temporary directories")
-    parser.add_argument("--wait", type=float, default=1.0,
-                        help="max seconds to wait for idle CPUs before each side (0: never)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="print every sample")
-    args = parser.parse_args(argv)
-    args.repeats = args.repeats or (3 if args.quick else 7)
+    args = parse_common(argv, __doc__,
+                        quick="smaller array, fewer calls and trials, 3 repeats (smoke run)",
+                        only="comma-separated cases: a, a', b, c, d")
 
     started = time.monotonic()
     print(f"provstore tracking benchmarks, {dt.datetime.now():%Y-%m-%d %H:%M}, "

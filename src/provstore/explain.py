@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -17,7 +18,7 @@ from .lineage import (
 )
 from .lineage_graph import LineageReader
 
-__all__ = ["explain_call", "explain_history"]
+__all__ = ["changed_items", "explain_call", "explain_history"]
 
 class _Recipe(Protocol):
     """What a call's key is made of: a recorded call, or one about to be made."""
@@ -143,13 +144,12 @@ def _code_changes(old: _Recipe, new: _Recipe) -> list[str]:
     if old.pinned != new.pinned:
         lines.append(f"  pinned version: {old.pinned!r} → {new.pinned!r}")
     deps = []
-    for dep in sorted(old.deps.keys() | new.deps.keys()):
-        a, b = old.deps.get(dep), new.deps.get(dep)
+    for dep, a, b in changed_items(old.deps, new.deps):
         if a is None:
             deps.append(f"    + {dep} {_short(b)}")
         elif b is None:
             deps.append(f"    - {dep} {_short(a)}")
-        elif a != b:
+        else:
             deps.append(f"    {dep}: {_short(a)} → {_short(b)}")
     if deps:
         lines += ["  dependencies changed:", *deps]
@@ -164,6 +164,13 @@ def _code_changes(old: _Recipe, new: _Recipe) -> list[str]:
             tofile=f"{new.function} {new.code_digest[:12]}")
         lines += ["  source diff:", *(f"    {line}" for line in diff)]
     return lines
+
+
+def changed_items(old: Mapping[str, Any],
+                  new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(key, old value or None, new value or None)`` for every key whose value differs."""
+    return [(k, old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys())
+            if old.get(k) != new.get(k)]
 
 
 def _short(value: str | None) -> str:

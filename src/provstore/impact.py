@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .db import queries as q
-from .explain import _code_changes
+from .explain import _code_changes, changed_items
 from .lineage import CallInfo, History, InputInfo, _leaf
 from .lineage_graph import LineageGraph, LineageReader, Node
 
@@ -214,13 +214,12 @@ def _packages(out: Diff, h: History, run_a: int | None, run_b: int | None) -> No
     if old is None or new is None:
         return
     changed = []
-    for name in sorted(old.keys() | new.keys()):
-        x, y = old.get(name), new.get(name)
+    for name, x, y in changed_items(old, new):
         if x is None:
             changed.append(f"+ {name} {y}")
         elif y is None:
             changed.append(f"- {name} {x}")
-        elif x != y:
+        else:
             changed.append(f"{name} {x} → {y}")
     if changed:
         out.divergences.append(Divergence(
