@@ -270,3 +270,33 @@ def test_long_tuples_do_not_explode_into_hdf5_nodes(store_dir: Path) -> None:
         ctx.t = tuple(range(100_000))
     ctx.t = np.array(tuple(range(100_000)))  # what the message steers towards
     assert ctx.history("t").latest.format == "npy"
+
+
+def test_ingesting_json_pickle_and_real_pytables_files(ctx: provstore.Context,
+                                                       tmp_path: Path) -> None:
+    import json
+    import pickle
+
+    import tables
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"threshold": 0.2, "runs": [1, 2]}))
+    ctx.config = provstore.File(config)
+    assert ctx.config == {"threshold": 0.2, "runs": [1, 2]}
+    assert ctx.history("config").latest.format == "json"
+
+    blob = tmp_path / "model.pkl"
+    blob.write_bytes(pickle.dumps({"weights": [1.0, 2.0]}))
+    ctx.model = provstore.File(blob)
+    assert ctx.model == {"weights": [1.0, 2.0]}
+    assert ctx.history("model").latest.format == "pickle"
+
+    real = Path(tables.__file__).parent / "tests" / "smpl_f64le.h5"
+    ctx.sample = provstore.File(real)
+    with tables.open_file(str(real)) as f:
+        expected = {node._v_name: node.read() for node in f.walk_nodes("/", "Leaf")}
+    loaded = ctx.sample
+    for name, value in expected.items():
+        np.testing.assert_array_equal(loaded[name], value)
+    stored = [p for p in _object_files(ctx.store.root) if p.suffix == ".h5"]
+    assert [p.read_bytes() for p in stored] == [real.read_bytes()]  # kept byte for byte
