@@ -117,29 +117,46 @@ def _dumps(obj: Any) -> bytes | None:
         return None
 
 
+class _Leave:
+    """Marks, on the walk's stack, the end of one container's items."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: int) -> None:
+        self.key = key
+
+
 def _is_exact_json(obj: Any, max_bytes: int) -> bool:
     """Whether *obj* round-trips through JSON with identical types, in *max_bytes*.
 
     Iterative, so deep nesting cannot overflow the stack. Every item costs at
     least one encoded byte, so visiting more than *max_bytes* items proves the
     value too big without walking, say, a list of a hundred million floats.
-    The budget also ends the walk of a cyclic value, which :func:`json.dumps`
-    then refuses.
+    A container met again inside itself is a cycle, which JSON cannot hold.
     """
     budget = max_bytes
-    stack = [obj]
+    stack: list[Any] = [obj]
+    on_path: set[int] = set()  # containers being walked: meeting one again is a cycle
     while stack:
         item = stack.pop()
         kind = type(item)
         if kind in _SCALARS:
             continue
+        if kind is _Leave:
+            on_path.discard(item.key)
+            continue
         if kind is not list and kind is not dict:
+            return False
+        key = id(item)
+        if key in on_path:
             return False
         budget -= len(item)
         if budget < 0:
             return False
+        on_path.add(key)
+        stack.append(_Leave(key))
         if kind is dict:
-            if not all(type(key) is str for key in item):
+            if not all(type(k) is str for k in item):
                 return False
             stack.extend(item.values())
         else:
