@@ -16,6 +16,7 @@ import struct
 import sys
 import sysconfig
 import textwrap
+import threading
 import types
 from collections.abc import Iterable
 from typing import Any
@@ -184,10 +185,19 @@ def _source(obj: Any) -> str:
     return inspect.getsource(obj)
 
 
+# CPython 3.11's ast.parse keeps its recursion counter in interpreter-wide
+# state: two threads parsing at once can fail with "SystemError: AST
+# constructor recursion depth mismatch" (python/cpython#106905), seen here
+# when a thread pool fingerprints tracked functions.
+_PARSE_LOCK = threading.Lock()
+
+
 def _parse(obj: Any, kind: type | tuple[type, ...], name: str) -> ast.Module | None:
     """Parse the source of a code object or class, or None if it is unavailable."""
     try:
-        tree = ast.parse(textwrap.dedent(_source(obj)))
+        text = textwrap.dedent(_source(obj))
+        with _PARSE_LOCK:
+            tree = ast.parse(text)
     except (OSError, TypeError, SyntaxError, IndentationError):
         return None
     if len(tree.body) != 1 or not isinstance(tree.body[0], kind):
