@@ -24,6 +24,7 @@ demo: $(STAMP_DEMO)
 	cd examples && rm -rf demo-study && ../$(BIN)/python quickstart.py demo-study
 
 test: $(STAMP_TEST)
+	scripts/ensure-postgres
 	$(BIN)/python -m pytest -q
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/mypy

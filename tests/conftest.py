@@ -1,17 +1,94 @@
-"""Shared fixtures: every test gets its own real SQLite store under tmp_path."""
+"""Shared fixtures: every store test runs on a real SQLite store under tmp_path
+and on a fresh database of a throwaway PostgreSQL cluster.
+
+``PROVSTORE_TEST_BACKENDS=sqlite`` (default ``sqlite,postgresql``) limits the
+backends, for machines without PostgreSQL; CI runs both.
+"""
 
 from __future__ import annotations
 
+import itertools
+import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import provstore
+from provstore import api
+from provstore.db import engine as db_engine
+
+sys.path.insert(0, str(Path(__file__).parent))
+from pgserver import PostgresCluster, find_bindir
+
+TEMPLATE = "provstore_template"
+_BACKENDS = [b.strip() for b in os.environ.get("PROVSTORE_TEST_BACKENDS",
+                                                "sqlite,postgresql").split(",") if b.strip()]
+_IDS = {"sqlite": "sqlite", "postgresql": "pg"}
+if not _BACKENDS or set(_BACKENDS) - set(_IDS):
+    raise pytest.UsageError(
+        f"PROVSTORE_TEST_BACKENDS={os.environ.get('PROVSTORE_TEST_BACKENDS')!r}: "
+        "give a comma-separated subset of sqlite,postgresql")
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PostgresCluster]:
+    """One cluster per session, started on first use, with a template at schema head."""
+    if find_bindir() is None:
+        pytest.fail(
+            "PostgreSQL is needed for the postgresql test backend but initdb/pg_ctl were "
+            "not found (on PATH or in /usr/lib/postgresql/*/bin): install Debian's "
+            "`postgresql` package, run scripts/ensure-postgres, or set "
+            "PROVSTORE_TEST_BACKENDS=sqlite", pytrace=False)
+    cluster = PostgresCluster()
+    try:
+        engine = db_engine.make_engine(cluster.create_database(TEMPLATE))
+        db_engine.upgrade(engine)
+        engine.dispose()  # a template must have no open connections
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=[pytest.param(b, id=_IDS[b]) for b in _BACKENDS])
+def db_backend(request: pytest.FixtureRequest) -> str:
+    """The database backend of this test: ``"sqlite"`` or ``"postgresql"``."""
+    backend: str = request.param
+    return backend
 
 
 @pytest.fixture
-def store_dir(tmp_path: Path) -> Path:
-    return tmp_path / "study"
+def store_dir(tmp_path: Path, db_backend: str,
+              request: pytest.FixtureRequest) -> Iterator[Path]:
+    path = tmp_path / "study"
+    if db_backend == "sqlite":
+        yield path
+        return
+    cluster: PostgresCluster = request.getfixturevalue("pg_cluster")
+    name = f"t_{next(_counter)}_{os.getpid()}"
+    url = cluster.create_database(name, template=TEMPLATE)
+    try:
+        provstore.open(path, db=url)  # records the URL: later opens of `path` use it
+        yield path
+    finally:
+        _close_engines(name)
+        cluster.drop_database(name)
+
+
+def _close_engines(dbname: str) -> None:
+    # Readers and pools hold connections; close them so the database can go
+    # (DROP ... WITH (FORCE) still ends any a child process left behind).
+    for key, store in list(api._stores.items()):
+        if store.engine.url.database == dbname:
+            store.close()
+            del api._stores[key]
+            if api._last and api._last[-1].store is store:
+                api._last.clear()
+    for engine in list(db_engine._ENGINES):
+        if engine.url.database == dbname:
+            engine.dispose()
 
 
 @pytest.fixture

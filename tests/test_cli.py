@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import stat
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from click.testing import CliRunner, Result
 
 import provstore
 from provstore.cli import cli
+from sql import sql
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 BEGIN, END = "<!-- BEGIN GENERATED HELP -->", "<!-- END GENERATED HELP -->"
@@ -91,11 +91,9 @@ def test_history_prints_the_tree_and_versions(study: Path) -> None:
 
 
 def test_runs_shows_crashed_runs(study: Path) -> None:
-    con = sqlite3.connect(study / "provstore.db")
-    con.execute("INSERT INTO runs (uuid, host, pid, started, heartbeat, status, argv) VALUES "
-                "('x', 'node7', 4242, '2020-01-01', '2020-01-01', 'running', '[\"job.py\"]')")
-    con.commit()
-    con.close()
+    sql(study, "INSERT INTO runs (uuid, host, pid, started, heartbeat, status, argv) VALUES "
+        "('x', 'node7', 4242, '2020-01-01', '2020-01-01', 'running', '[\"job.py\"]')",
+        write=True)
     result = run(study, "runs")
     assert result.exit_code == 0 and "crashed" in result.output and "job.py" in result.output
     data = json.loads(run(study, "runs", "--json").output)

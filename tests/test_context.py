@@ -299,3 +299,52 @@ def test_bad_mmap_mode_is_refused(store_dir: Path) -> None:
 def test_an_empty_context_is_still_truthy(ctx: provstore.Context) -> None:
     assert len(ctx) == 0
     assert ctx
+
+
+_UNPICKLE = """
+import pickle, sys
+from provstore import api
+ctx = pickle.loads(open(sys.argv[1], "rb").read())
+print(len(api._stores))          # a scheduler unpickles tasks it never runs
+try:
+    print(ctx.x)
+except Exception as exc:
+    print(type(exc).__name__, exc)
+"""
+
+
+def test_an_unpickled_context_opens_its_store_on_first_use_only(
+        ctx: provstore.Context, tmp_path: Path) -> None:
+    ctx.x = 41
+    blob = tmp_path / "ctx.pickle"
+    blob.write_bytes(pickle.dumps(ctx))
+    run = [sys.executable, "-c", _UNPICKLE, str(blob)]
+    out = subprocess.run(run, check=True, capture_output=True, text=True).stdout.split("\n")
+    assert out[:2] == ["0", "41"]
+
+
+def test_a_worker_never_creates_the_store_it_was_sent(tmp_path: Path) -> None:
+    # The pickling machine's SQLite store is absent where the context lands:
+    # fail, naming the cause, instead of filling a private empty store.
+    ctx = provstore.open(tmp_path / "study")
+    ctx.x = 1
+    blob = tmp_path / "ctx.pickle"
+    blob.write_bytes(pickle.dumps(ctx))
+    (tmp_path / "study").rename(tmp_path / "elsewhere")
+    run = [sys.executable, "-c", _UNPICKLE, str(blob)]
+    out = subprocess.run(run, check=True, capture_output=True, text=True).stdout
+    assert "StoreNotFoundError" in out and "does not exist here" in out
+    assert not (tmp_path / "study").exists()
+
+
+def test_versions_are_read_by_number_after_old_ones_are_collected(
+        ctx: provstore.Context) -> None:
+    from provstore import maintenance
+
+    for value in (10, 20, 30):
+        ctx.x = value
+    maintenance.gc(ctx.store, dry_run=False, grace_seconds=0, keep_versions=1)
+    assert [v.number for v in ctx.history("x").versions] == [3]
+    assert ctx.get("x", version=3) == 30 and ctx.get("x", version=-1) == 30
+    with pytest.raises(MissingKeyError, match="has versions 3, not 1"):
+        ctx.get("x", version=1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -17,10 +16,12 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pytest
+from sqlalchemy.exc import IntegrityError
 
 import provstore
 from provstore import maintenance as m
 from provstore.errors import CorruptObjectError, MissingKeyError, StoreError
+from sql import scalar, sql
 
 HOUR = 3600.0
 
@@ -76,11 +77,7 @@ def _orphan(ctx: provstore.Context, age: float, content: bytes = b"orphan") -> P
 
 
 def _artifact_count(store_dir: Path) -> int:
-    con = sqlite3.connect(store_dir / "provstore.db")
-    try:
-        return int(con.execute("SELECT count(*) FROM artifacts").fetchone()[0])
-    finally:
-        con.close()
+    return int(scalar(store_dir, "SELECT count(*) FROM artifacts"))
 
 
 @pytest.fixture
@@ -177,15 +174,23 @@ def test_verify_names_the_calls_of_a_damaged_artifact(ctx: provstore.Context) ->
 
 
 def test_verify_checks_inline_values_and_foreign_keys(filled: provstore.Context,
-                                                      store_dir: Path) -> None:
-    con = sqlite3.connect(store_dir / "provstore.db")
-    con.execute("UPDATE artifacts SET inline = ? WHERE inline IS NOT NULL", (b"{not json",))
-    con.execute("INSERT INTO bindings (scope_id, name, version, artifact_id, created) "
-                "VALUES (1, 'ghost', 1, 999, '2024-01-01')")
-    con.commit()
-    con.close()
+                                                      store_dir: Path, db_backend: str) -> None:
+    sql(store_dir, "UPDATE artifacts SET inline = :bad WHERE inline IS NOT NULL",
+        {"bad": b"{not json"}, write=True)
+    ghost = ("INSERT INTO bindings (scope_id, name, version, artifact_id, created) "
+             "VALUES (1, 'ghost', 1, 999, '2024-01-01')")
+    if db_backend == "sqlite":
+        # A connection outside provstore leaves SQLite's foreign keys off: the row
+        # goes in, and verify's PRAGMA foreign_key_check must find it.
+        sql(store_dir, ghost, write=True)
+        expected = ["database", "inline"]
+    else:
+        # PostgreSQL enforces foreign keys for every client: no such row can exist.
+        with pytest.raises(IntegrityError):
+            sql(store_dir, ghost, write=True)
+        expected = ["inline"]
     kinds = sorted(p.kind for p in m.verify(filled.store).problems)
-    assert kinds == ["database", "inline"]
+    assert kinds == expected
 
 
 def test_verify_reports_progress(filled: provstore.Context) -> None:
@@ -256,7 +261,11 @@ def test_keep_versions_two(ctx: provstore.Context) -> None:
         ctx.a = np.full(10, i)
     m.gc(ctx.store, dry_run=False, keep_versions=2)
     assert [v.number for v in ctx.history("a")] == [4, 5]
-    np.testing.assert_array_equal(ctx.get("a", version=1), np.full(10, 3))
+    # Versions keep their numbers: gc leaves a gap below them.
+    np.testing.assert_array_equal(ctx.get("a", version=4), np.full(10, 3))
+    np.testing.assert_array_equal(ctx.get("a", version=-2), np.full(10, 3))
+    with pytest.raises(MissingKeyError, match=r"versions 4\.\.5, not 1"):
+        ctx.get("a", version=1)
 
 
 def test_gc_keeps_the_newest_artifact_row_so_its_id_is_never_reused(
@@ -419,11 +428,8 @@ def test_export_refuses_what_it_cannot_write_faithfully(filled: provstore.Contex
 
 
 def test_list_runs_shows_crashed_runs(filled: provstore.Context, store_dir: Path) -> None:
-    con = sqlite3.connect(store_dir / "provstore.db")
-    con.execute("INSERT INTO runs (uuid, host, pid, started, heartbeat, status) VALUES "
-                "('dead', 'h', 1, '2020-01-01', '2020-01-01', 'running')")
-    con.commit()
-    con.close()
+    sql(store_dir, "INSERT INTO runs (uuid, host, pid, started, heartbeat, status) VALUES "
+        "('dead', 'h', 1, '2020-01-01', '2020-01-01', 'running')", write=True)
     runs = m.list_runs(filled.store)
     assert [r.status for r in runs] == ["crashed", "running"]
     assert m.list_runs(filled.store, limit=1)[0].host == "h"

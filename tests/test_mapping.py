@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import os
-import sqlite3
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import pytest
 import provstore
 from provstore.context import active_context
 from provstore.mapping import WorkerTraceback
+from sql import sql
 
 
 def _mark(log: str, x: Any) -> None:
@@ -63,10 +63,9 @@ def _bodies(log: Path) -> list[int]:
 
 
 def _calls(store_dir: Path, function: str) -> dict[str, int]:
-    with sqlite3.connect(store_dir / "provstore.db") as db:
-        rows = db.execute("SELECT status, count(*) FROM calls WHERE function LIKE ? "
-                          "GROUP BY status", (f"%:{function}",)).fetchall()
-    return dict(rows)
+    rows = sql(store_dir, "SELECT status, count(*) AS n FROM calls WHERE function LIKE :f "
+               "GROUP BY status", {"f": f"%:{function}"})
+    return {r["status"]: r["n"] for r in rows}
 
 
 @pytest.fixture

@@ -6,22 +6,23 @@ import datetime as dt
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import provstore
 from provstore.runs import STALE_AFTER, status_of, utcnow
+from sql import sql
 
 
-def _runs(store_dir: Path) -> list[sqlite3.Row]:
-    con = sqlite3.connect(store_dir / "provstore.db")
-    con.row_factory = sqlite3.Row
-    try:
-        return con.execute("SELECT * FROM runs ORDER BY id").fetchall()
-    finally:
-        con.close()
+def _runs(store_dir: Path) -> list[dict[str, Any]]:
+    return sql(store_dir, "SELECT * FROM runs ORDER BY id")
+
+
+def _timestamp(value: str | dt.datetime) -> dt.datetime:
+    # Plain SQL on SQLite returns timestamps as text; PostgreSQL as datetimes.
+    return value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(value)
 
 
 def _run_script(store_dir: Path, body: str) -> subprocess.CompletedProcess[str]:
@@ -52,7 +53,7 @@ def test_a_killed_run_reads_as_crashed_once_stale(store_dir: Path) -> None:
     subprocess.run([sys.executable, "-c", code])
     (run,) = _runs(store_dir)
     assert run["status"] == "running"
-    heartbeat = dt.datetime.fromisoformat(run["heartbeat"])
+    heartbeat = _timestamp(run["heartbeat"])
     assert status_of(run["status"], heartbeat) == "running"
     assert status_of(run["status"], heartbeat, now=utcnow() + STALE_AFTER * 2) == "crashed"
     assert signal.SIGKILL  # the process above really died without closing its run
@@ -77,7 +78,7 @@ def test_a_live_run_keeps_its_heartbeat_fresh(store_dir: Path) -> None:
     deadline = time.monotonic() + 10
     while _runs(store_dir)[-1]["heartbeat"] == first and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert _runs(store_dir)[-1]["heartbeat"] > first
+    assert _timestamp(_runs(store_dir)[-1]["heartbeat"]) > _timestamp(first)
     assert _runs(store_dir)[-1]["id"] == run_id
     recorder._close()
     assert _runs(store_dir)[-1]["status"] == "finished"

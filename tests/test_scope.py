@@ -98,3 +98,10 @@ def test_root_path_is_empty() -> None:
     assert parse_path("") == []
     assert parse_path("/") == []
     assert format_path([]) == ""
+
+
+def test_a_long_parameter_value_is_refused_before_reaching_the_database() -> None:
+    # scopes.segment is bounded; PostgreSQL would fail mid-write otherwise.
+    segment_for_param("note", "x" * 400)
+    with pytest.raises(InvalidNameError, match="store the long value as an artifact"):
+        segment_for_param("note", "x" * 600)

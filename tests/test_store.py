@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
 from pathlib import Path
 
 import nibabel as nib
@@ -18,6 +17,7 @@ from provstore.errors import (
     UnsafeLoadError,
     UnsupportedTypeError,
 )
+from sql import scalar
 
 NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
 
@@ -33,11 +33,7 @@ class Opaque:
 
 
 def _rows(store_dir: Path, table: str) -> int:
-    con = sqlite3.connect(store_dir / "provstore.db")
-    try:
-        return int(con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
-    finally:
-        con.close()
+    return int(scalar(store_dir, f"SELECT count(*) FROM {table}"))
 
 
 def _object_files(store_dir: Path) -> list[Path]:

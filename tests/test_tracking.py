@@ -6,7 +6,6 @@ import dataclasses
 import importlib
 import pickle
 import shutil
-import sqlite3
 import sys
 import textwrap
 import warnings
@@ -22,6 +21,7 @@ import pytest
 
 import provstore
 from provstore.errors import InvalidNameError
+from sql import scalar, sql
 
 CALLS: list[str] = []
 
@@ -64,13 +64,8 @@ def fails(x: int) -> int:
     return x
 
 
-def _calls_table(ctx: provstore.Context) -> list[sqlite3.Row]:
-    con = sqlite3.connect(ctx.store.root / "provstore.db")
-    con.row_factory = sqlite3.Row
-    try:
-        return con.execute("SELECT * FROM calls ORDER BY id").fetchall()
-    finally:
-        con.close()
+def _calls_table(ctx: provstore.Context) -> list[dict[str, Any]]:
+    return sql(ctx.store.root, "SELECT * FROM calls ORDER BY id")
 
 
 def test_a_hit_runs_nothing_and_returns_the_stored_value(ctx: provstore.Context) -> None:
@@ -119,9 +114,8 @@ def test_tuple_outputs_are_stored_one_artifact_each(ctx: provstore.Context) -> N
     h_head, h_total = ctx.history("head"), ctx.history("total")
     assert h_head.latest.format == "npy" and h_total.latest.format == "json"
     assert h_head.latest.artifact_id != h_total.latest.artifact_id
-    con = sqlite3.connect(ctx.store.root / "provstore.db")
-    outputs = con.execute("SELECT position, artifact_id FROM call_outputs").fetchall()
-    con.close()
+    outputs = [(r["position"], r["artifact_id"])
+               for r in sql(ctx.store.root, "SELECT position, artifact_id FROM call_outputs")]
     assert sorted(outputs) == [(0, h_head.latest.artifact_id), (1, h_total.latest.artifact_id)]
 
 
@@ -130,11 +124,10 @@ def test_binding_a_result_links_the_call_without_saving_again(ctx: provstore.Con
     before = len(list((ctx.store.root / "objects").rglob("*.npy")))
     ctx.scaled = scale(ctx.raw)
     assert len(list((ctx.store.root / "objects").rglob("*.npy"))) == before + 1
-    con = sqlite3.connect(ctx.store.root / "provstore.db")
-    call_id, = con.execute("SELECT call_id FROM bindings WHERE name='scaled'").fetchone()
-    inputs = con.execute("SELECT name, artifact_id FROM call_inputs WHERE call_id=?",
-                         (call_id,)).fetchall()
-    con.close()
+    call_id = scalar(ctx.store.root, "SELECT call_id FROM bindings WHERE name='scaled'")
+    inputs = [(r["name"], r["artifact_id"]) for r in sql(
+        ctx.store.root, "SELECT name, artifact_id FROM call_inputs WHERE call_id = :id",
+        {"id": call_id})]
     assert call_id is not None
     assert ("x", ctx.history("raw").latest.artifact_id) in inputs
 
@@ -218,9 +211,8 @@ def test_file_arguments_are_keyed_on_content(ctx: provstore.Context, tmp_path: P
     b.write_text("changed")
     describe(provstore.File(b))
     assert CALLS == ["describe", "describe"]
-    con = sqlite3.connect(ctx.store.root / "provstore.db")
-    paths = [r[0] for r in con.execute("SELECT file_path FROM call_inputs ORDER BY call_id")]
-    con.close()
+    paths = [r["file_path"]
+             for r in sql(ctx.store.root, "SELECT file_path FROM call_inputs ORDER BY call_id")]
     assert paths == [str(a), str(b)]
 
 
@@ -242,9 +234,7 @@ def test_failures_are_recorded_and_retried(ctx: provstore.Context) -> None:
     rows = _calls_table(ctx)
     assert [r["status"] for r in rows] == ["failed", "failed"]
     assert "negative input -1" in rows[0]["error"]
-    con = sqlite3.connect(ctx.store.root / "provstore.db")
-    assert con.execute("SELECT count(*) FROM leases").fetchone()[0] == 0
-    con.close()
+    assert scalar(ctx.store.root, "SELECT count(*) FROM leases") == 0
 
 
 def test_calls_record_function_code_params_run_and_timing(ctx: provstore.Context) -> None:
@@ -257,10 +247,8 @@ def test_calls_record_function_code_params_run_and_timing(ctx: provstore.Context
 
     params = json.loads(row["params"])
     assert params["factor"] == 4.0 and params["x"]["shape"] == [3]
-    con = sqlite3.connect(ctx.store.root / "provstore.db")
-    source, = con.execute("SELECT source FROM code_versions WHERE digest=?",
-                          (row["code_digest"],)).fetchone()
-    con.close()
+    source = scalar(ctx.store.root, "SELECT source FROM code_versions WHERE digest = :digest",
+                    {"digest": row["code_digest"]})
     assert "x * factor" in source and "Multiply" not in source  # docstring stripped
 
 
@@ -422,13 +410,11 @@ def test_a_lease_whose_owner_died_on_this_host_is_taken_over_at_once(
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
     key = scale.key(41)
-    con = sqlite3.connect(ctx.store.root / "provstore.db")
-    con.execute("INSERT INTO leases (key, owner, fence, expires, host, pid, call_id) "
-                "VALUES (?, 'crashed-owner', 1, ?, ?, ?, NULL)",
-                (key, str(utcnow() + dt.timedelta(hours=1)), socket.gethostname(),
-                 int(dead.stdout)))
-    con.commit()
-    con.close()
+    sql(ctx.store.root,
+        "INSERT INTO leases (key, owner, fence, expires, host, pid, call_id) "
+        "VALUES (:key, 'crashed-owner', 1, :expires, :host, :pid, NULL)",
+        {"key": key, "expires": str(utcnow() + dt.timedelta(hours=1)),
+         "host": socket.gethostname(), "pid": int(dead.stdout)}, write=True)
     assert scale(41) == 82  # no hour-long wait: the owner is gone
     (row,) = _calls_table(ctx)
     assert row["takeover_of"] == "crashed-owner" and row["fence"] == 2
@@ -462,14 +448,17 @@ def test_tracked_methods_bind_self_and_keep_their_tools(ctx: provstore.Context) 
 def test_literal_arguments_do_not_link_to_unrelated_values(ctx: provstore.Context) -> None:
     ctx.threshold = 5  # stored, but never read in this process
     scale(np.arange(3.0), 5)
-    con = sqlite3.connect(ctx.store.root / "provstore.db")
-    links = con.execute("SELECT name, artifact_id FROM call_inputs "
-                        "WHERE name='factor'").fetchall()
-    con.close()
-    assert links == [("factor", None)]
+    links = sql(ctx.store.root, "SELECT name, artifact_id FROM call_inputs "
+                "WHERE name='factor'")
+    assert links == [{"name": "factor", "artifact_id": None}]
     assert scale(ctx.threshold, 5) is not None  # read from the store: now it links
-    con = sqlite3.connect(ctx.store.root / "provstore.db")
-    linked = con.execute("SELECT artifact_id FROM call_inputs WHERE name='x' "
-                         "ORDER BY call_id DESC LIMIT 1").fetchone()[0]
-    con.close()
+    linked = scalar(ctx.store.root, "SELECT artifact_id FROM call_inputs WHERE name='x' "
+                    "ORDER BY call_id DESC LIMIT 1")
     assert linked == ctx.history("threshold").latest.artifact_id
+
+
+def test_an_overlong_version_pin_is_refused_when_decorating() -> None:
+    # Checked before any call runs: the database column is bounded, and a
+    # failure at commit time would throw away the computed result.
+    with pytest.raises(ValueError, match="at most 255 characters"):
+        provstore.track(version="x" * 256)(lambda a: a)

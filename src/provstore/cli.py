@@ -339,20 +339,25 @@ def export_command(env: _Env, name: str, file: Path) -> None:
 def upgrade_command(env: _Env) -> None:
     """Bring the database schema to this provstore's version (server databases).
 
-    SQLite stores are upgraded automatically when opened.
+    SQLite stores are upgraded automatically when opened. A server database
+    (PostgreSQL) is shared by every worker, so its upgrade is this explicit
+    step: back it up and stop the workers first.
     """
     from .db.engine import SCHEMA_HEAD, check_schema, make_engine, upgrade
 
-    url = env.db or f"sqlite:///{env.location.absolute() / api.DB_NAME}"
-    if env.db is None and not (env.location / api.DB_NAME).exists():
-        raise env.missing()
+    location = env.location.absolute()
+    try:
+        url = api.database_url(location, env.db, create=False)
+    except StoreNotFoundError:
+        raise env.missing() from None
     engine = make_engine(url)
     try:
         before = check_schema(engine)
         if before == SCHEMA_HEAD:
             click.echo(f"the schema is already at {SCHEMA_HEAD}; nothing to do")
             return
-        upgrade(engine, lock_path=None if env.db else env.location / ".provstore.lock")
+        sqlite = url.startswith("sqlite")
+        upgrade(engine, lock_path=location / ".provstore.lock" if sqlite else None)
         click.echo(f"upgraded the schema from {before or 'empty'} to {SCHEMA_HEAD}")
     finally:
         engine.dispose()

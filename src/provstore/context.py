@@ -18,7 +18,7 @@ import difflib
 import os
 import sys
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import (
     InvalidNameError,
@@ -28,9 +28,7 @@ from .errors import (
     ReservedNameError,
 )
 from .lineage import History
-
-if TYPE_CHECKING:
-    from .impact import Dependent, Stale
+from .questions import Questions
 from .scope import Segment, check_name, display, format_path, parse_path, segment_for_param
 from .store import Store
 
@@ -49,7 +47,7 @@ def active_context() -> Context | None:
     return stack[-1] if stack else None
 
 
-class Context:
+class Context(Questions):
     """A view of a store at one scope; see :func:`provstore.open`.
 
     Examples
@@ -61,16 +59,16 @@ class Context:
     memmap([0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
     """
 
-    __slots__ = ("__weakref__", "_lineage", "_mmap_mode", "_segments", "_store", "_token")
+    __slots__ = ("__weakref__", "_handle", "_lineage", "_mmap_mode", "_segments", "_token")
 
-    def __init__(self, store: Store, segments: tuple[Segment, ...] = (), *,
+    def __init__(self, store: Store | StoreRef, segments: tuple[Segment, ...] = (), *,
                  mmap_mode: str | None = "r", lineage: frozenset[object] = frozenset()) -> None:
         if mmap_mode not in _MMAP_MODES:
             raise ValueError(
                 f"mmap_mode must be one of {_MMAP_MODES}; artifacts are immutable, so "
                 "writable maps ('r+', 'w+') are not offered"
             )
-        object.__setattr__(self, "_store", store)
+        object.__setattr__(self, "_handle", store)
         object.__setattr__(self, "_segments", tuple(segments))
         object.__setattr__(self, "_mmap_mode", mmap_mode)
         object.__setattr__(self, "_token", object())
@@ -190,11 +188,16 @@ class Context:
     def _versioned(self, segments: tuple[Segment, ...], chain: list[int], name: str,
                    version: int) -> int:
         h = self._history(segments, chain, name)
-        try:
-            chosen = h.versions[version - 1 if version > 0 else version]
-        except IndexError:
+        # Match numbers, not positions: `gc --keep-versions` leaves gaps.
+        numbered = {v.number: v for v in h.versions}
+        if version < 0 and -version <= len(h.versions):
+            chosen = h.versions[version]
+        elif version in numbered:
+            chosen = numbered[version]
+        else:
+            have = _number_ranges(sorted(numbered))
             raise MissingKeyError(
-                f"{_where(segments, name)} has versions 1..{len(h.versions)}, not {version}"
+                f"{_where(segments, name)} has versions {have}, not {version}"
             ) from None
         if chosen.artifact_id is None:
             raise MissingKeyError(
@@ -251,15 +254,8 @@ class Context:
         attrs = [n for n in self.names() if n.isidentifier()]
         return sorted(set(attrs) | set(RESERVED))
 
-    def history(self, name: str) -> History:
-        """Return every version of *name* (a name or a path relative to this scope).
-
-        The history of a name resolves like a read, but a scope holding only
-        deletions of it still counts, so deleted names keep their history.
-        """
-        segments, name = self._split(name, attr=False)
-        return self._history(segments, self._store.chain(segments), name)
-
+    # history(), explain(), dependents(), stale(), table() and find() come from
+    # questions.Questions; _history() stays here because _versioned() reads with it.
     def _history(self, segments: tuple[Segment, ...], chain: list[int], name: str) -> History:
         bound = self._store.bound_scopes(chain, name) if chain else []
         if not bound:
@@ -268,83 +264,6 @@ class Context:
         rows = self._store.versions(sid, name)
         scope_path = self._store.scope_path(sid)
         return History.from_rows(scope_path, name, rows, store=self._store)
-
-    def explain(self, name: str) -> str:
-        """Explain why the current version of *name* was computed.
-
-        Compares the call that produced it with the call of the previous
-        version that came from a tracked call.
-
-        Parameters
-        ----------
-        name : str
-            A name or a path relative to this scope.
-
-        Returns
-        -------
-        str
-            What differs: the code version (changed dependencies and a diff
-            of the stored sources), the inputs (old → new digests with the
-            names bound to each), or neither (a forced recompute); or that it
-            is the first computation.
-        """
-        return self.history(name).explain()
-
-    def dependents(self, name: str, *, transitive: bool = True) -> list[Dependent]:
-        """Return the current bindings computed from the current value of *name*.
-
-        Follows the finished calls that read its artifact to the artifacts
-        they returned, and those to the names bound to them.
-
-        Parameters
-        ----------
-        name : str
-            A name or a path relative to this scope.
-        transitive : bool
-            Follow the calls downstream through every level (up to 100);
-            ``False`` lists only what was computed from it directly.
-
-        Returns
-        -------
-        list of Dependent
-            ``path``, ``version``, ``function`` and ``call_id`` of each, nearest first.
-
-        Raises
-        ------
-        NotFoundError
-            *name* is not bound, or its current version is a deletion.
-        """
-        from .impact import dependents
-
-        h = self.history(name)
-        if h.latest.artifact_id is None:
-            raise MissingKeyError(f"{h.path} is deleted (v{h.latest.number}): no dependents")
-        return dependents(self._store, h.latest.artifact_id, transitive=transitive,
-                          exclude=h.path)
-
-    def stale(self, *, unimportable: bool = False) -> list[Stale]:
-        """Return the results here and below whose recorded recipe changed since.
-
-        A current binding made by a tracked call is stale when the function,
-        importable now, has another code version than the call recorded
-        (``"code changed: <dependencies>"``), or when an input of the call was
-        bound to a name that now holds another value (``"input x rebound:
-        scope/name v2 → v3"``). Nothing is recomputed or deleted.
-
-        Parameters
-        ----------
-        unimportable : bool
-            Also list results whose function cannot be imported here
-            (reason ``"not importable"``); by default they are skipped.
-
-        Returns
-        -------
-        list of Stale
-            ``path``, ``reason`` and ``call_id`` of each, sorted by path.
-        """
-        from .impact import stale
-
-        return stale(self._store, self.path, unimportable=unimportable)
 
     def track(self, func: Any = None, *, version: str | None = None,
               ignore: tuple[str, ...] | list[str] = ()) -> Any:
@@ -399,57 +318,6 @@ class Context:
 
         return map_calls(self, func, iterable, executor=executor, chunksize=chunksize,
                          progress=progress)
-
-    def table(self, name: str, func: Any = None, *, recursive: bool = True) -> Any:
-        """Collect *name* from this scope and every scope below it into a DataFrame.
-
-        Parameters
-        ----------
-        name : str
-            The name to collect; a scope counts where *name* is bound, not
-            where it is inherited.
-        func : callable, optional
-            Applied to each value (``lambda m: m.sum()``); the column holds the results.
-        recursive : bool
-            Every descendant scope; with False only the direct children.
-
-        Returns
-        -------
-        pandas.DataFrame
-            One row per scope, sorted by path: a column per scope parameter
-            (``subject``, ``sigma``...; None/NaN where a scope lacks it),
-            ``scope`` (the path) and *name*.
-
-        Raises
-        ------
-        ImportError
-            pandas is not installed (``pip install provstore[pandas]``).
-        """
-        from .sweeps import table
-
-        return table(self._store, self._current(), name, func, recursive=recursive,
-                     mmap_mode=self._mmap_mode)
-
-    def find(self, function: Any = None, **params: Any) -> list[Any]:
-        """Return the current bindings at and below this scope that match.
-
-        Parameters
-        ----------
-        function : callable or str, optional
-            Only values produced by this function: a tracked function, a
-            plain function, or its ``"module:qualname"``.
-        **params : JSON scalar
-            Only scopes with these parameters (``sigma=2.0``).
-
-        Returns
-        -------
-        list of provstore.sweeps.Found
-            With ``path``, ``scope``, ``name``, ``version``, ``artifact_id``,
-            ``params`` and ``function``; sorted by scope path, then name.
-        """
-        from .sweeps import find
-
-        return find(self._store, self._current(), function=function, params=params)
 
     # ------------------------------------------------------------ writing
     def set(self, name: str, value: Any, *, format: str | None = None, **options: Any) -> None:
@@ -523,11 +391,22 @@ class Context:
     def __repr__(self) -> str:
         return f"<provstore.Context {str(self._store.root)!r} at {display(self.path)}>"
 
+    @property
+    def _store(self) -> Store:
+        handle = self._handle
+        if type(handle) is StoreRef:
+            handle = handle.open()
+            object.__setattr__(self, "_handle", handle)
+        return handle
+
     def __reduce__(self) -> tuple[Any, ...]:
-        # Pickled by reference: another process reopens the same store.
-        store = self._store
-        return (_reopen, (store.url, str(store.root), store.safe, self.path, self._mmap_mode,
-                          store.durability))
+        # Pickled by reference: another process reopens the same store, on
+        # first use only, so a Dask scheduler that unpickles every task but
+        # runs none never connects to the database or the object root.
+        handle = self._handle
+        ref = handle if type(handle) is StoreRef else StoreRef(
+            handle.url, str(handle.root), handle.safe, handle.durability)
+        return (_reopen, (*ref.args[:3], self.path, self._mmap_mode, ref.args[3]))
 
     def __eq__(self, other: object) -> bool:
         return (isinstance(other, Context) and other._store is self._store
@@ -537,12 +416,36 @@ class Context:
         return hash((id(self._store), self.path))
 
 
+class StoreRef:
+    """A store named by a pickled Context, opened in this process on first use."""
+
+    __slots__ = ("args",)
+
+    def __init__(self, url: str, root: str, safe: bool, durability: str) -> None:
+        self.args = (url, root, safe, durability)
+
+    def open(self) -> Store:
+        """Open the store, which must exist: a worker never creates one."""
+        from .api import reopen_store
+
+        return reopen_store(*self.args)
+
+
 def _reopen(url: str, root: str, safe: bool, path: str, mmap_mode: str | None,
             durability: str = "normal") -> Context:
-    from .api import _store_for
+    return Context(StoreRef(url, root, safe, durability), tuple(parse_path(path)),
+                   mmap_mode=mmap_mode)
 
-    store = _store_for(url, root, safe=safe, durability=durability)
-    return Context(store, tuple(parse_path(path)), mmap_mode=mmap_mode)
+
+def _number_ranges(numbers: list[int]) -> str:
+    """``[1, 2, 3, 7]`` → ``"1..3, 7"``."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return ", ".join(f"{r[0]}..{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs) or "none"
 
 
 def _where(segments: tuple[Segment, ...], name: str) -> str:

@@ -11,7 +11,11 @@ checks, in the committing transaction, that owner and fence still match; a
 holder that stalled past its expiry (``SIGSTOP``, a swapped-out VM) finds
 its fence outdated and its result is discarded.
 
-Expiry uses this host's clock, which is the database's clock for SQLite.
+Expiry is read and written on the database's clock (:func:`db_now`): the
+server's for PostgreSQL, so workers on hosts whose clocks disagree still
+agree on when a lease expired; this host's for SQLite. On PostgreSQL the
+claim runs at ``SERIALIZABLE`` isolation: of two workers that both read
+"free", one commits and the other is rerun and then reads "taken".
 """
 
 from __future__ import annotations
@@ -27,8 +31,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from .db import queries as q
-from .db.engine import retrying, write
-from .runs import utcnow
+from .db.engine import db_now, retrying, write
 
 __all__ = ["DEFAULT_LEASE_SECONDS", "Claim", "LeaseKeeper", "claim", "lease_seconds"]
 
@@ -67,17 +70,27 @@ def claim(engine: Engine, key: str, call_row: dict[str, Any], *,
     """
 
     def attempt() -> Claim | int | None:
+        try:
+            return locked_attempt()
+        except _TakenMeanwhile:
+            return None
+
+    def locked_attempt() -> Claim | int | None:
         with write(engine) as conn:
             done = None if force else finished_call(conn, key)
             if done is not None:
                 return done
             lease = conn.execute(q.LEASE_BY_KEY, {"key": key}).first()
-            now = utcnow()
+            now = db_now(conn)
             if lease is not None and lease.expires > now and not _owner_dead(lease):
                 return None
             return _take(conn, key, lease, call_row, now, ttl)
 
     return retrying(attempt)
+
+
+class _TakenMeanwhile(Exception):
+    """Another process changed the lease between our read and our update."""
 
 
 def _owner_dead(lease: Any) -> bool:
@@ -114,7 +127,8 @@ def _take(conn: Connection, key: str, lease: Any, call_row: dict[str, Any], now:
     else:
         # The previous attempt's lease expired: it crashed, or stalled and
         # will find its fence outdated when it tries to commit.
-        conn.execute(q.UPDATE_LEASE, row)
+        if not conn.execute(q.UPDATE_LEASE, {**row, "p_old_fence": lease.fence}).rowcount:
+            raise _TakenMeanwhile  # rolls back the call row: the other taker computes
         if lease.call_id is not None:
             conn.execute(q.EXPIRE_CALL, {"p_id": lease.call_id, "p_finished": now})
     return Claim(key, owner, fence, int(call_id), takeover)
@@ -170,5 +184,6 @@ class LeaseKeeper:
     def _renew(self) -> bool:
         c = self._claim
         with write(self._engine) as conn:
-            params = {**_held(c), "p_expires": utcnow() + dt.timedelta(seconds=self._ttl)}
+            expires = db_now(conn) + dt.timedelta(seconds=self._ttl)
+            params = {**_held(c), "p_expires": expires}
             return bool(conn.execute(q.RENEW_LEASE, params).rowcount)

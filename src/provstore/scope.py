@@ -49,6 +49,10 @@ class Segment:
         return None if self.key is None else json.dumps(self.value)
 
 
+# Longest scope segment ("key=value"), as stored in scopes.segment.
+MAX_SEGMENT = 512
+
+
 def check_name(name: object, *, what: str = "name", where: str = "") -> str:
     """Validate an artifact name or a scope key and return it.
 
@@ -131,7 +135,14 @@ def segment_for_param(key: str, value: Any) -> Segment:
     """Build the segment of a ``key=value`` scope parameter."""
     check_name(key, what="scope parameter name")
     value = _coerce(key, value)
-    return Segment(f"{key}={_format_value(value)}", key, value)
+    text = f"{key}={_format_value(value)}"
+    if len(text) > MAX_SEGMENT:
+        # The database column is bounded (PostgreSQL enforces it); a long
+        # value is data, not a name.
+        raise InvalidNameError(
+            f"scope parameter {key}=... is {len(text)} characters long, over {MAX_SEGMENT}; "
+            "use a short label for the scope and store the long value as an artifact")
+    return Segment(text, key, value)
 
 
 def segment_for_label(label: str) -> Segment:

@@ -21,12 +21,22 @@ from sqlalchemy import Connection, insert, select
 from . import hashing
 from .backends.base import Backend, registry
 from .db import queries as q
-from .db.engine import Readers, check_schema, make_engine, retrying, upgrade, write
+from .db.engine import (
+    Readers,
+    check_schema,
+    display_url,
+    is_sqlite,
+    make_engine,
+    retrying,
+    upgrade,
+    write,
+)
 from .errors import (
     BackendError,
     CorruptObjectError,
     ProvstoreError,
     StoreError,
+    StoreVersionError,
     UnsafeLoadError,
     UnsupportedTypeError,
 )
@@ -57,9 +67,18 @@ class Store:
         self.engine = make_engine(url, durability=durability)
         revision = check_schema(self.engine)
         if revision != q.SCHEMA_HEAD:
-            if revision is not None and not url.startswith("sqlite"):
-                raise StoreError(f"the database at {url} needs `provstore upgrade`")
-            upgrade(self.engine, lock_path=lock_path)
+            # An SQLite store belongs to its directory and is upgraded on
+            # open; a server database is shared by every worker of a lab, so
+            # changing its schema is an explicit step. Creating the schema in
+            # an empty database changes nothing anyone relies on.
+            if revision is not None and not is_sqlite(url):
+                raise StoreVersionError(
+                    f"the database {display_url(url)} has schema version {revision} and this "
+                    f"provstore writes {q.SCHEMA_HEAD}; back it up, stop its workers, then run "
+                    f"`provstore --store {root} upgrade`"
+                )
+            upgrade(self.engine, lock_path=lock_path if is_sqlite(url) else None)
+        self.file_identity: tuple[int, int] | None = None  # set by provstore.api
         self.objects = ObjectDir(root, durable=True)
         self.runs = RunRecorder(self.engine)
         self.readers = Readers(self.engine)

@@ -59,6 +59,9 @@ class TrackedFunction:
         functools.update_wrapper(self, func)
         self._func = func
         self._context = context
+        if version is not None and (not isinstance(version, str) or len(version) > 255):
+            raise ValueError(f"version= pins are strings of at most 255 characters, "
+                             f"not {version!r:.80}")
         self._version = version
         self._signature = inspect.signature(func)
         unknown = set(ignore) - set(self._signature.parameters)

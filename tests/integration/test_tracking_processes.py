@@ -1,11 +1,12 @@
 """Tracked calls across real processes and threads: resume, exactly once, leases.
 
-Every test runs children through ``subprocess`` against a real SQLite store in
-``tmp_path``. A tracked body appends one line ``name label pid`` to a log file
-opened with ``O_APPEND`` (so lines from many processes never interleave) before
-doing its work; the log therefore counts body executions, which is what
-"computed exactly once" is about. Each child is bounded in time; nothing here
-asserts on speed.
+Every test runs children through ``subprocess`` against a real store in
+``tmp_path``, on SQLite and on PostgreSQL (the ``store_dir`` fixture). A
+tracked body appends one line ``name label pid`` to a log file opened with
+``O_APPEND`` (so lines from many processes never interleave) before doing its
+work; the log therefore counts body executions, which is what "computed
+exactly once" is about. Each child is bounded in time; nothing here asserts
+on speed.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from typing import Any
 import pytest
 
 import provstore
+from provstore.api import database_url
+from provstore.db.engine import is_sqlite
+from sql import scalar, sql
 
 PY = sys.executable
 
@@ -340,14 +344,14 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
         h.cleanup()
 
 
-def _sql(store: Path, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    with contextlib.closing(sqlite3.connect(store / "provstore.db", timeout=60)) as conn:
-        return conn.execute(statement, params).fetchall()
+def _sql(store: Path, statement: str,
+         params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+    return [tuple(row.values()) for row in sql(store, statement, params)]
 
 
 def _done_keys(store: Path) -> set[str]:
-    if not (store / "provstore.db").exists():
-        return set()
+    if not (store / "provstore.db").exists() and not (store / "provstore.url").exists():
+        return set()  # no child has created the SQLite store yet
     return {k for (k,) in _sql(store, "SELECT key FROM calls WHERE status = 'done'")}
 
 
@@ -377,9 +381,9 @@ def _load_all(store: Path) -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
 def test_resume_after_sigkill_never_recomputes_a_committed_call(
-        harness: Harness, tmp_path: Path, seed: int) -> None:
+        harness: Harness, tmp_path: Path, store_dir: Path, seed: int) -> None:
     rng = random.Random(seed)
-    store = tmp_path / "study"
+    store = store_dir
     mod = harness.module(f"pipeline_resume_{seed}", PIPELINE)
     # A short lease: the rerun takes over the killed run's lease within ~2 s.
     lease = {"PROVSTORE_LEASE_SECONDS": 1.5}
@@ -433,8 +437,9 @@ def test_resume_after_sigkill_never_recomputes_a_committed_call(
 # -- 2. exactly once with several processes --------------------------------------------------
 
 
-def test_six_processes_compute_each_call_exactly_once(harness: Harness, tmp_path: Path) -> None:
-    store = tmp_path / "study"
+def test_six_processes_compute_each_call_exactly_once(harness: Harness, tmp_path: Path,
+                                                      store_dir: Path) -> None:
+    store = store_dir
     mod = harness.module("pipeline_parallel", PIPELINE)
     provstore.open(store)  # create the schema once; the children then only open it
     go = tmp_path / "go"
@@ -462,8 +467,9 @@ def test_six_processes_compute_each_call_exactly_once(harness: Harness, tmp_path
 # -- 3. thundering herd ----------------------------------------------------------------------
 
 
-def test_thundering_herd_runs_each_body_once(harness: Harness, tmp_path: Path) -> None:
-    store = tmp_path / "study"
+def test_thundering_herd_runs_each_body_once(harness: Harness, tmp_path: Path,
+                                             store_dir: Path) -> None:
+    store = store_dir
     mod = harness.module("herd_thirty", HERD)
     provstore.open(store)
     go = tmp_path / "go"
@@ -489,8 +495,8 @@ def test_thundering_herd_runs_each_body_once(harness: Harness, tmp_path: Path) -
 # -- 4. a killed lease holder is taken over --------------------------------------------------
 
 
-def test_killed_lease_holder_is_taken_over(harness: Harness, tmp_path: Path) -> None:
-    store = tmp_path / "study"
+def test_killed_lease_holder_is_taken_over(harness: Harness, store_dir: Path) -> None:
+    store = store_dir
     mod = harness.module("lease_takeover", LEASED)
     lease = 2.0
     a = harness.start(store, mod, PROVSTORE_LEASE_SECONDS=lease, BODY_SLEEP=30, WHO="x")
@@ -521,27 +527,39 @@ def test_killed_lease_holder_is_taken_over(harness: Harness, tmp_path: Path) -> 
 
 
 def _stop_outside_a_write(proc: subprocess.Popen[str], store: Path) -> None:
-    """SIGSTOP *proc* at an instant when it holds no SQLite write lock.
+    """SIGSTOP *proc* at an instant when it is inside no write transaction.
 
     A process frozen inside a write transaction (its lease renewal, say)
-    would block every other writer until it is continued; that is SQLite's
-    nature, not the fencing under test.
+    would block every other writer until it is continued: SQLite's write
+    lock, PostgreSQL's row locks; that is the database's nature, not the
+    fencing under test.
     """
     for _ in range(200):
         os.kill(proc.pid, signal.SIGSTOP)
         _wait_for(lambda: _all_stopped(proc.pid), 10, "the child to stop")
+        if _no_transaction_open(store):
+            return
+        os.kill(proc.pid, signal.SIGCONT)
+        time.sleep(0.05)
+    pytest.fail("the child always held the write lock")
+
+
+def _no_transaction_open(store: Path) -> bool:
+    """Whether no other connection holds SQLite's write lock or a PostgreSQL transaction."""
+    if is_sqlite(database_url(store.absolute(), None, create=False)):
+        # SQLite's write lock, probed with a short timeout.
         with contextlib.closing(sqlite3.connect(store / "provstore.db", timeout=0.2)) as conn:
             conn.isolation_level = None
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError:
-                pass
-            else:
-                conn.execute("ROLLBACK")
-                return
-        os.kill(proc.pid, signal.SIGCONT)
-        time.sleep(0.05)
-    pytest.fail("the child always held the write lock")
+                return False
+            conn.execute("ROLLBACK")
+            return True
+    # The children and this process are the only clients of this test database.
+    return scalar(store, "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                  "current_database() AND pid <> pg_backend_pid() "
+                  "AND xact_start IS NOT NULL") == 0
 
 
 def _all_stopped(pid: int) -> bool:
@@ -555,8 +573,8 @@ def _all_stopped(pid: int) -> bool:
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 def test_stale_holder_commit_is_refused_and_returns_the_winner(
-        harness: Harness, tmp_path: Path) -> None:
-    store = tmp_path / "study"
+        harness: Harness, tmp_path: Path, store_dir: Path) -> None:
+    store = store_dir
     mod = harness.module("stale_holder", LEASED)
     lease = 2.0
     go = tmp_path / "go"
@@ -592,14 +610,14 @@ def test_stale_holder_commit_is_refused_and_returns_the_winner(
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 @pytest.mark.parametrize("winner_fate", ["fails", "is killed"])
 def test_stale_holder_recovers_when_the_taker_never_commits(
-        harness: Harness, tmp_path: Path, winner_fate: str) -> None:
+        harness: Harness, tmp_path: Path, store_dir: Path, winner_fate: str) -> None:
     """A's lease was taken over, but the taker B never commits (it raises or dies).
 
     A, continued, must not wait for a result that will never come: the key is
     free again (B's lease was released, or expired), so A claims it and
     finishes, with its own value or a recomputed one.
     """
-    store = tmp_path / "study"
+    store = store_dir
     mod = harness.module("stale_no_winner", LEASED)
     lease = 2.0
     go = tmp_path / "go"
@@ -633,8 +651,8 @@ def test_stale_holder_recovers_when_the_taker_never_commits(
 # -- 6. threads ------------------------------------------------------------------------------
 
 
-def test_eight_threads_run_the_body_once(harness: Harness, tmp_path: Path) -> None:
-    store = tmp_path / "study"
+def test_eight_threads_run_the_body_once(harness: Harness, store_dir: Path) -> None:
+    store = store_dir
     result = harness.run_ok(store, harness.module("threads_eight", THREADS))
     assert result["errors"] == []
     assert result["alive"] == 0
@@ -658,8 +676,9 @@ class _Bodies:
             self.n += 1
 
 
-def test_a_failed_call_is_recorded_releases_its_lease_and_retries(tmp_path: Path) -> None:
-    store = tmp_path / "study"
+def test_a_failed_call_is_recorded_releases_its_lease_and_retries(tmp_path: Path,
+                                                                   store_dir: Path) -> None:
+    store = store_dir
     ctx = provstore.open(store)
     bodies = _Bodies()
     fail = tmp_path / "fail"

@@ -1,17 +1,30 @@
-"""Engines, connection pragmas, write transactions and schema upgrades.
+"""Engines, connection settings, write transactions and schema upgrades.
 
-SQLite is used in WAL mode with a busy timeout and foreign keys on. Every
-write transaction starts with ``BEGIN IMMEDIATE``: a deferred transaction that
-reads and then writes cannot upgrade its snapshot under a concurrent writer
-and fails at once with "database is locked" whatever the busy timeout (22 % of
-attempts with two writers, measured here), while an immediate one waits its
-turn. Reads are single statements in autocommit mode, which never block in WAL
-mode.
+Every write is one transaction run by :func:`retrying`, which repeats the
+whole transaction when the database asks for it. The two databases get the
+same guarantee, that concurrent write transactions behave as if run one at a
+time, by different means:
+
+- SQLite runs in WAL mode with a busy timeout and foreign keys on, and every
+  write transaction starts with ``BEGIN IMMEDIATE``: a deferred transaction
+  that reads and then writes cannot upgrade its snapshot under a concurrent
+  writer and fails at once with "database is locked" whatever the busy
+  timeout (22 % of attempts with two writers, measured here), while an
+  immediate one waits its turn.
+- PostgreSQL runs write transactions at ``SERIALIZABLE`` isolation, so
+  writers proceed in parallel and the server aborts one of two that
+  conflict (SQLSTATE 40001); :func:`retrying` runs it again. This is how two
+  workers reading "no lease yet" cannot both take it, and how two bindings
+  of one name cannot get the same version number.
+
+Reads are single statements in autocommit mode: they never block writers
+and hold no snapshot between statements.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
 import os
 import random
@@ -23,8 +36,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
-from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, make_url, text
+from sqlalchemy.exc import DatabaseError, DBAPIError, IntegrityError
 
 from ..errors import LockTimeoutError, StoreError, StoreVersionError
 
@@ -33,6 +46,9 @@ __all__ = [
     "SCHEMA_HEAD",
     "SCHEMA_REVISIONS",
     "check_schema",
+    "db_now",
+    "display_url",
+    "is_sqlite",
     "make_engine",
     "migrations_dir",
     "retrying",
@@ -65,12 +81,20 @@ def migrations_dir() -> Path:
     raise StoreError("provstore's migrations are missing from this installation; reinstall it")
 
 
+def is_sqlite(url: str) -> bool:
+    """Whether the SQLAlchemy *url* names an SQLite database."""
+    return url.startswith("sqlite")
+
+
+def display_url(url: str) -> str:
+    """*url* with any password masked, for messages and files."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def make_engine(url: str, *, durability: str = "normal") -> Engine:
     """Create an engine for *url* with provstore's connection settings."""
-    if not url.startswith("sqlite"):
-        engine = create_engine(url, pool_pre_ping=True)
-        _ENGINES.add(engine)
-        return engine
+    if not is_sqlite(url):
+        return _server_engine(url)
     synchronous = "FULL" if durability == "full" else "NORMAL"
     engine = create_engine(
         url, pool_size=4, max_overflow=64, connect_args={"check_same_thread": False}
@@ -99,6 +123,33 @@ def make_engine(url: str, *, durability: str = "normal") -> Engine:
     return engine
 
 
+def _server_engine(url: str) -> Engine:
+    # pre_ping: a worker's pooled connection may have been cut by a server
+    # restart or a firewall while it computed for an hour.
+    try:
+        engine = create_engine(url, pool_size=4, max_overflow=64, pool_pre_ping=True)
+    except ModuleNotFoundError as exc:
+        raise StoreError(
+            f"the database driver for {url.split('://')[0]} is not installed ({exc.name}); "
+            'for PostgreSQL: pip install "provstore[postgres]"'
+        ) from exc
+    _ENGINES.add(engine)
+    return engine
+
+
+def db_now(conn: Connection) -> dt.datetime:
+    """The database's current time, naive UTC like every stored timestamp.
+
+    Lease expiry is compared on one clock: the server's for PostgreSQL, where
+    workers on many hosts may disagree by seconds; this host's for SQLite,
+    which only ever has one host.
+    """
+    if conn.dialect.name == "sqlite":
+        return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    found = conn.execute(text("SELECT CAST(now() AT TIME ZONE 'UTC' AS timestamp)")).scalar_one()
+    return found
+
+
 def _drop_inherited_connections() -> None:
     # A connection inherited through fork() shares the parent's file locks and
     # socket; the child must never use it, only open its own.
@@ -110,22 +161,47 @@ _ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
 os.register_at_fork(after_in_child=_drop_inherited_connections)
 
 
-def retrying(func: Callable[[], T], *, timeout: float = 300.0) -> T:
-    """Run *func*, retrying with jittered backoff while the database is locked.
+# PostgreSQL's answers that mean "run the transaction again": serialization
+# failure, deadlock, and lock not available.
+_RETRY_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
+# A unique violation between two concurrent inserts is normally reported as
+# a serialization failure; retried a few times in case it is not, but never
+# forever, since a real constraint error would repeat.
+_UNIQUE_VIOLATION = "23505"
+_UNIQUE_RETRIES = 5
 
-    The busy timeout already waits inside SQLite; this outer loop covers the
-    rare cases it does not (a lock taken during connection setup, WAL
-    recovery after a crash) so that no user ever sees "database is locked".
+
+def _should_retry(exc: DBAPIError, unique_seen: int) -> bool:
+    state = getattr(exc.orig, "sqlstate", None)
+    if state is not None:
+        if state == _UNIQUE_VIOLATION:
+            return unique_seen < _UNIQUE_RETRIES
+        return state in _RETRY_SQLSTATES
+    if isinstance(exc, IntegrityError):
+        return False
+    message = str(exc.orig).lower()
+    return "locked" in message or "busy" in message
+
+
+def retrying(func: Callable[[], T], *, timeout: float = 300.0) -> T:
+    """Run the transaction *func*, again with jittered backoff while the database asks.
+
+    On SQLite the busy timeout already waits inside the library; this loop
+    covers the rare cases it does not (a lock taken during connection setup,
+    WAL recovery after a crash) so that no user ever sees "database is
+    locked". On PostgreSQL it reruns a serializable transaction that lost a
+    conflict. *func* must open its own transaction, so a rerun starts afresh.
     """
     deadline = time.monotonic() + timeout
     delay = 0.01
+    unique_seen = 0
     while True:
         try:
             return func()
-        except OperationalError as exc:
-            message = str(exc.orig).lower()
-            if "locked" not in message and "busy" not in message:
+        except DBAPIError as exc:
+            if not _should_retry(exc, unique_seen):
                 raise
+            unique_seen += getattr(exc.orig, "sqlstate", None) == _UNIQUE_VIOLATION
             if time.monotonic() > deadline:
                 raise LockTimeoutError(
                     f"the database stayed locked for {timeout:.0f} s; another process "
@@ -137,8 +213,15 @@ def retrying(func: Callable[[], T], *, timeout: float = 300.0) -> T:
 
 @contextlib.contextmanager
 def write(engine: Engine) -> Iterator[Connection]:
-    """Open a ``BEGIN IMMEDIATE`` transaction; commit on success, roll back on error."""
-    with engine.connect().execution_options(**{_WRITE_OPTION: True}) as conn, conn.begin():
+    """Open a write transaction; commit on success, roll back on error.
+
+    ``BEGIN IMMEDIATE`` on SQLite, ``SERIALIZABLE`` on a server database.
+    """
+    options: dict[str, Any] = (
+        {_WRITE_OPTION: True} if engine.dialect.name == "sqlite"
+        else {"isolation_level": "SERIALIZABLE"}
+    )
+    with engine.connect().execution_options(**options) as conn, conn.begin():
         yield conn
 
 
@@ -161,6 +244,11 @@ class Readers:
         local = self._local
         if getattr(local, "pid", None) != os.getpid():
             local.conn = self._engine.connect()
+            if self._engine.dialect.name != "sqlite":
+                # Otherwise the first SELECT opens a transaction that stays
+                # idle for the life of the thread, holding locks that block
+                # `provstore upgrade` and VACUUM.
+                local.conn = local.conn.execution_options(isolation_level="AUTOCOMMIT")
             local.pid = os.getpid()
             self._all.add(local.conn)
         conn: Connection = local.conn
@@ -207,13 +295,25 @@ def check_schema(engine: Engine) -> str | None:
         The file is not an SQLite database, or not a provstore one.
     """
     try:
-        with engine.connect() as conn:
-            revision = _current_revision(conn)
+        conn = engine.connect()
     except DatabaseError as exc:
-        raise StoreError(
-            f"{engine.url.database or engine.url} is not a provstore database "
-            f"({exc.orig}); point provstore.open() at a store directory"
-        ) from exc
+        raise _not_a_store(engine, exc) from exc
+    with conn:
+        return _checked_revision(conn, engine)
+
+
+def _not_a_store(engine: Engine, exc: DatabaseError) -> StoreError:
+    return StoreError(
+        f"{engine.url.database or engine.url} is not a provstore database "
+        f"({exc.orig}); point provstore.open() at a store directory"
+    )
+
+
+def _checked_revision(conn: Connection, engine: Engine) -> str | None:
+    try:
+        revision = _current_revision(conn)
+    except DatabaseError as exc:
+        raise _not_a_store(engine, exc) from exc
     if revision is not None and revision not in SCHEMA_REVISIONS:
         raise StoreVersionError(
             f"the store's schema version is {revision}, newer than {SCHEMA_HEAD}, the "
@@ -223,25 +323,44 @@ def check_schema(engine: Engine) -> str | None:
 
 
 def upgrade(engine: Engine, *, lock_path: Path | None = None) -> None:
-    """Bring the schema to :data:`SCHEMA_HEAD` through Alembic (upgrade only)."""
+    """Bring the schema to :data:`SCHEMA_HEAD` through Alembic (upgrade only).
+
+    Concurrent callers are serialised, by a lock file next to an SQLite
+    store or by a PostgreSQL advisory lock, and all but the first find the
+    work done.
+    """
     from alembic import command
     from alembic.config import Config
 
-    with _file_lock(lock_path):
-        if check_schema(engine) == SCHEMA_HEAD:
-            return  # another process upgraded while we waited for the lock
-        cfg = Config()
-        cfg.set_main_option("script_location", str(migrations_dir()))
-        with engine.connect() as conn:
+    with _file_lock(lock_path), engine.connect() as conn:
+        server = conn.dialect.name != "sqlite"
+        if server:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _UPGRADE_LOCK})
+            conn.commit()
+        try:
+            if _checked_revision(conn, engine) == SCHEMA_HEAD:
+                return  # another process upgraded while we waited for the lock
+            conn.rollback()
+            cfg = Config()
+            cfg.set_main_option("script_location", str(migrations_dir()))
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, SCHEMA_HEAD)
             conn.commit()
+        finally:
+            if server:
+                conn.rollback()
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _UPGRADE_LOCK})
+                conn.commit()
+
+
+# An arbitrary constant naming provstore's schema lock among advisory locks.
+_UPGRADE_LOCK = 0x70726F76
 
 
 @contextlib.contextmanager
 def _file_lock(path: Path | None) -> Iterator[None]:
-    # Serialises first-time creation between processes opening a new store at
-    # once; server databases (no lock file) are upgraded by `provstore upgrade`.
+    # Serialises first-time creation between processes opening a new SQLite
+    # store at once; server databases use an advisory lock instead.
     if path is None:
         yield
         return

@@ -206,7 +206,9 @@ LEASE_BY_KEY = select(leases).where(leases.c.key == bindparam("key"))
 INSERT_LEASE = insert(leases)
 UPDATE_LEASE = (
     update(leases)
-    .where(leases.c.key == bindparam("p_key"))
+    # Conditional on the fence read: of two processes taking over one
+    # expired lease, only the first changes it.
+    .where(leases.c.key == bindparam("p_key"), leases.c.fence == bindparam("p_old_fence"))
     .values(owner=bindparam("p_owner"), fence=bindparam("p_fence"),
             expires=bindparam("p_expires"), host=bindparam("p_host"), pid=bindparam("p_pid"),
             call_id=bindparam("p_call_id"))

@@ -13,9 +13,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from sqlalchemy import Connection, delete, func, select
 
 from ..db import queries as q
-from ..db.engine import retrying, write
+from ..db.engine import db_now, retrying, write
 from ..errors import StoreError
-from ..runs import utcnow
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -171,7 +170,7 @@ def _live_call_artifacts(conn: Connection) -> set[int]:
     # A running call records its inputs only when it commits; until then its
     # params name the stored artifacts it was called with.
     rows = conn.execute(select(q.calls.c.params).join(q.leases, q.leases.c.call_id == q.calls.c.id)
-                        .where(q.calls.c.status == "running", q.leases.c.expires > utcnow()))
+                        .where(q.calls.c.status == "running", q.leases.c.expires > db_now(conn)))
     found: set[int] = set()
     for (params,) in rows:
         for value in json.loads(params or "{}").values():
