@@ -323,18 +323,19 @@ def test_an_unpickled_context_opens_its_store_on_first_use_only(
     assert out[:2] == ["0", "41"]
 
 
-def test_a_worker_never_creates_the_store_it_was_sent(tmp_path: Path) -> None:
-    # The pickling machine's SQLite store is absent where the context lands:
-    # fail, naming the cause, instead of filling a private empty store.
-    ctx = provstore.open(tmp_path / "study")
+def test_a_worker_never_creates_the_store_it_was_sent(ctx: provstore.Context, store_dir: Path,
+                                                      tmp_path: Path) -> None:
+    # The store directory is absent where the context lands (not mounted on
+    # that worker): fail, naming the cause, instead of filling a private
+    # store, or, with a server database, writing files nobody else can read.
     ctx.x = 1
     blob = tmp_path / "ctx.pickle"
     blob.write_bytes(pickle.dumps(ctx))
-    (tmp_path / "study").rename(tmp_path / "elsewhere")
+    store_dir.rename(tmp_path / "elsewhere")
     run = [sys.executable, "-c", _UNPICKLE, str(blob)]
     out = subprocess.run(run, check=True, capture_output=True, text=True).stdout
-    assert "StoreNotFoundError" in out and "does not exist here" in out
-    assert not (tmp_path / "study").exists()
+    assert "StoreNotFoundError" in out and "does not exist" in out
+    assert not store_dir.exists()
 
 
 def test_versions_are_read_by_number_after_old_ones_are_collected(

@@ -188,6 +188,13 @@ def reopen_store(url: str, root: str, safe: bool, durability: str) -> Store:
             f"{make_url(url).database} does not exist here. Workers on other machines need "
             "the store on a shared filesystem at the same path, with a PostgreSQL database "
             "(see docs/scaling-out.md)")
+    if not (Path(root) / "objects").is_dir():
+        # With a server database the rows would land in the shared database
+        # and the files on this host's disk, unreadable by everyone else.
+        raise StoreNotFoundError(
+            f"the store's object directory {root}/objects does not exist on "
+            f"{socket.gethostname()}; mount the shared store directory at the same path "
+            "on every worker (see docs/scaling-out.md)")
     check_sqlite_url(url)
     return _store_for(url, root, safe=safe, durability=durability)
 
