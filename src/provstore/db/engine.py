@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import logging
 import os
 import random
 import threading
@@ -134,7 +135,16 @@ def _server_engine(url: str) -> Engine:
             'for PostgreSQL: pip install "provstore[postgres]"'
         ) from exc
     _ENGINES.add(engine)
+    logging.getLogger("psycopg").addFilter(_quiet_aborted_pipeline)
     return engine
+
+
+def _quiet_aborted_pipeline(record: logging.LogRecord) -> bool:
+    # A serialization failure inside a batched insert aborts psycopg's
+    # pipeline, and psycopg logs a warning while unwinding it; `retrying`
+    # then reruns the transaction, so the warning only alarms users.
+    return not (record.msg == "error ignored terminating %r: %s"
+                and "pipeline aborted" in record.getMessage())
 
 
 def db_now(conn: Connection) -> dt.datetime:
