@@ -6,6 +6,7 @@ import atexit
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -41,6 +42,36 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+_PREFIX = "provstore-pg-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _reap_orphans() -> None:
+    """Stop clusters of test runs that were killed: SIGKILL skips atexit."""
+    for d in Path(tempfile.gettempdir()).glob(_PREFIX + "*"):
+        try:
+            owner = int((d / "owner.pid").read_text())
+        except (OSError, ValueError):
+            continue  # still being set up, or not ours
+        if _alive(owner):
+            continue
+        try:
+            server = int((d / "data" / "postmaster.pid").read_text().split()[0])
+            os.kill(server, signal.SIGQUIT)  # PostgreSQL's immediate shutdown
+        except (OSError, ValueError, IndexError):
+            pass
+        shutil.rmtree(d, ignore_errors=True)
+
+
 class PostgresCluster:
     """Start a private cluster on a free localhost port; :meth:`stop` removes it."""
 
@@ -50,7 +81,9 @@ class PostgresCluster:
             raise RuntimeError("PostgreSQL's initdb/pg_ctl were not found")
         self.bindir = found
         self._as_root = os.geteuid() == 0
-        self.dir = Path(tempfile.mkdtemp(prefix="provstore-pg-"))
+        _reap_orphans()
+        self.dir = Path(tempfile.mkdtemp(prefix=_PREFIX))
+        (self.dir / "owner.pid").write_text(str(os.getpid()))
         self.data = self.dir / "data"
         self.log = self.dir / "server.log"
         self.port = 0
