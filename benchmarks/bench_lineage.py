@@ -42,6 +42,7 @@ from sqlalchemy import create_engine, event, insert, text
 
 import provstore
 from provstore import hashing
+from provstore.db import lineage_queries as lq
 from provstore.db import queries as q
 from provstore.db.engine import SCHEMA_HEAD
 
@@ -251,7 +252,7 @@ def measure(store: Path, chains: int, depth: int, samples: int,
     assert not g.truncated
     assert any(n.kind == "assignment" for n in g.nodes)  # the chain's a0, reached
     raw = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    compiled = q.UPSTREAM_CALLS.compile(dialect=ctx._store.engine.dialect)
+    compiled = lq.UPSTREAM_CALLS.compile(dialect=ctx._store.engine.dialect)
     cte_sql = str(compiled)
     fixed = compiled.params  # literal parameters ("done") and the bound ones, positionally
 
@@ -261,7 +262,7 @@ def measure(store: Path, chains: int, depth: int, samples: int,
     call_of_end = {c: (c + 1) * (depth - 1) for c in set(ends)}  # the build's call ids
 
     def cte_sqlalchemy(c: int) -> None:
-        rows = ctx._store._query(q.UPSTREAM_CALLS, {"root": call_of_end[c],
+        rows = ctx._store._query(lq.UPSTREAM_CALLS, {"root": call_of_end[c],
                                                     "max_depth": 100}).all()
         assert len(rows) == depth - 1
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import hashing
-from .db import queries as q
+from .db import lineage_queries as lq
 from .lineage import (
     DEFAULT_DEPTH,
     BoundName,
@@ -240,7 +240,7 @@ class LineageReader:
                                     if v.call_id is None and v.artifact_id is not None}
         if unlinked:
             producers: dict[int, list[Any]] = {}
-            for r in self._rows(q.PRODUCERS_OF_ARTIFACTS, unlinked.values()):
+            for r in self._rows(lq.PRODUCERS_OF_ARTIFACTS, unlinked.values()):
                 producers.setdefault(r.artifact_id, []).append(r)
             for v in versions:
                 if v.number not in unlinked:
@@ -257,12 +257,12 @@ class LineageReader:
         wanted = set(ids)
         missing = wanted - self._calls.keys()
         if missing:
-            rows = self._rows(q.CALLS_BY_IDS, missing)
+            rows = self._rows(lq.CALLS_BY_IDS, missing)
             inputs: dict[int, list[Any]] = {}
-            for r in self._rows(q.CALL_INPUTS_BY_CALLS, missing):
+            for r in self._rows(lq.CALL_INPUTS_BY_CALLS, missing):
                 inputs.setdefault(r.call_id, []).append(r)
             outputs: dict[int, list[int]] = {}
-            for r in self._rows(q.CALL_OUTPUTS_BY_CALLS, missing):
+            for r in self._rows(lq.CALL_OUTPUTS_BY_CALLS, missing):
                 outputs.setdefault(r.call_id, []).append(r.artifact_id)
             names = self.names(r.artifact_id for rs in inputs.values() for r in rs
                                if r.artifact_id is not None)
@@ -273,7 +273,7 @@ class LineageReader:
     def names(self, artifact_ids: Iterable[int]) -> dict[int, tuple[tuple[BoundName, ...], int]]:
         """A few bindings of each artifact (current first) and how many there are in all."""
         found: dict[int, tuple[list[BoundName], int]] = {}
-        for r in self._rows(q.NAMES_OF_ARTIFACTS, artifact_ids, limit=NAMES_SHOWN):
+        for r in self._rows(lq.NAMES_OF_ARTIFACTS, artifact_ids, limit=NAMES_SHOWN):
             path = f"{r.path}/{r.name}" if r.path else r.name
             bound = BoundName(path, bool(r.current))
             found.setdefault(r.artifact_id, ([], r.total))[0].append(bound)
@@ -281,13 +281,13 @@ class LineageReader:
 
     def latest_done_call(self, function: str) -> int | None:
         """The newest finished call of *function* (``module:qualname``), if any."""
-        found = self._store._query(q.LATEST_DONE_CALL_OF, {"function": function}).scalar()
+        found = self._store._query(lq.LATEST_DONE_CALL_OF, {"function": function}).scalar()
         return None if found is None else int(found)
 
     def with_names(self, inputs: dict[str, InputInfo]) -> dict[str, InputInfo]:
         """Link arguments to stored artifacts by digest, and attach their names."""
         by_digest = {r.digest: r.id for r in self._rows(
-            q.ARTIFACTS_BY_DIGESTS, (i.digest for i in inputs.values() if i.artifact_id is None),
+            lq.ARTIFACTS_BY_DIGESTS, (i.digest for i in inputs.values() if i.artifact_id is None),
             key="digests", algorithm=hashing.ALGORITHM)}
         linked = {n: i if i.artifact_id is not None else
                   replace(i, artifact_id=by_digest.get(i.digest)) for n, i in inputs.items()}
@@ -308,10 +308,10 @@ class LineageReader:
             raise ValueError(f"depth must be at least 1, not {depth}")
         walked: dict[int, int] = {}
         if call_id is not None:
-            rows = self._store._query(q.UPSTREAM_CALLS, {"root": call_id, "max_depth": depth})
+            rows = self._store._query(lq.UPSTREAM_CALLS, {"root": call_id, "max_depth": depth})
             walked = {int(r.call_id): int(r.depth) for r in rows.all()}
         calls = self.calls(walked)
-        details = {r.id: r for r in self._rows(q.ARTIFACTS_BY_IDS, [artifact_id, *(
+        details = {r.id: r for r in self._rows(lq.ARTIFACTS_BY_IDS, [artifact_id, *(
             i.artifact_id for c in calls.values() if walked[c.id] < depth
             for i in c.inputs.values() if i.artifact_id is not None)])}
         g = LineageGraph(root=_artifact_node(artifact_id, (name,), 0, details))
@@ -370,13 +370,13 @@ class LineageReader:
         if not leaves:
             return
         ingested: set[int] = set()
-        for r in self._rows(q.FILES_OF_ARTIFACTS, leaves):
+        for r in self._rows(lq.FILES_OF_ARTIFACTS, leaves):
             node_id, d = leaves[r.artifact_id]
             f = g._add(Node(f"file:{r.path}", "file", r.path, d, path=r.path))
             g._link(Edge(f.id, node_id, "ingested"))
             ingested.add(r.artifact_id)
         origins = {int(r.artifact_id): r.origin for r in self._rows(
-            q.ASSIGNMENTS_OF_ARTIFACTS, set(leaves) - ingested)}
+            lq.ASSIGNMENTS_OF_ARTIFACTS, set(leaves) - ingested)}
         if root_origin is not None and g.root.artifact_id not in ingested:
             # The version itself was assigned: its own line, not the first ever.
             assert g.root.artifact_id is not None
