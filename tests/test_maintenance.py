@@ -433,3 +433,34 @@ def test_list_runs_shows_crashed_runs(filled: provstore.Context, store_dir: Path
     runs = m.list_runs(filled.store)
     assert [r.status for r in runs] == ["crashed", "running"]
     assert m.list_runs(filled.store, limit=1)[0].host == "h"
+
+
+def test_a_value_whose_stored_copy_gc_removed_is_stored_again(ctx: provstore.Context) -> None:
+    # A loaded array is linked to its row without being written again; after
+    # `gc --keep-versions` deletes that row, binding it or returning it from a
+    # tracked call must store it afresh, not break a foreign key.
+    ctx.x = np.arange(1000.0)
+    loaded = ctx.x
+    ctx.x = np.zeros(3)
+    report = m.gc(ctx.store, dry_run=False, grace_seconds=0, keep_versions=1)
+    assert report.artifacts == 1 and not _object_of(ctx, loaded).exists()
+
+    ctx.y = loaded
+    assert np.array_equal(ctx.y, np.arange(1000.0))
+
+    ctx.z = np.ones(5)
+    ones = ctx.z
+    ctx.z = np.zeros(5)
+    m.gc(ctx.store, dry_run=False, grace_seconds=0, keep_versions=1)
+
+    @ctx.track
+    def passthrough(n: int) -> np.ndarray:
+        return ones
+
+    assert np.array_equal(passthrough(1), np.ones(5))
+    assert m.verify(ctx.store).ok
+
+
+def _object_of(ctx: provstore.Context, value: np.ndarray) -> Path:
+    digest = provstore.hashing.digest(value)
+    return ctx.store.objects.path(digest, ".npy")

@@ -30,7 +30,7 @@ from .errors import (
 from .lineage import History
 from .questions import Questions
 from .scope import Segment, check_name, display, format_path, parse_path, segment_for_param
-from .store import Store
+from .store import ArtifactCollectedError, Store
 
 __all__ = ["Context", "active_context"]
 
@@ -343,7 +343,11 @@ class Context(Questions):
         prepared = self._store.prepare(value, format=format, **options)
         sid = self._store.scope_id(segments, create=True)
         assert sid is not None
-        self._store.bind(sid, name, prepared, origin=origin)
+        try:
+            self._store.bind(sid, name, prepared, origin=origin)
+        except ArtifactCollectedError:  # gc removed the copy it linked to: store it again
+            prepared = self._store.prepare(value, format=format, **options)
+            self._store.bind(sid, name, prepared, origin=origin)
 
     def __setattr__(self, name: str, value: Any) -> None:
         _check_attribute(name, "assign", f"ctx[{name!r}] = ...")

@@ -84,6 +84,12 @@ class IdentityMap:
             return None  # a header or affine was edited since the load
         return entry[1]
 
+    def clear(self) -> None:
+        """Forget everything (after ``gc`` deleted artifacts this process knew)."""
+        with self._lock:
+            self._entries.clear()
+            self._recent.clear()
+
     def note_output(self, digest: str, call_id: int | None, artifact_id: int) -> None:
         """Record that this process received content *digest* from the store.
 

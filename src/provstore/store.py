@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, insert, select
+from sqlalchemy.exc import IntegrityError
 
 from . import hashing
 from .backends.base import Backend, registry
@@ -48,7 +49,12 @@ from .records import ArtifactRow, Prepared
 from .runs import RunRecorder, utcnow
 from .scope import Segment, format_path
 
-__all__ = ["ArtifactRow", "Prepared", "Store"]  # records re-exported for callers
+# records re-exported for callers
+__all__ = ["ArtifactCollectedError", "ArtifactRow", "Prepared", "Store"]
+
+
+class ArtifactCollectedError(Exception):
+    """Internal: ``gc`` deleted the stored copy a binding was linked to; prepare again."""
 
 
 class Store:
@@ -259,7 +265,29 @@ class Store:
                 }).scalar_one()
             return int(version), artifact_id
 
-        return retrying(transaction)
+        try:
+            return retrying(transaction)
+        except IntegrityError:
+            if prepared is not None and self.collected([prepared]):
+                raise ArtifactCollectedError(prepared.digest) from None
+            raise
+
+    def collected(self, prepared: list[Prepared]) -> bool:
+        """Whether ``gc`` deleted an artifact row that *prepared* links to.
+
+        A value this process loaded (or a call returned) is linked to its
+        stored row without hashing or writing it again; ``gc --keep-versions``
+        may delete that row meanwhile, and the commit then breaks a foreign
+        key. Forget every such link, so that preparing the value again
+        stores it afresh.
+        """
+        ids = [p.existing_id for p in prepared if p.existing_id is not None]
+        gone = any(self._query(q.ARTIFACT_BY_ID, {"id": i}).first() is None for i in ids)
+        if gone:
+            self.identity.clear()
+            for i in ids:
+                self._artifacts.pop(i, None)
+        return gone
 
     def _commit_artifact(self, conn: Connection, p: Prepared, run_id: int, now: Any) -> int:
         artifact_id = p.existing_id

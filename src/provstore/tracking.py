@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
 import xxhash
+from sqlalchemy.exc import IntegrityError
 
 from . import hashing
 from .codeversion import CodeVersion, Fingerprinter, function_identity
@@ -333,7 +334,15 @@ class _Computation:
                 release(conn, c)
             return True
 
-        return c.call_id if retrying(transaction) else None
+        try:
+            committed = retrying(transaction)
+        except IntegrityError:
+            if not self.store.collected(prepared):
+                raise
+            # gc removed a stored copy an output was linked to: store them again.
+            prepared = [self.store.prepare(v) for v in elements]
+            committed = retrying(transaction)
+        return c.call_id if committed else None
 
     def _record_code(self, conn: Any, now: Any) -> None:
         if conn.execute(q.CODE_BY_DIGEST, {"digest": self.cv.digest}).first() is None:
