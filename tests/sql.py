@@ -6,6 +6,7 @@ with ``sqlite3`` or ``psql`` would, not through provstore's caches.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from pathlib import Path
 from typing import Any
@@ -40,3 +41,8 @@ def scalar(location: str | os.PathLike[str], statement: str,
     """Return the first column of the first row of *statement*."""
     rows = sql(location, statement, params)
     return next(iter(rows[0].values())) if rows else None
+
+
+def timestamp(value: str | dt.datetime) -> dt.datetime:
+    """A timestamp column's value: SQLite returns text, PostgreSQL a datetime."""
+    return value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(value)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import signal
@@ -13,16 +12,11 @@ from typing import Any
 
 import provstore
 from provstore.runs import STALE_AFTER, status_of, utcnow
-from sql import sql
+from sql import sql, timestamp
 
 
 def _runs(store_dir: Path) -> list[dict[str, Any]]:
     return sql(store_dir, "SELECT * FROM runs ORDER BY id")
-
-
-def _timestamp(value: str | dt.datetime) -> dt.datetime:
-    # Plain SQL on SQLite returns timestamps as text; PostgreSQL as datetimes.
-    return value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(value)
 
 
 def _run_script(store_dir: Path, body: str) -> subprocess.CompletedProcess[str]:
@@ -53,7 +47,7 @@ def test_a_killed_run_reads_as_crashed_once_stale(store_dir: Path) -> None:
     subprocess.run([sys.executable, "-c", code])
     (run,) = _runs(store_dir)
     assert run["status"] == "running"
-    heartbeat = _timestamp(run["heartbeat"])
+    heartbeat = timestamp(run["heartbeat"])
     assert status_of(run["status"], heartbeat) == "running"
     assert status_of(run["status"], heartbeat, now=utcnow() + STALE_AFTER * 2) == "crashed"
     assert signal.SIGKILL  # the process above really died without closing its run
@@ -78,7 +72,7 @@ def test_a_live_run_keeps_its_heartbeat_fresh(store_dir: Path) -> None:
     deadline = time.monotonic() + 10
     while _runs(store_dir)[-1]["heartbeat"] == first and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert _timestamp(_runs(store_dir)[-1]["heartbeat"]) > _timestamp(first)
+    assert timestamp(_runs(store_dir)[-1]["heartbeat"]) > timestamp(first)
     assert _runs(store_dir)[-1]["id"] == run_id
     recorder._close()
     assert _runs(store_dir)[-1]["status"] == "finished"
