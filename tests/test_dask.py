@@ -29,35 +29,14 @@ from provstore.context import active_context
 from provstore.leases import lease_seconds
 from provstore.mapping import WorkerTraceback
 from sql import sql, timestamp
+from tracked_samples import bodies, fragile, mark, pids, square
 
 distributed = pytest.importorskip("dask.distributed")
 
 
-def _mark(log: str, x: int) -> None:
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    try:
-        os.write(fd, f"{x} {os.getpid()}\n".encode())
-    finally:
-        os.close(fd)
-
-
-@provstore.track(ignore=("log",))
-def square(x: int, log: str) -> int:
-    _mark(log, x)
-    return x * x
-
-
-@provstore.track(ignore=("log",))
-def fragile(x: int, log: str) -> int:
-    _mark(log, x)
-    if x == 3:
-        raise ValueError(f"item {x} is bad")
-    return x + 100
-
-
 @provstore.track(ignore=("log",))
 def stuck_once(x: int, log: str) -> int:
-    _mark(log, x)
+    mark(log, x)
     if len(Path(log).read_text().splitlines()) == 1:
         time.sleep(60)  # the first attempt waits to be killed
     return x + 1000
@@ -73,7 +52,7 @@ def fit(x: int, log: str) -> str:
 
 def cube(x: int, log: str) -> int:
     # Plain here; tracked with ctx.track(cube) by a test.
-    _mark(log, x)
+    mark(log, x)
     return x**3
 
 
@@ -83,16 +62,6 @@ def _forget_stores() -> None:
     for key, store in list(api._stores.items()):
         store.close()
         del api._stores[key]
-
-
-def _bodies(log: Path) -> list[int]:
-    if not log.exists():
-        return []
-    return sorted(int(line.split()[0]) for line in log.read_text().splitlines())
-
-
-def _pids(log: Path) -> set[int]:
-    return {int(line.split()[1]) for line in log.read_text().splitlines()}
 
 
 @pytest.fixture(scope="module")
@@ -124,19 +93,19 @@ def test_sweep_computes_each_item_once_on_the_workers(
     f = functools.partial(square, log=str(log))
     first = list(ctx.map(f, range(12), executor=client.get_executor()))
     assert first == [x * x for x in range(12)]
-    assert _bodies(log) == list(range(12))
-    assert _pids(log) <= workers
+    assert bodies(log) == list(range(12))
+    assert pids(log) <= workers
 
     # pure=False: an identical submission would otherwise get Dask's copy of
     # the first map's results while it still holds them, and prove nothing.
     again = list(ctx.map(f, range(12), executor=client.get_executor(pure=False)))
     assert again == first
-    assert _bodies(log) == list(range(12))  # all hits: no body ran
+    assert bodies(log) == list(range(12))  # all hits: no body ran
 
     ctx.sq5 = first[5]  # linked to its call by content
     call = ctx.history("sq5").call
     assert call is not None
-    assert (call.function, call.status, call.params["x"]) == ("test_dask:square", "done", 5)
+    assert (call.function, call.status, call.params["x"]) == ("tracked_samples:square", "done", 5)
     assert call.pid in workers and call.host == socket.gethostname()
     assert call.run is not None and call.run.pid == call.pid
 
@@ -157,11 +126,11 @@ def test_failing_item_raises_with_worker_traceback_and_the_rest_commit(
     rest = [x for x in range(8) if x != 3]
     again = ctx.map(f, rest, executor=client.get_executor(pure=False))
     assert list(again) == [x + 100 for x in rest]
-    assert _bodies(log) == list(range(8))  # each body ran once: the rest are hits
+    assert bodies(log) == list(range(8))  # each body ran once: the rest are hits
 
     with pytest.raises(ValueError, match="item 3 is bad"):
         list(ctx.map(f, [3], executor=client.get_executor(pure=False)))
-    assert _bodies(log) == [0, 1, 2, 3, 3, 4, 5, 6, 7]  # a failed call computes again
+    assert bodies(log) == [0, 1, 2, 3, 3, 4, 5, 6, 7]  # a failed call computes again
 
 
 def test_scoped_map_binds_in_the_scope(client: distributed.Client, workers: set[int],
@@ -179,7 +148,7 @@ def test_scoped_map_binds_in_the_scope(client: distributed.Client, workers: set[
         f"subject=01/sq{x}" for x in range(4)]
     call = here.history("sq2").call
     assert call is not None and call.pid in workers
-    assert _bodies(log) == list(range(4))
+    assert bodies(log) == list(range(4))
 
 
 def test_ctx_track_carries_its_store_to_a_worker(
@@ -187,9 +156,9 @@ def test_ctx_track_carries_its_store_to_a_worker(
     ctx = provstore.open(store_dir)
     tracked = ctx.track(cube, ignore=("log",))
     assert client.submit(tracked, 3, str(log)).result() == 27
-    assert _pids(log) <= workers
+    assert pids(log) <= workers
     assert tracked(3, str(log)) == 27  # a hit here: the worker recorded it in this store
-    assert _bodies(log) == [3]
+    assert bodies(log) == [3]
 
 
 def test_worker_killed_mid_call_is_taken_over_at_once(
@@ -201,12 +170,12 @@ def test_worker_killed_mid_call_is_taken_over_at_once(
     while not (log.exists() and log.read_text().endswith("\n")):  # created, then written
         assert time.monotonic() < deadline, "the call never started"
         time.sleep(0.02)
-    (victim,) = _pids(log)
+    (victim,) = pids(log)
     os.kill(victim, signal.SIGKILL)
     # Dask reruns the task on the other worker; the lease's owner is a dead
     # process of this host, so it is taken over without waiting for expiry.
     assert list(results) == [1001]
-    assert _bodies(log) == [1, 1]
+    assert bodies(log) == [1, 1]
     ctx.r = 1001
     call = ctx.history("r").call
     assert call is not None and call.status == "done" and call.takeover_of is not None
@@ -232,7 +201,7 @@ def test_a_store_recreated_at_the_same_path_is_not_served_from_a_worker_cache(
 
         new = provstore.open(where)
         assert list(new.map(f, [1, 2, 3], executor=client.get_executor(pure=False))) == [1, 4, 9]
-        assert _bodies(log) == [1, 1, 2, 2, 3]  # a new, empty store: everything computes
+        assert bodies(log) == [1, 1, 2, 2, 3]  # a new, empty store: everything computes
     finally:
         client.run(_forget_stores)
 

@@ -11,7 +11,6 @@ import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -19,28 +18,7 @@ import provstore
 from provstore.context import active_context
 from provstore.mapping import WorkerTraceback
 from sql import sql
-
-
-def _mark(log: str, x: Any) -> None:
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    try:
-        os.write(fd, f"{x} {os.getpid()}\n".encode())
-    finally:
-        os.close(fd)
-
-
-@provstore.track(ignore=("log",))
-def square(x: int, log: str) -> int:
-    _mark(log, x)
-    return x * x
-
-
-@provstore.track(ignore=("log",))
-def fragile(x: int, log: str) -> int:
-    _mark(log, x)
-    if x == 3:
-        raise ValueError(f"item {x} is bad")
-    return x + 100
+from tracked_samples import bodies, fragile, square
 
 
 def where(x: int) -> str:
@@ -54,12 +32,6 @@ def square_in(ctx: provstore.Context, x: int, log: str) -> int:
     # The pattern for workers that do not inherit the parent's store (spawn, loky).
     with ctx:
         return square(x, log)
-
-
-def _bodies(log: Path) -> list[int]:
-    if not log.exists():
-        return []
-    return sorted(int(line.split()[0]) for line in log.read_text().splitlines())
 
 
 def _calls(store_dir: Path, function: str) -> dict[str, int]:
@@ -78,12 +50,12 @@ def test_default_pool_computes_each_once_then_hits(ctx: provstore.Context, log: 
     f = functools.partial(square, log=str(log))
     first = list(ctx.map(f, range(12)))
     assert first == [x * x for x in range(12)]
-    assert _bodies(log) == list(range(12))
+    assert bodies(log) == list(range(12))
     assert len({line.split()[1] for line in log.read_text().splitlines()} - {str(os.getpid())}) > 0
 
     again = list(ctx.map(f, range(12), chunksize=5))
     assert again == first
-    assert _bodies(log) == list(range(12))  # all hits: no body ran
+    assert bodies(log) == list(range(12))  # all hits: no body ran
     assert _calls(store_dir, "square") == {"done": 12}
 
 
@@ -92,7 +64,7 @@ def test_thread_pool(ctx: provstore.Context, log: Path) -> None:
         results = list(ctx.map(functools.partial(square, log=str(log)), range(10),
                                executor=pool))
     assert results == [x * x for x in range(10)]
-    assert _bodies(log) == list(range(10))
+    assert bodies(log) == list(range(10))
 
 
 def test_explicit_process_pool(ctx: provstore.Context, log: Path) -> None:
@@ -100,7 +72,7 @@ def test_explicit_process_pool(ctx: provstore.Context, log: Path) -> None:
         results = list(ctx.map(functools.partial(square, log=str(log)), [5, 1, 5, 2],
                                executor=pool, chunksize=2))
     assert results == [25, 1, 25, 4]
-    assert _bodies(log) == [1, 2, 5]  # the repeated item ran once
+    assert bodies(log) == [1, 2, 5]  # the repeated item ran once
 
 
 @pytest.mark.parametrize("kind", ["process", "thread"])
@@ -131,7 +103,7 @@ def test_a_failing_item_raises_when_reached_and_the_rest_commit(
     assert isinstance(info.value.__cause__, WorkerTraceback)
     assert "in fragile" in info.value.__cause__.text
     assert _calls(store_dir, "fragile") == {"done": 7, "failed": 1}
-    assert _bodies(log) == list(range(8))
+    assert bodies(log) == list(range(8))
 
 
 def test_thread_failure_keeps_its_own_traceback(ctx: provstore.Context, log: Path) -> None:
@@ -163,7 +135,7 @@ def test_fork_pool_workers_inherit_the_last_opened_store(ctx: provstore.Context,
     assert results == [x * x for x in range(6)]
     assert _calls(store_dir, "square") == {"done": 6}
     assert square(4, str(log)) == 16  # a hit in the parent
-    assert _bodies(log) == list(range(6))
+    assert bodies(log) == list(range(6))
 
 
 def test_joblib_loky_with_the_context_as_an_argument(ctx: provstore.Context, log: Path,
@@ -173,7 +145,7 @@ def test_joblib_loky_with_the_context_as_an_argument(ctx: provstore.Context, log
         joblib.delayed(square_in)(ctx, x, str(log)) for x in range(6))
     assert results == [x * x for x in range(6)]
     assert _calls(store_dir, "square") == {"done": 6}
-    assert _bodies(log) == list(range(6))
+    assert bodies(log) == list(range(6))
 
 
 def test_spawn_executor_with_ctx_map(ctx: provstore.Context, log: Path) -> None:
@@ -182,7 +154,7 @@ def test_spawn_executor_with_ctx_map(ctx: provstore.Context, log: Path) -> None:
         results = list(ctx.map(functools.partial(square, log=str(log)), range(4),
                                executor=pool))
     assert results == [0, 1, 4, 9]
-    assert _bodies(log) == list(range(4))
+    assert bodies(log) == list(range(4))
 
 
 def test_progress_bar_on_request(ctx: provstore.Context, log: Path,
