@@ -63,7 +63,7 @@ import tempfile
 import textwrap
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +73,7 @@ import numpy as np
 from bench_store import (  # shared with bench_store.py (same directory)
     _waited,
     cpu_model,
+    interleaved,
     parse_common,
     settle,
 )
@@ -158,35 +159,6 @@ def print_table(rows: list[Row], backends: list[str]) -> None:
                         for i, (c, w) in enumerate(zip(row, widths))))
         if n == 0:
             print("  ".join("-" * w for w in widths))
-
-
-# --------------------------------------------------------------------------- timing
-def turns(sides: dict[str, Callable[[], object]], repeats: int, wait: float, calls: int,
-          block: int, agg: Callable[[list[float]], float] = statistics.median,
-          ) -> dict[str, list[float]]:
-    """Time single calls of every side, taking turns in blocks of *block* calls.
-
-    The machine has fast and slow phases lasting seconds; alternating every
-    few milliseconds keeps the backends in the same phase. Each repeat (after
-    an idle check) gives one sample per side: *agg* of its *calls* times (the
-    median for latencies, the mean for throughput, which must count the
-    occasional slow commit, such as an SQLite checkpoint).
-    """
-    names = list(sides)
-    samples: dict[str, list[float]] = {n: [] for n in names}
-    for _ in range(repeats):
-        settle(wait)
-        times: dict[str, list[float]] = {n: [] for n in names}
-        for r in range(-(-calls // block)):
-            for name in names[r % len(names):] + names[: r % len(names)]:
-                fn = sides[name]
-                for _ in range(block):
-                    t0 = time.perf_counter()
-                    fn()  # the result is dropped at once: a memmap is unmapped
-                    times[name].append(time.perf_counter() - t0)
-        for name in names:
-            samples[name].append(agg(times[name][:calls]))
-    return samples
 
 
 # --------------------------------------------------------------------------- PostgreSQL
@@ -375,7 +347,7 @@ def case_bind(ctxs: dict[str, provstore.Context], repeats: int, wait: float,
               calls: int) -> Row:
     """(a) ``ctx.x = i``: a new value, a new version, one write transaction each."""
     sides = {b: (lambda c=c: setattr(c, "x", next(_values))) for b, c in ctxs.items()}
-    samples = turns(sides, repeats, wait, calls, block=20, agg=statistics.fmean)
+    samples = interleaved(sides, repeats, wait, calls, block=20, agg=statistics.fmean)
     return Row(f"(a) bind ctx.x = i, {calls} per repeat: bindings/s", "rate", samples)
 
 
@@ -385,7 +357,7 @@ def case_load_small(ctxs: dict[str, provstore.Context], repeats: int, wait: floa
     for c in ctxs.values():
         c.y = next(_values)
     rows = [Row(f"(b) load small ctx.y (1 version), median of {calls}", "time",
-                turns({b: (lambda c=c: c.y) for b, c in ctxs.items()}, repeats, wait, calls,
+                interleaved({b: (lambda c=c: c.y) for b, c in ctxs.items()}, repeats, wait, calls,
                       block=50))]
     if all("x" in c for c in ctxs.values()):
         # Finding the current version of a name with many versions: the query
@@ -393,7 +365,7 @@ def case_load_small(ctxs: dict[str, provstore.Context], repeats: int, wait: floa
         versions = max(len(c.history("x").versions) for c in ctxs.values())
         few = max(calls // 6, 10)  # may take milliseconds each
         rows.append(Row(f"(b') load ctx.x ({versions:,} versions), median of {few}", "time",
-                        turns({b: (lambda c=c: c.x) for b, c in ctxs.items()}, repeats, wait,
+                        interleaved({b: (lambda c=c: c.x) for b, c in ctxs.items()}, repeats, wait,
                               few, block=10)))
     return rows
 
@@ -406,7 +378,7 @@ def case_load_array(ctxs: dict[str, provstore.Context], repeats: int, wait: floa
         c.a = arr
     del arr
     sides = {b: (lambda c=c: c.a) for b, c in ctxs.items()}
-    samples = turns(sides, repeats, wait, calls, block=5)
+    samples = interleaved(sides, repeats, wait, calls, block=5)
     return Row(f"(c) load {nbytes / MB:.0f} MB array ctx.a, median of {calls}", "time",
                samples)
 
@@ -417,7 +389,7 @@ def case_hit(ctxs: dict[str, provstore.Context], repeats: int, wait: float,
     fns = {b: c.track(tiny) for b, c in ctxs.items()}
     for f in fns.values():
         f(1, 2)
-    samples = turns({b: (lambda f=f: f(1, 2)) for b, f in fns.items()}, repeats, wait,
+    samples = interleaved({b: (lambda f=f: f(1, 2)) for b, f in fns.items()}, repeats, wait,
                     calls, block=50)
     return Row(f"(d) hit tiny(1, 2), median of {calls}", "time", samples)
 
@@ -435,7 +407,7 @@ def case_miss(ctxs: dict[str, provstore.Context], repeats: int, wait: float,
         fns[backend](i, 1000)
         done[backend].append(i)
 
-    misses = turns({b: (lambda b=b: miss(b)) for b in ctxs}, repeats, wait, calls, block=10)
+    misses = interleaved({b: (lambda b=b: miss(b)) for b in ctxs}, repeats, wait, calls, block=10)
     for c in ctxs.values():  # forget every finished call, output row and small value
         store = c.store
         store.memo = CallMemo()
@@ -447,7 +419,7 @@ def case_miss(ctxs: dict[str, provstore.Context], repeats: int, wait: float,
         i = next(pending[backend])
         assert fns[backend](i, 1000) == i + 1000
 
-    hits = turns({b: (lambda b=b: cold(b)) for b in ctxs}, repeats, wait, calls, block=10)
+    hits = interleaved({b: (lambda b=b: cold(b)) for b in ctxs}, repeats, wait, calls, block=10)
     return (Row(f"(e) miss tiny(i, 1000), median of {calls}", "time", misses),
             Row("(e') hit from the database (memo cleared)", "time", hits))
 

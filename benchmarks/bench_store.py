@@ -146,6 +146,35 @@ def settle(max_wait: float, interval: float = 0.25) -> None:
         _waited[0] += time.monotonic() - start
 
 
+def interleaved(sides: dict[str, Callable[[], object]], repeats: int, wait: float, calls: int,
+                block: int, agg: Callable[[list[float]], float] = statistics.median,
+                ) -> dict[str, list[float]]:
+    """Time single calls of every side, taking turns in blocks of *block* calls.
+
+    The machine has fast and slow phases lasting seconds (the tools compared
+    ran ~1.5x faster in the fast ones); alternating every few milliseconds
+    keeps the sides in the same phase. Each repeat (after an idle check)
+    gives one sample per side: *agg* of its *calls* times (the median for
+    latencies, the mean for throughput, which must count the occasional
+    slow commit, such as an SQLite checkpoint).
+    """
+    names = list(sides)
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(repeats):
+        settle(wait)
+        times: dict[str, list[float]] = {n: [] for n in names}
+        for r in range(-(-calls // block)):
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                fn = sides[name]
+                for _ in range(block):
+                    t0 = time.perf_counter()
+                    fn()  # the result is dropped at once: a memmap is unmapped
+                    times[name].append(time.perf_counter() - t0)
+        for name in names:
+            samples[name].append(agg(times[name][:calls]))
+    return samples
+
+
 def side_by_side(ours: Callable[[int], float], base: Callable[[int], float], repeats: int,
                  wait: float) -> tuple[list[float], list[float]]:
     """Run both sides *repeats* times, alternating which goes first; return the samples."""

@@ -45,6 +45,7 @@ import joblib
 import numpy as np
 from bench_store import (  # shared with bench_store.py (same directory)
     cpu_model,
+    interleaved,
     parse_common,
     settle,
 )
@@ -125,32 +126,6 @@ def rotate(sides: dict[str, Callable[[], float]], repeats: int,
         for name in names[i % len(names):] + names[: i % len(names)]:
             settle(wait)
             samples[name].append(sides[name]())
-    return samples
-
-
-def interleaved(sides: dict[str, Callable[[], object]], repeats: int, wait: float, calls: int,
-                block: int) -> dict[str, list[float]]:
-    """Time single calls of every side, in alternating blocks of *block* calls.
-
-    This machine has fast and slow phases lasting seconds (both tools ran
-    ~1.5x faster in the fast ones), so the sides take turns every few
-    milliseconds and share whatever phase the machine is in. Each repeat (after an idle
-    check) gives one sample per side: the median of its *calls* calls.
-    """
-    names = list(sides)
-    samples: dict[str, list[float]] = {n: [] for n in names}
-    for _ in range(repeats):
-        settle(wait)
-        times: dict[str, list[float]] = {n: [] for n in names}
-        for r in range(-(-calls // block)):
-            for name in names[r % len(names):] + names[: r % len(names)]:
-                fn = sides[name]
-                for _ in range(block):
-                    t0 = time.perf_counter()
-                    fn()
-                    times[name].append(time.perf_counter() - t0)
-        for name in names:
-            samples[name].append(statistics.median(times[name][:calls]))
     return samples
 
 
