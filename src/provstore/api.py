@@ -10,9 +10,9 @@ from pathlib import Path
 from sqlalchemy import URL, make_url
 
 from .context import Context
-from .db.engine import display_url, is_sqlite
+from .db.engine import display_url
 from .errors import StoreError, StoreNotFoundError
-from .fstype import check_sqlite_url
+from .fstype import check_sqlite_url, sqlite_file
 from .store import Store
 
 __all__ = ["database_url", "last_opened", "open", "reopen_store"]
@@ -130,7 +130,7 @@ def database_url(loc: Path, db: str | None, *, create: bool = True) -> str:
                 raise StoreNotFoundError(
                     f"no provstore store at {loc}; pass create=True to make one")
             return f"sqlite:///{local}"
-        if is_sqlite(recorded) and not _sqlite_exists(recorded):
+        if _missing_sqlite_file(recorded):
             raise StoreNotFoundError(
                 f"{loc} records its database as {recorded}, which does not exist on this "
                 f"host; pass db= the right URL, or fix {pointer}")
@@ -139,7 +139,7 @@ def database_url(loc: Path, db: str | None, *, create: bool = True) -> str:
         raise StoreError(
             f"{loc} belongs to the database {recorded}, not {display_url(db)}; open it "
             f"without db=, or use another directory for another database")
-    if recorded is None and local.exists() and not _is_file(db, local):
+    if recorded is None and local.exists() and sqlite_file(db) != local:
         raise StoreError(
             f"{loc} holds an SQLite store ({DB_NAME}); use another directory for "
             f"{display_url(db)}")
@@ -155,14 +155,9 @@ def _without_password(url: str) -> str:
     return bare.render_as_string(hide_password=False)
 
 
-def _sqlite_exists(url: str) -> bool:
-    database = make_url(url).database
-    return not database or database == ":memory:" or Path(database).exists()
-
-
-def _is_file(url: str, path: Path) -> bool:
-    database = make_url(url).database if is_sqlite(url) else None
-    return bool(database) and Path(str(database)).absolute() == path
+def _missing_sqlite_file(url: str) -> bool:
+    path = sqlite_file(url)
+    return path is not None and not path.exists()
 
 
 def _record_database(loc: Path, db: str) -> None:
@@ -182,10 +177,10 @@ def reopen_store(url: str, root: str, safe: bool, durability: str) -> Store:
     lacks the store (an SQLite file on another host's disk, a root mounted
     elsewhere) must fail loudly rather than fill a private store of its own.
     """
-    if is_sqlite(url) and not _sqlite_exists(url):
+    if _missing_sqlite_file(url):
         raise StoreNotFoundError(
             f"the store {root} is not on {socket.gethostname()}: its SQLite database "
-            f"{make_url(url).database} does not exist here. Workers on other machines need "
+            f"{sqlite_file(url)} does not exist here. Workers on other machines need "
             "the store on a shared filesystem at the same path, with a PostgreSQL database "
             "(see docs/scaling-out.md)")
     if not (Path(root) / "objects").is_dir():
@@ -222,11 +217,9 @@ def _store_for(url: str, root: str, *, safe: bool, durability: str = "normal") -
 
 def _file_identity(url: str) -> tuple[int, int] | None:
     """(device, inode) of an SQLite database file; None for servers or a missing file."""
-    if not is_sqlite(url):
-        return None
-    database = make_url(url).database
+    path = sqlite_file(url)
     try:
-        st = os.stat(database) if database and database != ":memory:" else None
+        st = os.stat(path) if path is not None else None
     except OSError:
         return None
     return None if st is None else (st.st_dev, st.st_ino)

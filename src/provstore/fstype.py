@@ -31,6 +31,7 @@ __all__ = [
     "check_sqlite_url",
     "filesystem_type",
     "sqlite_directory",
+    "sqlite_file",
 ]
 
 ALLOW_ENV = "PROVSTORE_ALLOW_NETWORK_SQLITE"
@@ -190,8 +191,8 @@ def check_local(path: str | os.PathLike[str]) -> None:
     )
 
 
-def sqlite_directory(url: str) -> Path | None:
-    """The directory of the database file of a SQLite URL; None for other URLs.
+def sqlite_file(url: str) -> Path | None:
+    """The absolute path of the database file of a SQLite URL; None for other URLs.
 
     In-memory databases (``sqlite://``, ``:memory:``, ``mode=memory``) give
     None too. Relative paths are taken from the current directory, as SQLite
@@ -210,7 +211,13 @@ def sqlite_directory(url: str) -> Path | None:
             database = "/" + database[2:].split("/", 1)[-1]
         if not database or database == ":memory:":
             return None
-    return Path(database).expanduser().absolute().parent
+    return Path(database).expanduser().absolute()
+
+
+def sqlite_directory(url: str) -> Path | None:
+    """The directory of :func:`sqlite_file`; None for other URLs and in-memory databases."""
+    path = sqlite_file(url)
+    return None if path is None else path.parent
 
 
 def check_sqlite_url(url: str) -> None:
