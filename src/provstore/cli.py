@@ -356,8 +356,7 @@ def upgrade_command(env: _Env) -> None:
         if before == SCHEMA_HEAD:
             click.echo(f"the schema is already at {SCHEMA_HEAD}; nothing to do")
             return
-        sqlite = url.startswith("sqlite")
-        upgrade(engine, lock_path=location / ".provstore.lock" if sqlite else None)
+        upgrade(engine, lock_path=location / ".provstore.lock")
         click.echo(f"upgraded the schema from {before or 'empty'} to {SCHEMA_HEAD}")
     finally:
         engine.dispose()

@@ -83,7 +83,7 @@ class Store:
                     f"provstore writes {q.SCHEMA_HEAD}; back it up, stop its workers, then run "
                     f"`provstore --store {root} upgrade`"
                 )
-            upgrade(self.engine, lock_path=lock_path if is_sqlite(url) else None)
+            upgrade(self.engine, lock_path=lock_path)
         self.file_identity: tuple[int, int] | None = None  # set by provstore.api
         self.objects = ObjectDir(root, durable=True)
         self.runs = RunRecorder(self.engine)

@@ -335,15 +335,15 @@ def _checked_revision(conn: Connection, engine: Engine) -> str | None:
 def upgrade(engine: Engine, *, lock_path: Path | None = None) -> None:
     """Bring the schema to :data:`SCHEMA_HEAD` through Alembic (upgrade only).
 
-    Concurrent callers are serialised, by a lock file next to an SQLite
-    store or by a PostgreSQL advisory lock, and all but the first find the
-    work done.
+    Concurrent callers are serialised, by the lock file *lock_path* next to
+    an SQLite store or by a PostgreSQL advisory lock, and all but the first
+    find the work done.
     """
     from alembic import command
     from alembic.config import Config
 
-    with _file_lock(lock_path), engine.connect() as conn:
-        server = conn.dialect.name != "sqlite"
+    server = engine.dialect.name != "sqlite"
+    with _file_lock(None if server else lock_path), engine.connect() as conn:
         if server:
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _UPGRADE_LOCK})
             conn.commit()

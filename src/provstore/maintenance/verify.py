@@ -13,6 +13,7 @@ from sqlalchemy import Connection, select
 from .. import hashing
 from ..backends.base import registry
 from ..db import queries as q
+from ..db.engine import is_sqlite
 from ..errors import CorruptObjectError
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ def verify(store: Store, *, progress: Progress | None = None) -> VerifyReport:
         _tick(progress, "hashing objects", done, len(files))
     with store.engine.connect() as conn:
         _check_inline(store, conn, report, progress, len(rows) - len(files))
-        if store.url.startswith("sqlite"):
+        if is_sqlite(store.url):
             report.problems += _sqlite_checks(conn)
     expected = {store.objects.path(r.digest, r.suffix) for r in files
                 if _valid_name(store, r.digest, r.suffix)}
