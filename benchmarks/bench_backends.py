@@ -73,6 +73,7 @@ import numpy as np
 from bench_store import (  # shared with bench_store.py (same directory)
     _waited,
     cpu_model,
+    fmt_time,
     interleaved,
     parse_common,
     settle,
@@ -128,15 +129,6 @@ class Row:
             return "-"
         pick = min if best else statistics.median
         return f"{pick(self.samples['postgresql']) / pick(self.samples[over]):.2f}x"
-
-
-def fmt_time(seconds: float) -> str:
-    """Format a duration in s, ms or µs."""
-    if seconds >= 0.1:
-        return f"{seconds:.3f} s"
-    if seconds >= 1e-3:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds * 1e6:.1f} µs"
 
 
 def print_table(rows: list[Row], backends: list[str]) -> None:

@@ -146,6 +146,15 @@ def settle(max_wait: float, interval: float = 0.25) -> None:
         _waited[0] += time.monotonic() - start
 
 
+def fmt_time(seconds: float) -> str:
+    """Format a duration in s, ms or µs."""
+    if seconds >= 0.1:
+        return f"{seconds:.3f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds * 1e6:.1f} µs"
+
+
 def interleaved(sides: dict[str, Callable[[], object]], repeats: int, wait: float, calls: int,
                 block: int, agg: Callable[[list[float]], float] = statistics.median,
                 ) -> dict[str, list[float]]:

@@ -45,6 +45,7 @@ import joblib
 import numpy as np
 from bench_store import (  # shared with bench_store.py (same directory)
     cpu_model,
+    fmt_time,
     interleaved,
     parse_common,
     settle,
@@ -79,15 +80,6 @@ class Row:
     target: str
     result: str  # PASS, FAIL or info
     samples: dict[str, list[float]] = field(default_factory=dict, repr=False)
-
-
-def fmt_time(seconds: float) -> str:
-    """Format a duration in s, ms or µs."""
-    if seconds >= 0.1:
-        return f"{seconds:.3f} s"
-    if seconds >= 1e-3:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds * 1e6:.1f} µs"
 
 
 def timed_row(case: str, ours: list[float], base: list[float], minimum: float | None) -> Row:
