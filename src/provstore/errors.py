@@ -8,7 +8,8 @@ and also from the builtin exception a Python programmer would expect, so that
     ├── NotFoundError (LookupError)
     │   ├── MissingAttributeError (AttributeError)   ctx.name
     │   ├── MissingKeyError (KeyError)               ctx["name"]
-    │   └── StoreNotFoundError (FileNotFoundError)   open(..., create=False)
+    │   ├── StoreNotFoundError (FileNotFoundError)   open(..., create=False)
+    │   └── NotCachedError                           a miss in a read-only store
     ├── InvalidNameError (ValueError)
     │   └── ReservedNameError                        ctx.history = ...
     ├── UnsupportedTypeError (TypeError)
@@ -17,6 +18,9 @@ and also from the builtin exception a Python programmer would expect, so that
     ├── LockTimeoutError (TimeoutError)
     ├── StoreVersionError                             schema newer than this code
     ├── StoreError (OSError)                          not a store, unusable location
+    │   ├── DatabaseDamagedError                      empty, damaged or unreadable database
+    │   └── StorageError                              a filesystem fault (path, errno)
+    │       └── StorageFullError                      ENOSPC / EDQUOT
     └── BackendError                                  a format library failed
 
 Messages name the scope, the name and what to do next.
@@ -27,13 +31,17 @@ from __future__ import annotations
 __all__ = [
     "BackendError",
     "CorruptObjectError",
+    "DatabaseDamagedError",
     "InvalidNameError",
     "LockTimeoutError",
     "MissingAttributeError",
     "MissingKeyError",
+    "NotCachedError",
     "NotFoundError",
     "ProvstoreError",
     "ReservedNameError",
+    "StorageError",
+    "StorageFullError",
     "StoreError",
     "StoreNotFoundError",
     "StoreVersionError",
@@ -66,6 +74,10 @@ class StoreNotFoundError(NotFoundError, FileNotFoundError):
     """``provstore.open(location, create=False)`` on a location without a store."""
 
 
+class NotCachedError(NotFoundError):
+    """A tracked call missed in a store opened with ``readonly=True``: nothing is computed."""
+
+
 class InvalidNameError(ProvstoreError, ValueError):
     """A name or scope label that cannot be stored (``/``, ``..``, NUL, ...)."""
 
@@ -96,6 +108,22 @@ class StoreVersionError(ProvstoreError):
 
 class StoreError(ProvstoreError, OSError):
     """The location is not a provstore store, or cannot be used as one."""
+
+
+class DatabaseDamagedError(StoreError):
+    """The store's database is empty, damaged or unreadable while objects exist.
+
+    Never re-initialised over existing objects: restore the database from a copy,
+    or follow the recovery steps the message names.
+    """
+
+
+class StorageError(StoreError):
+    """A filesystem fault while reading or writing the store (the path and errno are named)."""
+
+
+class StorageFullError(StorageError):
+    """The filesystem holding the store is full (ENOSPC) or over quota (EDQUOT)."""
 
 
 class BackendError(ProvstoreError):

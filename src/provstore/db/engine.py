@@ -59,7 +59,7 @@ __all__ = [
 
 # Alembic revisions in order; the last is what this code writes. Keeping them
 # here lets `open()` compare versions without importing Alembic (~100 ms).
-SCHEMA_REVISIONS: tuple[str, ...] = ("0001", "0002", "0003")
+SCHEMA_REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004")
 SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
 
 BUSY_TIMEOUT_MS = 60_000

@@ -35,6 +35,7 @@ __all__ = [
     "CodeVersionRow",
     "FileRecord",
     "Lease",
+    "Pin",
     "Run",
     "Scope",
 ]
@@ -74,6 +75,11 @@ class Run(Base):
     heartbeat: Mapped[datetime] = mapped_column(DateTime)
     ended: Mapped[datetime | None] = mapped_column(DateTime)
     status: Mapped[str] = mapped_column(String(16))  # running / finished / failed
+    # Tracked calls this run found cached / computed, and the recorded compute
+    # time of the cached ones (NULL before schema 0004).
+    hits: Mapped[int | None] = mapped_column(Integer)
+    misses: Mapped[int | None] = mapped_column(Integer)
+    saved_seconds: Mapped[float | None] = mapped_column(Float)
 
 
 class Scope(Base):
@@ -193,6 +199,8 @@ class Call(Base):
     finished: Mapped[datetime | None] = mapped_column(DateTime)
     duration: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)
+    defined_at: Mapped[str | None] = mapped_column(Text)  # module:qualname where it lived
+    last_hit: Mapped[datetime | None] = mapped_column(DateTime)  # newest reuse, batched
 
 
 class CallInput(Base):
@@ -218,6 +226,18 @@ class CallOutput(Base):
     call_id: Mapped[int] = mapped_column(ForeignKey("calls.id"), primary_key=True)
     position: Mapped[int] = mapped_column(Integer, primary_key=True)
     artifact_id: Mapped[int] = mapped_column(ForeignKey("artifacts.id"))
+
+
+class Pin(Base):
+    """A (scope, name) whose every version, and all it was made from, gc keeps."""
+
+    __tablename__ = "pins"
+    __table_args__ = (UniqueConstraint("scope_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    scope_id: Mapped[int] = mapped_column(ForeignKey("scopes.id"))
+    name: Mapped[str] = mapped_column(String(255))
+    created: Mapped[datetime] = mapped_column(DateTime)
 
 
 class Lease(Base):
