@@ -224,8 +224,8 @@ def postgres_database(pg_url: str | None) -> Iterator[tuple[str, str]]:
         shown = ", ".join(f"{k}={v}" for k, v in settings.items())
         yield url, f"PostgreSQL {version} ({where}; {shown})"
     finally:
-        for store in list(provstore.api._stores.values()):  # let DROP DATABASE through
-            store.close()
+        for store in provstore.locations.open_stores():  # let DROP DATABASE through
+            provstore.locations.close(store)
         with suppress(Exception):
             drop()
         if cluster is not None:

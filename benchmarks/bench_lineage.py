@@ -262,7 +262,7 @@ def measure(store: Path, chains: int, depth: int, samples: int,
     call_of_end = {c: (c + 1) * (depth - 1) for c in set(ends)}  # the build's call ids
 
     def cte_sqlalchemy(c: int) -> None:
-        rows = ctx._store._query(lq.UPSTREAM_CALLS, {"root": call_of_end[c],
+        rows = ctx.store.query(lq.UPSTREAM_CALLS, {"root": call_of_end[c],
                                                     "max_depth": 100}).all()
         assert len(rows) == depth - 1
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import provstore
-from provstore import api
+from provstore import locations
 from provstore.db import engine as db_engine
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -80,12 +80,9 @@ def store_dir(tmp_path: Path, db_backend: str,
 def _close_engines(dbname: str) -> None:
     # Readers and pools hold connections; close them so the database can go
     # (DROP ... WITH (FORCE) still ends any a child process left behind).
-    for key, store in list(api._stores.items()):
+    for store in locations.open_stores():
         if store.engine.url.database == dbname:
-            store.close()
-            del api._stores[key]
-            if api._last and api._last[-1].store is store:
-                api._last.clear()
+            locations.close(store)
     for engine in list(db_engine._ENGINES):
         if engine.url.database == dbname:
             engine.dispose()

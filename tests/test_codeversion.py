@@ -510,8 +510,8 @@ def test_library_upgrades_do_not_change_user_code_versions(
     library_before = code_version(np.convolve)
     assert user_before.deps["dist:numpy"] == np.__version__  # recorded, for history
     assert "numpy==" in library_before.source
-    real = codeversion._dist
-    monkeypatch.setattr(codeversion, "_dist",
+    real = codeversion.distribution_of
+    monkeypatch.setattr(codeversion, "distribution_of",
                         lambda name: ("numpy", "99.0") if real(name) else None)
     assert code_version(mod.uses_numpy).digest == user_before.digest
     assert code_version(mod.uses_numpy).deps["dist:numpy"] == "99.0"

@@ -303,9 +303,9 @@ def test_an_empty_context_is_still_truthy(ctx: provstore.Context) -> None:
 
 _UNPICKLE = """
 import pickle, sys
-from provstore import api
+from provstore import locations
 ctx = pickle.loads(open(sys.argv[1], "rb").read())
-print(len(api._stores))          # a scheduler unpickles tasks it never runs
+print(len(locations.open_stores()))   # a scheduler unpickles tasks it never runs
 try:
     print(ctx.x)
 except Exception as exc:
@@ -349,3 +349,25 @@ def test_versions_are_read_by_number_after_old_ones_are_collected(
     assert ctx.get("x", version=3) == 30 and ctx.get("x", version=-1) == 30
     with pytest.raises(MissingKeyError, match="has versions 3, not 1"):
         ctx.get("x", version=1)
+
+
+# Pickles written by provstore 0.1 before the modules were layered (protocol 0,
+# so the store path can be substituted): a scoped Context and a tracked function.
+_OLD_CONTEXT = (b"cprovstore.context\n_reopen\np0\n(Vsqlite:///@TMP@/STORE/provstore.db\np1\n"
+                b"V@TMP@/STORE\np2\nI00\nVsubject=01\np3\nVr\np4\nVnormal\np5\ntp6\nRp7\n.")
+_OLD_TRACKED = (b"cprovstore.tracking\n_rebuild\np0\n(Vtracked_samples\np1\nVmark\np2\n"
+                b"cprovstore.context\n_reopen\np3\n(Vsqlite:///@TMP@/STORE/provstore.db\np4\n"
+                b"V@TMP@/STORE\np5\nI00\nVs\np6\nVr\np7\nVnormal\np8\ntp9\nRp10\nV2\np11\n"
+                b"(ttp12\nRp13\n.")
+
+
+def test_pickles_made_before_the_layering_still_load(tmp_path: Path) -> None:
+    ctx = provstore.open(tmp_path / "STORE")
+    ctx.scope(subject="01").x = 5
+    old = pickle.loads(_OLD_CONTEXT.replace(b"@TMP@", str(tmp_path).encode()))
+    assert isinstance(old, provstore.Context)
+    assert old.path == "subject=01" and old.x == 5 and old.store is ctx.store
+    tracked = pickle.loads(_OLD_TRACKED.replace(b"@TMP@", str(tmp_path).encode()))
+    assert isinstance(tracked, provstore.TrackedFunction)
+    assert tracked.identity == "tracked_samples:mark"
+    assert tracked.code_version.pinned == "2"

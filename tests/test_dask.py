@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 import provstore
-from provstore import api
+from provstore import locations
 from provstore.context import active_context
 from provstore.leases import lease_seconds
 from provstore.mapping import WorkerTraceback
@@ -59,9 +59,8 @@ def cube(x: int, log: str) -> int:
 def _forget_stores() -> None:
     # In a worker: close every store it opened, as conftest does for this
     # process, so no pool or connection outlives the test's database.
-    for key, store in list(api._stores.items()):
-        store.close()
-        del api._stores[key]
+    for store in locations.open_stores():
+        locations.close(store)
 
 
 @pytest.fixture(scope="module")
@@ -196,8 +195,7 @@ def test_a_store_recreated_at_the_same_path_is_not_served_from_a_worker_cache(
         shutil.rmtree(where)
         # This process has the same cache (reopening fails in sweep() with
         # FileNotFoundError); drop it to see what the workers do.
-        for key in [k for k, store in api._stores.items() if store is old.store]:
-            api._stores.pop(key).close()
+        locations.close(old.store)
 
         new = provstore.open(where)
         assert list(new.map(f, [1, 2, 3], executor=client.get_executor(pure=False))) == [1, 4, 9]

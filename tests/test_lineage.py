@@ -21,9 +21,10 @@ import pytest
 from sqlalchemy import event
 
 import provstore
+from provstore import maintenance
 from provstore.context import Context
-from provstore.lineage import BoundName, CallInfo, InputInfo
-from provstore.lineage_graph import LineageGraph
+from provstore.errors import NotFoundError
+from provstore.lineage import BoundName, CallInfo, InputInfo, LineageGraph
 from provstore.store import Store
 
 HERE = __name__
@@ -413,3 +414,20 @@ def test_tracked_function_explain(ctx: Context, load: Loader) -> None:
     text = new.explain(1)
     assert "miss" in text and "code: changed" in text and "+    return helper(x) * 3" in text
     assert "inputs unchanged: x" in text
+
+
+def test_history_finds_versions_by_number_after_gc_leaves_gaps(ctx: Context) -> None:
+    for value in range(4):
+        ctx.x = np.full(3, value)
+    maintenance.gc(ctx.store, dry_run=False, keep_versions=1)
+    h = ctx.history("x")
+    assert [v.number for v in h.versions] == [4]
+    assert h.version(4) is h.latest and h.version(-1) is h.latest
+    graph = h.upstream(version=4)  # once an IndexError: position 4 of a 1-long list
+    assert graph.root.artifact_id == h.latest.artifact_id
+    # Once silently the lineage of version 4; now the collected version is named missing.
+    for number in (1, 3, 5):
+        with pytest.raises(NotFoundError, match=r"has versions 4, not " + str(number)):
+            h.upstream(version=number)
+    with pytest.raises(NotFoundError, match="has versions 4"):
+        ctx.get("x", version=2)

@@ -301,7 +301,7 @@ def test_gc_puts_back_a_file_republished_during_the_sweep(
     from provstore.maintenance import collect
 
     old = _orphan(filled, age=2 * HOUR)
-    scan = collect._scan
+    scan = collect.scan_objects
 
     def scan_then_republish(store: Any) -> dict[Path, os.stat_result]:
         found = scan(store)
@@ -310,7 +310,7 @@ def test_gc_puts_back_a_file_republished_during_the_sweep(
         os.replace(tmp, old)  # a writer publishing the same digest: a new inode
         return found
 
-    monkeypatch.setattr(collect, "_scan", scan_then_republish)
+    monkeypatch.setattr(collect, "scan_objects", scan_then_republish)
     report = m.gc(filled.store, dry_run=False)
     assert old.exists() and report.restored and not report.files
 

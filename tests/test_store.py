@@ -90,6 +90,16 @@ def test_safe_mode_never_pickles(store_dir: Path) -> None:
     assert "other" not in safe
 
 
+@pytest.mark.parametrize("options", [{"lazy": True}, {"mmap_mode": None}, {"verify": True}])
+def test_safe_mode_holds_whatever_load_options_are_passed(store_dir: Path,
+                                                          options: dict[str, object]) -> None:
+    # DESIGN §4.7: loader options once took a path around the safety check.
+    provstore.open(store_dir).set("thing", {"a": [1, 2]}, format="pickle")
+    safe = provstore.open(store_dir, safe=True)
+    with pytest.raises(UnsafeLoadError, match="safe=True"):
+        safe.get("thing", **options)
+
+
 def test_a_failing_save_leaves_nothing_behind(ctx: provstore.Context, store_dir: Path) -> None:
     class Exploding:
         def __reduce__(self) -> tuple[object, ...]:
@@ -163,9 +173,9 @@ def test_file_ingestion_is_cached_on_stat(ctx: provstore.Context, tmp_path: Path
     np.save(src, np.arange(10))
     ctx.a = provstore.File(src)
     calls = []
-    from provstore import ingest
+    from provstore import saving
 
-    monkeypatch.setattr(ingest, "_read_external", lambda *a: calls.append(a))
+    monkeypatch.setattr(saving, "_read_external", lambda *a: calls.append(a))
     ctx.b = provstore.File(src)  # unchanged file: no re-read
     assert calls == []
     assert ctx.history("b").latest.artifact_id == ctx.history("a").latest.artifact_id

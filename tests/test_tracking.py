@@ -282,9 +282,9 @@ def test_provstore_track_records_into_the_active_context(tmp_path: Path) -> None
 
 def test_without_any_store_tracked_functions_run_plainly(monkeypatch:
                                                          pytest.MonkeyPatch) -> None:
-    from provstore import api, tracking
+    from provstore import ambient, tracking
 
-    monkeypatch.setattr(api, "_last", [])
+    monkeypatch.setattr(ambient, "_last", [])
     monkeypatch.setattr(tracking, "_warned_untracked", set())
     with pytest.warns(UserWarning, match="no provstore store is open"):
         assert noisy(1) == 2

@@ -29,6 +29,7 @@ from rich.text import Text
 
 from . import api, maintenance
 from .context import Context
+from .db.engine import SCHEMA_HEAD, check_schema, make_engine, upgrade
 from .errors import NotFoundError, ProvstoreError, StoreNotFoundError
 from .lineage import Version
 from .scope import display, parse_path
@@ -343,8 +344,6 @@ def upgrade_command(env: _Env) -> None:
     (PostgreSQL) is shared by every worker, so its upgrade is this explicit
     step: back it up and stop the workers first.
     """
-    from .db.engine import SCHEMA_HEAD, check_schema, make_engine, upgrade
-
     location = env.location.absolute()
     try:
         url = api.database_url(location, env.db, create=False)

@@ -25,9 +25,9 @@ import numpy as np
 
 from .hashing import Hasher, digest, feed
 
-_MAX_DEPTH = 50
-_MAX_ITEMS = 1000  # elements a container constant may hold and still count as "simple"
-_MISSING: Any = object()
+MAX_DEPTH = 50
+MAX_ITEMS = 1000  # elements a container constant may hold and still count as "simple"
+MISSING: Any = object()
 _SCALARS = (int, float, complex, str, bytes, bool, type(None))
 _CONTAINERS = (tuple, frozenset, list, set, dict)
 _PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"
@@ -46,7 +46,7 @@ def _library_roots() -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=4096)
-def _file_is_user(filename: str) -> bool:
+def file_is_user(filename: str) -> bool:
     if filename.startswith("<"):  # exec'd code, notebook cells; "<frozen ...>" is stdlib
         return not filename.startswith("<frozen")
     path = os.path.realpath(filename)
@@ -56,15 +56,15 @@ def _file_is_user(filename: str) -> bool:
     return not path.startswith(_library_roots())
 
 
-def _module_is_user(module: types.ModuleType) -> bool:
+def module_is_user(module: types.ModuleType) -> bool:
     filename = getattr(module, "__file__", None)
     if filename:
-        return _file_is_user(filename)
+        return file_is_user(filename)
     origin = getattr(getattr(module, "__spec__", None), "origin", None)
     if origin in ("built-in", "frozen") or module.__name__ in sys.builtin_module_names:
         return False
     paths = list(getattr(module, "__path__", None) or [])
-    return _file_is_user(paths[0]) if paths else True
+    return file_is_user(paths[0]) if paths else True
 
 
 @functools.cache
@@ -73,7 +73,7 @@ def _packages() -> dict[str, list[str]]:
 
 
 @functools.lru_cache(maxsize=1024)
-def _dist(module_name: str) -> tuple[str, str] | None:
+def distribution_of(module_name: str) -> tuple[str, str] | None:
     top = module_name.partition(".")[0]
     if top in ("builtins", "__main__", ""):
         return None
@@ -88,14 +88,14 @@ def _dist(module_name: str) -> tuple[str, str] | None:
     return top, str(getattr(sys.modules.get(top), "__version__", "unknown"))
 
 
-def _class_is_user(cls: type) -> bool:
+def class_is_user(cls: type) -> bool:
     module = sys.modules.get(cls.__module__)
     if module is None:  # defined by exec() under a made-up module name
         return cls.__module__ != "builtins"
-    return _module_is_user(module)
+    return module_is_user(module)
 
 
-def _simple(obj: Any, budget: list[int]) -> bool:
+def is_simple(obj: Any, budget: list[int]) -> bool:
     budget[0] -= 1
     if budget[0] < 0:
         return False
@@ -103,49 +103,49 @@ def _simple(obj: Any, budget: list[int]) -> bool:
     if kind in _SCALARS or isinstance(obj, np.generic):
         return not (isinstance(obj, np.generic) and obj.dtype.hasobject)
     if kind is dict:
-        return all(_simple(k, budget) and _simple(v, budget) for k, v in obj.items())
+        return all(is_simple(k, budget) and is_simple(v, budget) for k, v in obj.items())
     if kind in _CONTAINERS:
-        return all(_simple(x, budget) for x in obj)
+        return all(is_simple(x, budget) for x in obj)
     return False
 
 
-def _mutable(obj: Any) -> bool:
+def is_mutable(obj: Any) -> bool:
     kind = type(obj)
     if kind in (list, set, dict):
         return True
-    return kind in (tuple, frozenset) and any(_mutable(x) for x in obj)
+    return kind in (tuple, frozenset) and any(is_mutable(x) for x in obj)
 
 
 # -- sources and digests ------------------------------------------------------------------
 
 
-def _key(func: types.FunctionType) -> str:
+def function_key(func: types.FunctionType) -> str:
     """``module:qualname`` of the code itself (a functools.wraps wrapper keeps its own)."""
     qualname = getattr(func.__code__, "co_qualname", func.__qualname__)
     return f"{func.__module__ or '__main__'}:{qualname}"
 
 
-def _wrapped(obj: Any) -> Any:
+def unwrapped(obj: Any) -> Any:
     try:
-        return getattr(obj, "__wrapped__", _MISSING)
+        return getattr(obj, "__wrapped__", MISSING)
     except Exception:  # proxies whose __getattr__ misbehaves
-        return _MISSING
+        return MISSING
 
 
-def _target(func: Any) -> Any:
-    for _ in range(_MAX_DEPTH):
+def code_target(func: Any) -> Any:
+    for _ in range(MAX_DEPTH):
         if isinstance(func, types.MethodType):
             func = func.__func__
         elif isinstance(func, functools.partial):
             func = func.func
-        elif (inner := _wrapped(func)) is not _MISSING:  # the tracked function's decorators
+        elif (inner := unwrapped(func)) is not MISSING:  # the tracked function's decorators
             func = inner
         else:
             break
     return func
 
 
-def _owner(func: types.FunctionType) -> tuple[str, Any] | None:
+def owner_of(func: types.FunctionType) -> tuple[str, Any] | None:
     """The global name and class a method is defined in, if reachable from its globals."""
     path = func.__qualname__.split(".")[:-1]
     if not path or "<locals>" in path:
@@ -192,7 +192,7 @@ def _source(obj: Any) -> str:
 _PARSE_LOCK = threading.Lock()
 
 
-def _parse(obj: Any, kind: type | tuple[type, ...], name: str) -> ast.Module | None:
+def parse_source(obj: Any, kind: type | tuple[type, ...], name: str) -> ast.Module | None:
     """Parse the source of a code object or class, or None if it is unavailable."""
     try:
         text = textwrap.dedent(_source(obj))
@@ -218,13 +218,13 @@ def _feed_code(h: Hasher, code: types.CodeType) -> None:
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             _feed_code(h, const)
-        elif _simple(const, [_MAX_ITEMS]):
+        elif is_simple(const, [MAX_ITEMS]):
             feed(h, const)
         else:
             h.tagged(b"r", repr(const).encode())
 
 
-def _code_digest(code: types.CodeType) -> str:
+def code_digest(code: types.CodeType) -> str:
     """Deterministic digest of a code object (stable within one Python minor version)."""
     h = Hasher()
     h.tagged(b"V", _PYTHON.encode())
@@ -232,28 +232,28 @@ def _code_digest(code: types.CodeType) -> str:
     return h.hexdigest()
 
 
-def _code_tree(code: types.CodeType) -> Iterable[types.CodeType]:
+def code_tree(code: types.CodeType) -> Iterable[types.CodeType]:
     yield code
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
-            yield from _code_tree(const)
+            yield from code_tree(const)
 
 
 def _fallback_source(func: types.FunctionType) -> str:
     try:
         return textwrap.dedent(_source(func.__code__)).strip()
     except (OSError, TypeError):
-        return f"# source unavailable: {_key(func)}"
+        return f"# source unavailable: {function_key(func)}"
 
 
-def _own(func: types.FunctionType, *, top: bool) -> tuple[str, str, ast.Module | None]:
+def own_source(func: types.FunctionType, *, top: bool) -> tuple[str, str, ast.Module | None]:
     """(own digest, normalized source, parsed tree) of one function, not transitive."""
     code = func.__code__
     tree = None
     if code.co_name != "<lambda>":
-        tree = _parse(code, (ast.FunctionDef, ast.AsyncFunctionDef), code.co_name)
+        tree = parse_source(code, (ast.FunctionDef, ast.AsyncFunctionDef), code.co_name)
     if tree is None:
-        return _code_digest(code), _fallback_source(func), None
+        return code_digest(code), _fallback_source(func), None
     if top:
         tree.body[0].decorator_list = []  # type: ignore[attr-defined]
     source = ast.unparse(tree)

@@ -20,27 +20,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .codesource import (
-    _MAX_DEPTH,
-    _MAX_ITEMS,
-    _MISSING,
-    _class_is_user,
-    _code_digest,
-    _code_tree,
-    _dist,
-    _file_is_user,
-    _key,
-    _module_is_user,
-    _mutable,
-    _own,
-    _owner,
-    _parse,
-    _simple,
-    _target,
-    _wrapped,
+    MAX_DEPTH,
+    MAX_ITEMS,
+    MISSING,
+    class_is_user,
+    code_digest,
+    code_target,
+    code_tree,
+    distribution_of,
+    file_is_user,
+    function_key,
+    is_mutable,
+    is_simple,
+    module_is_user,
+    own_source,
+    owner_of,
+    parse_source,
+    unwrapped,
 )
 from .hashing import digest
 
-__all__ = ["CodeVersion", "Fingerprinter", "code_version", "function_identity"]
+__all__ = ["FINGERPRINTS", "CodeVersion", "Fingerprinter", "code_version", "function_identity"]
 
 _SELF: Any = object()  # stands for the cached function itself, so the cache holds it weakly
 
@@ -87,7 +87,7 @@ def function_identity(func: Any) -> str:
         For scripts ``"__main__:qualname"``: the script's path is never embedded, so
         moving a script does not change its identity.
     """
-    func = _target(func)
+    func = code_target(func)
     module = getattr(func, "__module__", None) or "__main__"
     qualname = getattr(func, "__qualname__", None) or type(func).__qualname__
     return f"{module}:{qualname}"
@@ -108,7 +108,7 @@ def code_version(func: Any, *, version: str | None = None) -> CodeVersion:
     -------
     CodeVersion
     """
-    return _compute(_target(func), version)[0]
+    return _compute(code_target(func), version)[0]
 
 
 class Fingerprinter:
@@ -144,7 +144,7 @@ class Fingerprinter:
         CodeVersion
             The cached object itself while every recorded binding is unchanged.
         """
-        target = _target(func)
+        target = code_target(func)
         try:
             with self._lock:
                 entry = self._cache.get(target, {}).get(version)
@@ -176,11 +176,11 @@ class _Entry:
             return False
         try:
             for ns, name, obj in self.checks:
-                got = ns.get(name, _MISSING)
+                got = ns.get(name, MISSING)
                 if got is not obj and (obj is not _SELF or got is not target):
                     return False
             for owner, attr, obj in self.attrs:
-                got = getattr(owner, attr, _MISSING)
+                got = getattr(owner, attr, MISSING)
                 if got is not obj and (obj is not _SELF or got is not target):
                     return False
         except ValueError:  # a closure cell was emptied
@@ -219,15 +219,15 @@ class _Walk:
     ) -> tuple[str, str]:
         self.seen.add(id(func))
         self.attrs.append((func, "__code__", func.__code__))
-        own, source, tree = _own(func, top=top)
+        own, source, tree = own_source(func, top=top)
         if not top:
-            self.add(_key(func), own)
-        if depth < _MAX_DEPTH:
+            self.add(function_key(func), own)
+        if depth < MAX_DEPTH:
             self.refs(func, tree, depth)
         return own, source
 
     def refs(self, func: types.FunctionType, tree: ast.AST | None, depth: int) -> None:
-        attrs = {n for c in _code_tree(func.__code__) for n in c.co_names}
+        attrs = {n for c in code_tree(func.__code__) for n in c.co_names}
         names, declared = set(attrs), set[str]()
         if tree is not None:  # attribute names (x.mean) are not global reads
             if id(tree) not in self.trees:
@@ -241,9 +241,9 @@ class _Walk:
         globs = func.__globals__
         module = str(globs.get("__name__", "__main__"))
         for name in sorted(names):
-            obj = globs.get(name, _MISSING)
+            obj = globs.get(name, MISSING)
             self.check(globs, name, obj)
-            if obj is not _MISSING and name not in declared:  # `global X` state is not code
+            if obj is not MISSING and name not in declared:  # `global X` state is not code
                 self.value(obj, f"{module}.{name}", attrs, depth)
         for var, cell in zip(func.__code__.co_freevars, func.__closure__ or ()):
             try:
@@ -251,20 +251,20 @@ class _Walk:
             except ValueError:  # not bound yet
                 continue
             self.attrs.append((cell, "cell_contents", obj))
-            self.value(obj, f"{_key(func)}.<closure>.{var}", attrs, depth)
+            self.value(obj, f"{function_key(func)}.<closure>.{var}", attrs, depth)
 
     def value(self, obj: Any, key: str, attrs: set[str], depth: int) -> None:
-        if depth > _MAX_DEPTH or id(obj) in self.seen:
+        if depth > MAX_DEPTH or id(obj) in self.seen:
             return
         if isinstance(obj, types.FunctionType):
-            if _file_is_user(obj.__code__.co_filename):
+            if file_is_user(obj.__code__.co_filename):
                 self.function(obj, depth + 1)
-            elif (inner := _wrapped(obj)) is not _MISSING:  # a library decorator on user code
+            elif (inner := unwrapped(obj)) is not MISSING:  # a library decorator on user code
                 self.value(inner, key, attrs, depth + 1)
             else:
                 self.library(getattr(obj, "__module__", None))
         elif isinstance(obj, type):
-            if _class_is_user(obj):
+            if class_is_user(obj):
                 self.klass(obj, depth + 1)
             else:
                 self.library(obj.__module__)
@@ -276,12 +276,12 @@ class _Walk:
         elif isinstance(obj, functools.partial):
             self.value(obj.func, key, attrs, depth)
             self.value((obj.args, obj.keywords), key + ".<partial>", attrs, depth)
-        elif _simple(obj, [_MAX_ITEMS]):
+        elif is_simple(obj, [MAX_ITEMS]):
             d = digest(obj)
             self.add(key, d)
-            if _mutable(obj):
+            if is_mutable(obj):
                 self.values.append((obj, d))
-        elif (inner := _wrapped(obj)) is not _MISSING:  # tracked wrappers, lru_cache...
+        elif (inner := unwrapped(obj)) is not MISSING:  # tracked wrappers, lru_cache...
             self.value(inner, key, attrs, depth + 1)
         elif isinstance(obj, types.BuiltinFunctionType):  # math.sqrt, C extensions
             module = getattr(obj, "__module__", None)
@@ -290,27 +290,27 @@ class _Walk:
             self.value(type(obj), key, attrs, depth)
 
     def library(self, module: str | None) -> None:
-        found = _dist(module) if module else None
+        found = distribution_of(module) if module else None
         if found is not None:
             self.deps[f"dist:{found[0]}"] = found[1]
 
     def module(self, module: types.ModuleType, attrs: set[str], depth: int) -> None:
-        if not _module_is_user(module):
+        if not module_is_user(module):
             self.library(module.__name__)
             return
-        if depth >= _MAX_DEPTH:
+        if depth >= MAX_DEPTH:
             return
         ns = vars(module)
         for name in sorted(attrs):
-            obj = ns.get(name, _MISSING)
-            if (id(ns), name) in self.checks or obj is _MISSING or name.startswith("__"):
+            obj = ns.get(name, MISSING)
+            if (id(ns), name) in self.checks or obj is MISSING or name.startswith("__"):
                 continue
             self.check(ns, name, obj)
             self.value(obj, f"{module.__name__}.{name}", attrs, depth + 1)
 
     def klass(self, cls: type, depth: int) -> None:
         self.seen.add(id(cls))
-        tree = _parse(cls, ast.ClassDef, cls.__name__)
+        tree = parse_source(cls, ast.ClassDef, cls.__name__)
         members: dict[str, list[types.FunctionType]] = {}
         for name, attr in sorted(vars(cls).items()):
             inner: list[Any]
@@ -326,10 +326,10 @@ class _Walk:
         if tree is not None:
             own = digest(("class", ast.unparse(tree)))
         else:
-            codes = [(n, [_code_digest(f.__code__) for f in fs]) for n, fs in members.items()]
+            codes = [(n, [code_digest(f.__code__) for f in fs]) for n, fs in members.items()]
             own = digest(("class-code", codes))
         self.add(f"{cls.__module__}:{cls.__qualname__}", own)
-        if depth >= _MAX_DEPTH:
+        if depth >= MAX_DEPTH:
             return
         for base in cls.__bases__:
             if base is not object:
@@ -355,7 +355,7 @@ def _dists(deps: dict[str, str]) -> list[str]:
 def _compute(func: Any, version: str | None) -> tuple[CodeVersion, _Entry]:
     identity = function_identity(func)
     walk = _Walk()
-    library = isinstance(func, types.FunctionType) and not _file_is_user(
+    library = isinstance(func, types.FunctionType) and not file_is_user(
         func.__code__.co_filename
     )
     if library:  # from an installed distribution: versioned as name==version
@@ -363,7 +363,7 @@ def _compute(func: Any, version: str | None) -> tuple[CodeVersion, _Entry]:
         own, source = "", f"# {identity} (installed: {', '.join(_dists(walk.deps))})"
     elif isinstance(func, types.FunctionType):
         own, source = walk.function(func, 0, top=True)
-        owner = _owner(func)
+        owner = owner_of(func)
         if owner is not None:  # a method: self.other() calls reach the whole class
             walk.check(func.__globals__, owner[0], func.__globals__.get(owner[0]))
             walk.value(owner[1], identity, set(), 0)
@@ -387,3 +387,7 @@ def _compute(func: Any, version: str | None) -> tuple[CodeVersion, _Entry]:
     checks = tuple((ns, n, _SELF if o is func else o) for ns, n, o in walk.checks.values())
     attrs = tuple((w, a, _SELF if o is func else o) for w, a, o in walk.attrs if w is not func)
     return result, _Entry(result, code, checks, attrs, tuple(walk.values))
+
+
+# The process-wide code-version cache shared by tracked functions and `stale`.
+FINGERPRINTS = Fingerprinter()

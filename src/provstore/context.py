@@ -13,13 +13,14 @@ views derived from it (through ``scope()``), never by unrelated views.
 
 from __future__ import annotations
 
-import contextvars
 import difflib
 import os
 import sys
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor
+from typing import Any, cast
 
+from . import ambient
 from .errors import (
     InvalidNameError,
     MissingAttributeError,
@@ -27,27 +28,29 @@ from .errors import (
     NotFoundError,
     ReservedNameError,
 )
-from .lineage import History
-from .questions import Questions
+from .lineage import Dependent, History, Stale
+from .lineage.impact import dependents, stale
+from .locations import StoreRef
+from .parallel import map_calls
+from .saving import prepare
 from .scope import Segment, check_name, display, format_path, parse_path, segment_for_param
 from .store import ArtifactCollectedError, Store
+from .sweeps import Found, find, table
+from .tracking import track
 
 __all__ = ["Context", "active_context"]
 
-_active: contextvars.ContextVar[tuple[Context, ...]] = contextvars.ContextVar(
-    "provstore_active", default=()
-)
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _MMAP_MODES = (None, "r", "c")
 
 
 def active_context() -> Context | None:
     """Return the innermost context entered with ``with`` in this thread/task."""
-    stack = _active.get()
-    return stack[-1] if stack else None
+    # Only Contexts are ever entered (ambient sees them through its protocol).
+    return cast("Context | None", ambient.active())
 
 
-class Context(Questions):
+class Context:
     """A view of a store at one scope; see :func:`provstore.open`.
 
     Examples
@@ -76,9 +79,9 @@ class Context(Questions):
 
     # ------------------------------------------------------------ scoping
     def _active_entry(self) -> Context | None:
-        for entry in reversed(_active.get()):
-            if entry is self or self._token in entry._lineage:
-                return entry
+        for entry in reversed(ambient.stack()):
+            if entry is self or (isinstance(entry, Context) and self._token in entry._lineage):
+                return cast(Context, entry)
         return None
 
     def _current(self) -> tuple[Segment, ...]:
@@ -123,15 +126,11 @@ class Context(Questions):
         return Context(self._store, tuple(segments), mmap_mode=self._mmap_mode, lineage=lineage)
 
     def __enter__(self) -> Context:
-        _active.set((*_active.get(), self))
+        ambient.entered(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        stack = _active.get()
-        for i in range(len(stack) - 1, -1, -1):
-            if stack[i] is self:
-                _active.set(stack[:i] + stack[i + 1 :])
-                return
+        ambient.leave(self)
 
     def scopes(self, *, recursive: bool = False) -> list[str]:
         """Return the paths of the child scopes (all descendants with ``recursive=True``)."""
@@ -187,18 +186,7 @@ class Context(Questions):
 
     def _versioned(self, segments: tuple[Segment, ...], chain: list[int], name: str,
                    version: int) -> int:
-        h = self._history(segments, chain, name)
-        # Match numbers, not positions: `gc --keep-versions` leaves gaps.
-        numbered = {v.number: v for v in h.versions}
-        if version < 0 and -version <= len(h.versions):
-            chosen = h.versions[version]
-        elif version in numbered:
-            chosen = numbered[version]
-        else:
-            have = _number_ranges(sorted(numbered))
-            raise MissingKeyError(
-                f"{_where(segments, name)} has versions {have}, not {version}"
-            ) from None
+        chosen = self._history(segments, chain, name).version(version)
         if chosen.artifact_id is None:
             raise MissingKeyError(
                 f"version {chosen.number} of {_where(segments, name)} is a deletion"
@@ -254,8 +242,7 @@ class Context(Questions):
         attrs = [n for n in self.names() if n.isidentifier()]
         return sorted(set(attrs) | set(RESERVED))
 
-    # history(), explain(), dependents(), stale(), table() and find() come from
-    # questions.Questions; _history() stays here because _versioned() reads with it.
+    # ------------------------------------------------------------ questions
     def _history(self, segments: tuple[Segment, ...], chain: list[int], name: str) -> History:
         bound = self._store.bound_scopes(chain, name) if chain else []
         if not bound:
@@ -264,6 +251,136 @@ class Context(Questions):
         rows = self._store.versions(sid, name)
         scope_path = self._store.scope_path(sid)
         return History.from_rows(scope_path, name, rows, store=self._store)
+
+    def history(self, name: str) -> History:
+        """Return every version of *name* (a name or a path relative to this scope).
+
+        The history of a name resolves like a read, but a scope holding only
+        deletions of it still counts, so deleted names keep their history.
+        """
+        segments, name = self._split(name, attr=False)
+        return self._history(segments, self._store.chain(segments), name)
+
+    def explain(self, name: str) -> str:
+        """Explain why the current version of *name* was computed.
+
+        Compares the call that produced it with the call of the previous
+        version that came from a tracked call.
+
+        Parameters
+        ----------
+        name : str
+            A name or a path relative to this scope.
+
+        Returns
+        -------
+        str
+            What differs: the code version (changed dependencies and a diff
+            of the stored sources), the inputs (old → new digests with the
+            names bound to each), or neither (a forced recompute); or that it
+            is the first computation.
+        """
+        return self.history(name).explain()
+
+    def dependents(self, name: str, *, transitive: bool = True) -> list[Dependent]:
+        """Return the current bindings computed from the current value of *name*.
+
+        Follows the finished calls that read its artifact to the artifacts
+        they returned, and those to the names bound to them.
+
+        Parameters
+        ----------
+        name : str
+            A name or a path relative to this scope.
+        transitive : bool
+            Follow the calls downstream through every level (up to 100);
+            ``False`` lists only what was computed from it directly.
+
+        Returns
+        -------
+        list of Dependent
+            ``path``, ``version``, ``function`` and ``call_id`` of each, nearest first.
+
+        Raises
+        ------
+        NotFoundError
+            *name* is not bound, or its current version is a deletion.
+        """
+        h = self.history(name)
+        if h.latest.artifact_id is None:
+            raise MissingKeyError(f"{h.path} is deleted (v{h.latest.number}): no dependents")
+        return dependents(self._store, h.latest.artifact_id, transitive=transitive,
+                          exclude=h.path)
+
+    def stale(self, *, unimportable: bool = False) -> list[Stale]:
+        """Return the results here and below whose recorded recipe changed since.
+
+        A current binding made by a tracked call is stale when the function,
+        importable now, has another code version than the call recorded
+        (``"code changed: <dependencies>"``), or when an input of the call was
+        bound to a name that now holds another value (``"input x rebound:
+        scope/name v2 → v3"``). Nothing is recomputed or deleted.
+
+        Parameters
+        ----------
+        unimportable : bool
+            Also list results whose function cannot be imported here
+            (reason ``"not importable"``); by default they are skipped.
+
+        Returns
+        -------
+        list of Stale
+            ``path``, ``reason`` and ``call_id`` of each, sorted by path.
+        """
+        return stale(self._store, self.path, unimportable=unimportable)
+
+    def table(self, name: str, func: Callable[[Any], Any] | None = None, *,
+              recursive: bool = True) -> Any:
+        """Collect *name* from this scope and every scope below it into a DataFrame.
+
+        Parameters
+        ----------
+        name : str
+            The name to collect; a scope counts where *name* is bound, not
+            where it is inherited.
+        func : callable, optional
+            Applied to each value (``lambda m: m.sum()``); the column holds the results.
+        recursive : bool
+            Every descendant scope; with False only the direct children.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per scope, sorted by path: a column per scope parameter
+            (``subject``, ``sigma``...; None/NaN where a scope lacks it),
+            ``scope`` (the path) and *name*.
+
+        Raises
+        ------
+        ImportError
+            pandas is not installed (``pip install provstore[pandas]``).
+        """
+        return table(self._store, self._current(), name, func, recursive=recursive,
+                     mmap_mode=self._mmap_mode)
+
+    def find(self, function: Any = None, **params: Any) -> list[Found]:
+        """Return the current bindings at and below this scope that match.
+
+        Parameters
+        ----------
+        function : callable or str, optional
+            Only values produced by this function: a tracked function, a
+            plain function, or its ``"module:qualname"``.
+        **params : JSON scalar
+            Only scopes with these parameters (``sigma=2.0``).
+
+        Returns
+        -------
+        list of provstore.sweeps.Found
+            With ``path``, ``scope``, ``name``, ``version``, ``artifact_id``,
+            ``params`` and ``function``; sorted by scope path, then name.
+        """
+        return find(self._store, self._current(), function=function, params=params)
 
     def track(self, func: Any = None, *, version: str | None = None,
               ignore: tuple[str, ...] | list[str] = ()) -> Any:
@@ -274,11 +391,10 @@ class Context(Questions):
         (``@ctx.track(version="2")``) or on a library function
         (``ctx.track(nilearn.image.smooth_img)``).
         """
-        from .tracking import track
-
         return track(func, version=version, ignore=ignore, context=self)
 
-    def map(self, func: Any, iterable: Any, *, executor: Any = None, chunksize: int = 1,
+    def map(self, func: Callable[[Any], Any], iterable: Iterable[Any], *,
+            executor: Executor | None = None, chunksize: int = 1,
             progress: bool | None = None) -> Iterator[Any]:
         """Run ``func(item)`` for each item in parallel, in this store and scope.
 
@@ -314,8 +430,6 @@ class Context(Questions):
             exception is raised when the iterator reaches it (with the worker's
             traceback as its cause); the other calls still run and commit.
         """
-        from .mapping import map_calls
-
         return map_calls(self, func, iterable, executor=executor, chunksize=chunksize,
                          progress=progress)
 
@@ -340,13 +454,13 @@ class Context(Questions):
              origin: str | None) -> None:
         segments = self._current()
         check_name(name, where=f" in {display(format_path(segments))}")
-        prepared = self._store.prepare(value, format=format, **options)
+        prepared = prepare(self._store, value, format=format, **options)
         sid = self._store.scope_id(segments, create=True)
         assert sid is not None
         try:
             self._store.bind(sid, name, prepared, origin=origin)
         except ArtifactCollectedError:  # gc removed the copy it linked to: store it again
-            prepared = self._store.prepare(value, format=format, **options)
+            prepared = prepare(self._store, value, format=format, **options)
             self._store.bind(sid, name, prepared, origin=origin)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -420,36 +534,10 @@ class Context(Questions):
         return hash((id(self._store), self.path))
 
 
-class StoreRef:
-    """A store named by a pickled Context, opened in this process on first use."""
-
-    __slots__ = ("args",)
-
-    def __init__(self, url: str, root: str, safe: bool, durability: str) -> None:
-        self.args = (url, root, safe, durability)
-
-    def open(self) -> Store:
-        """Open the store, which must exist: a worker never creates one."""
-        from .api import reopen_store
-
-        return reopen_store(*self.args)
-
-
 def _reopen(url: str, root: str, safe: bool, path: str, mmap_mode: str | None,
             durability: str = "normal") -> Context:
     return Context(StoreRef(url, root, safe, durability), tuple(parse_path(path)),
                    mmap_mode=mmap_mode)
-
-
-def _number_ranges(numbers: list[int]) -> str:
-    """``[1, 2, 3, 7]`` → ``"1..3, 7"``."""
-    runs: list[list[int]] = []
-    for n in numbers:
-        if runs and n == runs[-1][-1] + 1:
-            runs[-1].append(n)
-        else:
-            runs.append([n])
-    return ", ".join(f"{r[0]}..{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs) or "none"
 
 
 def _where(segments: tuple[Segment, ...], name: str) -> str:

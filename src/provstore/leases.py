@@ -1,4 +1,6 @@
-"""Compute leases: at most one process computes a call key at a time.
+"""A tracked call's life in the database: claim, keep, commit or fail.
+
+Compute leases make at most one process compute a call key at a time.
 
 A lease is a row keyed by the call key, holding its owner (one uuid per
 attempt), a fence number and an expiry. Claiming is one ``BEGIN IMMEDIATE``
@@ -21,6 +23,7 @@ claim runs at ``SERIALIZABLE`` isolation: of two workers that both read
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import socket
 import threading
@@ -30,10 +33,18 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
+from . import hashing
+from .codeversion import CodeVersion
 from .db import queries as q
 from .db.engine import db_now, retrying, write
+from .records import InputRecord, Prepared
+from .runs import utcnow
+from .store import Store
 
-__all__ = ["DEFAULT_LEASE_SECONDS", "Claim", "LeaseKeeper", "claim", "lease_seconds"]
+__all__ = [
+    "DEFAULT_LEASE_SECONDS", "Claim", "LeaseKeeper", "claim", "commit", "fail", "lease_seconds",
+    "release", "still_mine",
+]
 
 DEFAULT_LEASE_SECONDS = 30.0
 _HOST = socket.gethostname()
@@ -187,3 +198,71 @@ class LeaseKeeper:
             expires = db_now(conn) + dt.timedelta(seconds=self._ttl)
             params = {**_held(c), "p_expires": expires}
             return bool(conn.execute(q.RENEW_LEASE, params).rowcount)
+
+
+def fail(engine: Engine, c: Claim, error: str) -> None:
+    """Record *c*'s call as failed with *error*, and release its lease, at once."""
+
+    def record() -> None:
+        with write(engine) as conn:
+            conn.execute(q.FINISH_CALL, {
+                "p_id": c.call_id, "p_status": "failed", "p_finished": utcnow(),
+                "p_duration": None, "p_kind": None, "p_error": error[:10_000]})
+            release(conn, c)
+
+    retrying(record)
+
+
+def commit(store: Store, c: Claim, prepared: list[Prepared], *, kind: str, duration: float,
+           code: CodeVersion, inputs: list[InputRecord]) -> bool:
+    """Commit a finished call: outputs, inputs, code version and status, in one transaction.
+
+    The object files of *prepared* are already published. Returns False, and
+    records the call ``orphaned``, when the lease was taken over meanwhile
+    (this attempt stalled past its expiry): the taker's result wins.
+    """
+    run_id = store.runs.run_id()
+
+    def transaction() -> bool:
+        now = utcnow()
+        with write(store.engine) as conn:
+            finish = {"p_id": c.call_id, "p_finished": now, "p_duration": duration,
+                      "p_kind": kind, "p_error": None}
+            if not still_mine(conn, c):
+                conn.execute(q.FINISH_CALL, {**finish, "p_status": "orphaned"})
+                return False
+            _record_code(conn, code, now)
+            outputs = [{"call_id": c.call_id, "position": i,
+                        "artifact_id": store.commit_artifact(conn, p, run_id, now)}
+                       for i, p in enumerate(prepared)]
+            conn.execute(q.INSERT_CALL_OUTPUT, outputs)
+            _record_inputs(conn, c.call_id, inputs)
+            conn.execute(q.FINISH_CALL, {**finish, "p_status": "done"})
+            release(conn, c)
+        return True
+
+    return retrying(transaction)
+
+
+def _record_code(conn: Connection, code: CodeVersion, now: dt.datetime) -> None:
+    if conn.execute(q.CODE_BY_DIGEST, {"digest": code.digest}).first() is None:
+        conn.execute(q.INSERT_CODE, {
+            "digest": code.digest, "identity": code.identity, "source": code.source,
+            "deps": json.dumps(code.deps, sort_keys=True), "pinned": code.pinned,
+            "created": now})
+
+
+def _record_inputs(conn: Connection, call_id: int, inputs: list[InputRecord]) -> None:
+    rows = []
+    for i in inputs:
+        artifact_id = i.artifact_id
+        if artifact_id is None:  # an argument equal to a stored value still links to it
+            # Only stored files (arrays, images...): an argument 5 is not
+            # the lineage of every artifact whose value is 5.
+            artifact_id = conn.execute(q.ANY_ARTIFACT_BY_DIGEST, {
+                "algorithm": hashing.ALGORITHM, "digest": i.digest}).scalar()
+        rows.append({"call_id": call_id, "name": i.name, "digest": i.digest,
+                     "artifact_id": artifact_id, "file_path": i.file_path,
+                     "summary": json.dumps(i.summary)})
+    if rows:
+        conn.execute(q.INSERT_CALL_INPUT, rows)

@@ -7,7 +7,7 @@ from typing import Any
 
 from .backends.base import Backend
 
-__all__ = ["ArtifactRow", "Prepared"]
+__all__ = ["ArtifactRow", "InputRecord", "Prepared"]
 
 
 @dataclass(frozen=True)
@@ -40,3 +40,18 @@ class Prepared:
     existing_id: int | None = None
     file_record: dict[str, Any] | None = None
     call_id: int | None = None
+
+
+@dataclass(frozen=True)
+class InputRecord:
+    """One argument of a tracked call, as its call record keeps it.
+
+    ``summary`` is a small JSON-able description (the value itself for short
+    scalars, else type, dtype and shape).
+    """
+
+    name: str
+    digest: str
+    artifact_id: int | None
+    file_path: str | None
+    summary: Any

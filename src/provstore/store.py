@@ -9,14 +9,14 @@ removes; a crash after it loses nothing.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
-import os
 import threading
 import weakref
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, Executable, Result, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from . import hashing
@@ -33,17 +33,12 @@ from .db.engine import (
     write,
 )
 from .errors import (
-    BackendError,
     CorruptObjectError,
-    ProvstoreError,
     StoreError,
     StoreVersionError,
     UnsafeLoadError,
-    UnsupportedTypeError,
 )
-from .files import File
 from .identity import CallMemo, IdentityMap, Known
-from .ingest import prepare_file
 from .objects import ObjectDir
 from .records import ArtifactRow, Prepared
 from .runs import RunRecorder, utcnow
@@ -99,8 +94,25 @@ class Store:
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ scopes
-    def _query(self, statement: Any, params: dict[str, Any] | None = None) -> Any:
-        """Execute one read statement on this thread's reader; return the Result."""
+    def query(self, statement: Executable,
+              params: dict[str, Any] | None = None) -> Result[Any]:
+        """Execute one read statement on this thread's reader connection.
+
+        The door through which provstore's own readers (lineage, maintenance)
+        run their prebuilt statements of :mod:`provstore.db.queries`; it never
+        writes (writes go through :func:`provstore.db.engine.write`).
+
+        Parameters
+        ----------
+        statement : sqlalchemy.Executable
+            A prebuilt read statement.
+        params : dict, optional
+            Its bound parameters.
+
+        Returns
+        -------
+        sqlalchemy.Result
+        """
         try:
             return self.readers.get().execute(statement, params or {})
         except Exception:
@@ -113,7 +125,7 @@ class Store:
         cached = self._scopes.get(path)
         if cached is not None:
             return cached
-        found = self._query(q.SCOPE_BY_PATH, {"path": path}).scalar()
+        found = self.query(q.SCOPE_BY_PATH, {"path": path}).scalar()
         if found is None and create:
             found = retrying(lambda: self._create_scopes(segments))
         if found is not None:
@@ -141,7 +153,7 @@ class Store:
         for path, sid in self._scopes.items():
             if sid == scope_id:
                 return path
-        found = self._query(select(q.scopes.c.path).where(q.scopes.c.id == scope_id)).scalar()
+        found = self.query(select(q.scopes.c.path).where(q.scopes.c.id == scope_id)).scalar()
         if found is None:
             raise StoreError(f"scope id {scope_id} does not exist")
         return str(found)
@@ -162,7 +174,7 @@ class Store:
         if row is not None:
             return row
         if conn is None:
-            found = self._query(q.ARTIFACT_BY_ID, {"id": artifact_id}).one()
+            found = self.query(q.ARTIFACT_BY_ID, {"id": artifact_id}).one()
         else:
             found = conn.execute(q.ARTIFACT_BY_ID, {"id": artifact_id}).one()
         row = ArtifactRow(
@@ -173,70 +185,27 @@ class Store:
         self._artifacts[artifact_id] = row
         return row
 
-    def prepare(self, value: Any, *, format: str | None = None, **options: Any) -> Prepared:
-        """Hash *value* and publish its object file; the row is committed by :meth:`bind`."""
-        if isinstance(value, File):
-            return prepare_file(self, value, format, options)
-        known = None if format or options else self.identity.known(value)
-        if known is not None:
-            row = self.artifact(known.artifact_id)
-            return Prepared(digest=row.digest, backend=registry.get(row.format),
-                            existing_id=row.id, call_id=known.call_id)
-        backend = self._backend_for(value, format)
-        digest = hashing.digest(value)
-        prepared = Prepared(digest=digest, backend=backend, summary=backend.describe(value),
-                            call_id=self.identity.recent_call(digest))
-        if backend.inline_for(value, options):
-            # No early lookup: the write transaction finds an existing row anyway.
-            prepared.inline, prepared.meta = backend.encode(value, **options)
-            prepared.size = len(prepared.inline)
-            return prepared
-        prepared.existing_id = self._existing(digest, backend)
-        if prepared.existing_id is None:  # skip rewriting a file that is already stored
-            prepared.suffix = backend.suffix_for(value, options)
-            self._publish(prepared, lambda tmp: self._write(backend, value, tmp, options))
-        return prepared
+    def existing_artifact(self, digest: str, backend: Backend) -> int | None:
+        """The id of the stored artifact with *digest* in *backend*'s format, if its file is there.
 
-    def _backend_for(self, value: Any, format: str | None) -> Backend:
-        if format is None:
-            return registry.choose(value, allow_unsafe=not self.safe)
-        backend = registry.get(format)
-        if not backend.can_save(value):
-            raise UnsupportedTypeError(
-                f"the {format!r} backend cannot store a {type(value).__qualname__}; "
-                "leave format unset to choose automatically"
-            )
-        return backend
-
-    def _existing(self, digest: str, backend: Backend) -> int | None:
-        found = self._query(q.ARTIFACT_BY_DIGEST, {
+        A row whose file was lost does not count: the caller publishes the
+        file again and the row stays valid.
+        """
+        found = self.query(q.ARTIFACT_BY_DIGEST, {
             "algorithm": hashing.ALGORITHM, "digest": digest, "format": backend.name,
         }).first()
         if found is None:
             return None
         if found.inline is None and not self.objects.exists(digest, found.suffix):
-            return None  # file lost: publish it again, the row stays valid
+            return None
         return int(found.id)
 
-    @staticmethod
-    def _write(backend: Backend, value: Any, tmp: Path,
-               options: dict[str, Any]) -> tuple[dict[str, Any], str, int]:
-        try:
-            fast = None if options else backend.save_with_checksum(value, tmp)
-            if fast is not None:
-                return fast
-            meta = backend.save(value, tmp, **options)
-        except ProvstoreError:
-            raise
-        except Exception as exc:
-            raise BackendError(
-                f"the {backend.name!r} backend failed to save a {type(value).__qualname__}: {exc}"
-            ) from exc
-        return meta, _hash_while_syncing(tmp), tmp.stat().st_size
-
-    def _publish(self, prepared: Prepared, write_file: Any) -> None:
-        meta, file_digest, size = self.objects.publish(prepared.digest, prepared.suffix, write_file)
-        prepared.meta, prepared.file_digest, prepared.size = meta, file_digest, size
+    def ingested_file(self, path: str, size: int, mtime_ns: int, inode: int) -> int | None:
+        """The artifact a file with this path and stat was ingested as, if any (git's index)."""
+        found = self.query(q.FILE_BY_STAT, {
+            "path": path, "size": size, "mtime_ns": mtime_ns, "inode": inode,
+        }).first()
+        return None if found is None or found.artifact_id is None else int(found.artifact_id)
 
     # ---------------------------------------------------------------- bindings
     def bind(self, scope_id: int, name: str, prepared: Prepared | None, *,
@@ -254,7 +223,7 @@ class Store:
             with write(self.engine) as conn:
                 artifact_id = None
                 if prepared is not None:
-                    artifact_id = self._commit_artifact(conn, prepared, run_id, now)
+                    artifact_id = self.commit_artifact(conn, prepared, run_id, now)
                 head = conn.execute(q.HEAD, {"scope_id": scope_id, "name": name}).first()
                 if head is not None and artifact_id is not None and head.artifact_id == artifact_id:
                     return int(head.version), artifact_id  # same value: no new version
@@ -282,14 +251,20 @@ class Store:
         stores it afresh.
         """
         ids = [p.existing_id for p in prepared if p.existing_id is not None]
-        gone = any(self._query(q.ARTIFACT_BY_ID, {"id": i}).first() is None for i in ids)
+        gone = any(self.query(q.ARTIFACT_BY_ID, {"id": i}).first() is None for i in ids)
         if gone:
             self.identity.clear()
             for i in ids:
                 self._artifacts.pop(i, None)
         return gone
 
-    def _commit_artifact(self, conn: Connection, p: Prepared, run_id: int, now: Any) -> int:
+    def commit_artifact(self, conn: Connection, p: Prepared, run_id: int,
+                        now: dt.datetime) -> int:
+        """Insert *p*'s artifact row (and file record) in the open transaction *conn*.
+
+        Returns the artifact id: the existing row's when one holds the same
+        content in the same format.
+        """
         artifact_id = p.existing_id
         if artifact_id is None:
             artifact_id = conn.execute(q.ARTIFACT_BY_DIGEST, {
@@ -311,7 +286,7 @@ class Store:
         """Return (scope_id, artifact_id) of *name*'s current binding, innermost first."""
         if not chain:
             return None
-        rows = self._query(q.HEADS_FOR_NAME, {"name": name, "chain": chain}).all()
+        rows = self.query(q.HEADS_FOR_NAME, {"name": name, "chain": chain}).all()
         current = {r.scope_id: r.artifact_id for r in rows}
         for sid in chain:
             artifact_id = current.get(sid)
@@ -323,7 +298,7 @@ class Store:
         """Return name → scope id for every name visible from the innermost scope."""
         if not chain:
             return {}
-        rows = self._query(q.HEADS_IN_SCOPES, {"chain": chain}).all()
+        rows = self.query(q.HEADS_IN_SCOPES, {"chain": chain}).all()
         order = {sid: i for i, sid in enumerate(chain)}
         # Walk outermost to innermost; a deletion in an inner scope unshadows
         # the enclosing binding.
@@ -341,10 +316,7 @@ class Store:
              call_id: int | None = None) -> Any:
         """Load artifact *artifact_id*; the same object comes back while it is alive."""
         cache_key = (artifact_id, mmap_mode)
-        if options:
-            row = self.artifact(artifact_id)
-            return self._read(row, registry.get(row.format), mmap_mode, verify, where, options)
-        if not verify:
+        if not verify and not options:
             cached = self._loaded.get(cache_key)
             if cached is None:
                 cached = self._scalars.get(artifact_id)
@@ -356,13 +328,9 @@ class Store:
                     self.identity.remember(cached, Known(artifact_id, row.digest, call_id))
                 return cached
         row = self.artifact(artifact_id)
-        backend = registry.get(row.format)
-        if backend.unsafe and self.safe:
-            raise UnsafeLoadError(
-                f"{where} is stored as {row.format}, and loading it would unpickle; "
-                "the store was opened with safe=True. Reopen with safe=False if you trust it"
-            )
-        value = self._read(row, backend, mmap_mode, verify, where)
+        value = self._read(row, mmap_mode, verify, where, options)
+        if options:  # views opened with loader options are the caller's own
+            return value
         if row.inline is not None:
             self.identity.note_output(row.digest, call_id, artifact_id)
         try:
@@ -373,8 +341,18 @@ class Store:
         self.identity.remember(value, Known(artifact_id, row.digest, call_id))
         return value
 
-    def _read(self, row: ArtifactRow, backend: Backend, mmap_mode: str | None,
-              verify: bool, where: str, options: dict[str, Any] | None = None) -> Any:
+    def _read(self, row: ArtifactRow, mmap_mode: str | None, verify: bool, where: str,
+              options: dict[str, Any] | None) -> Any:
+        """Decode one artifact: the only path from stored bytes to a value.
+
+        The safety check lives here so that no load option can go around it.
+        """
+        backend = registry.get(row.format)
+        if backend.unsafe and self.safe:
+            raise UnsafeLoadError(
+                f"{where} is stored as {row.format}, and loading it would unpickle; "
+                "the store was opened with safe=True. Reopen with safe=False if you trust it"
+            )
         if row.inline is not None:
             return backend.decode(row.inline, row.meta)
         path = self.objects.path(row.digest, row.suffix)
@@ -399,18 +377,18 @@ class Store:
     # ----------------------------------------------------------------- history
     def versions(self, scope_id: int, name: str) -> list[Any]:
         """Return every version row of (scope, name), oldest first, with artifact and run."""
-        return list(self._query(q.VERSIONS, {"scope_id": scope_id, "name": name}).all())
+        return list(self.query(q.VERSIONS, {"scope_id": scope_id, "name": name}).all())
 
     def bound_scopes(self, chain: list[int], name: str) -> list[int]:
         """Return the scopes of *chain* holding any version of *name*, innermost first."""
-        found = set(self._query(q.SCOPES_WITH_NAME, {"name": name, "chain": chain}).scalars())
+        found = set(self.query(q.SCOPES_WITH_NAME, {"name": name, "chain": chain}).scalars())
         return [sid for sid in chain if sid in found]
 
     def child_scopes(self, scope_id: int | None, *, recursive: bool) -> list[str]:
         """Return the paths of the scopes below *scope_id*."""
         if scope_id is None:
             return []
-        base = self._query(select(q.scopes.c.path).where(q.scopes.c.id == scope_id)).scalar()
+        base = self.query(select(q.scopes.c.path).where(q.scopes.c.id == scope_id)).scalar()
         if recursive:
             prefix = f"{base}/" if base else ""
             stmt = select(q.scopes.c.path).where(
@@ -418,17 +396,34 @@ class Store:
             )
         else:
             stmt = select(q.scopes.c.path).where(q.scopes.c.parent_id == scope_id)
-        return sorted(self._query(stmt).scalars())
+        return sorted(self.query(stmt).scalars())
+
+    def current_below(self, scope_id: int, path: str, *, recursive: bool, name: str | None,
+                      function: str | None) -> list[Any]:
+        """Current bindings at *scope_id* (``path``) and below it, for sweeps.
+
+        With ``recursive=False`` only the scope and its direct children;
+        *name* and *function* (``module:qualname``), when given, filter.
+        """
+        prefix = f"{path}/" if path else ""
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return list(self.query(q.CURRENT_BELOW, {
+            "scope_id": scope_id,
+            "parent_id": None if recursive else scope_id,
+            "pattern": escaped + "%" if recursive else None,
+            "name": name,
+            "function": function,
+        }).all())
 
     # ------------------------------------------------------------------ calls
     def finished_call(self, key: str) -> int | None:
         """Return the newest finished call with *key*, if any."""
-        found = self._query(q.FINISHED_CALL, {"key": key}).scalar()
+        found = self.query(q.FINISHED_CALL, {"key": key}).scalar()
         return None if found is None else int(found)
 
     def call_outputs(self, call_id: int) -> list[tuple[str, int, int]]:
         """Return ``(output_kind, position, artifact_id)`` rows of a call, in order."""
-        rows = self._query(q.CALL_OUTPUTS, {"call_id": call_id}).all()
+        rows = self.query(q.CALL_OUTPUTS, {"call_id": call_id}).all()
         return [(r.output_kind, r.position, r.artifact_id) for r in rows]
 
     def load_output(self, artifact_id: int, call_id: int, *, computed: Any = None) -> Any:
@@ -447,20 +442,3 @@ class Store:
         """Release the database connections (the store can be reopened)."""
         self.readers.close_all()
         self.engine.dispose()
-
-
-def _hash_while_syncing(path: Path) -> str:
-    """Hash a just-written file while another thread flushes it to disk.
-
-    fsync releases the GIL and mostly waits on the disk, while hashing reads
-    the file back from the page cache: overlapping them hides most of the
-    checksum's cost (the seal's own fsync then finds nothing left to flush).
-    """
-    fd = os.open(path, os.O_RDONLY)
-    syncer = threading.Thread(target=os.fsync, args=(fd,), name="provstore-fsync")
-    try:
-        syncer.start()
-        return hashing.file_digest(path)
-    finally:
-        syncer.join()
-        os.close(fd)

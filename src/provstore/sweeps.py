@@ -15,14 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .codeversion import function_identity
-from .db import queries as q
 from .scope import Scalar, Segment, check_name, format_path, parse_path
-
-if TYPE_CHECKING:
-    from .store import Store
+from .store import Store
 
 __all__ = ["Found", "find", "scope_params", "table"]
 
@@ -97,15 +94,8 @@ def find(store: Store, segments: tuple[Segment, ...], *, function: Any = None,
     sid = store.scope_id(segments, create=False)
     if sid is None:
         return []  # the scope was never written to: nothing below it either
-    base = format_path(segments)
-    prefix = f"{base}/" if base else ""
-    rows = store._query(q.CURRENT_BELOW, {
-        "scope_id": sid,
-        "parent_id": None if recursive else sid,
-        "pattern": _escape_like(prefix) + "%" if recursive else None,
-        "name": name,
-        "function": None if function is None else _identity(function),
-    }).all()
+    rows = store.current_below(sid, format_path(segments), recursive=recursive, name=name,
+                               function=None if function is None else _identity(function))
     wanted = params or {}
     found = []
     for r in rows:
@@ -203,7 +193,3 @@ def _same(stored: Scalar, wanted: Any) -> bool:
     if isinstance(stored, str) or isinstance(wanted, str):
         return type(stored) is type(wanted) and stored == wanted
     return bool(stored == wanted)
-
-
-def _escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

@@ -12,6 +12,7 @@ Callers that find the lease held wait, then load the winner's result.
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import json
 import os
@@ -25,18 +26,21 @@ from typing import Any, TypeVar, overload
 import xxhash
 from sqlalchemy.exc import IntegrityError
 
-from . import hashing
-from .codeversion import CodeVersion, Fingerprinter, function_identity
-from .db import queries as q
-from .db.engine import retrying, write
+from . import ambient, hashing, leases
+from .ambient import View
+from .codeversion import FINGERPRINTS, CodeVersion, function_identity
 from .errors import InvalidNameError
-from .leases import Claim, LeaseKeeper, claim, lease_seconds, release, still_mine
-from .runs import utcnow
+from .files import File
+from .leases import Claim, LeaseKeeper, claim, lease_seconds
+from .lineage import InputInfo
+from .lineage.explain import explain_call
+from .records import InputRecord
+from .saving import prepare
+from .store import Store
 
-__all__ = ["TrackedFunction", "track"]
+__all__ = ["FINGERPRINTS", "TrackedFunction", "track"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-FINGERPRINTS = Fingerprinter()
 _HOST = socket.gethostname()
 _warned_untracked: set[str] = set()
 
@@ -55,7 +59,7 @@ class TrackedFunction:
         ``module:qualname``, the function's name in the store.
     """
 
-    def __init__(self, func: Callable[..., Any], *, context: Any = None,
+    def __init__(self, func: Callable[..., Any], *, context: View | None = None,
                  version: str | None = None, ignore: tuple[str, ...] | list[str] = ()) -> None:
         functools.update_wrapper(self, func)
         self._func = func
@@ -115,9 +119,6 @@ class TrackedFunction:
         ctx = self._resolve_context()
         if ctx is None:
             return f"no provstore store is open: {self.identity} would run untracked"
-        from .explain import explain_call
-        from .lineage import InputInfo
-
         key, cv, inputs = self._key(ctx.store, args, kwargs)
         described = {name: InputInfo(name, i.digest, i.artifact_id, i.file_path,
                                      _summary(i.summary)) for name, i in inputs.items()}
@@ -128,14 +129,10 @@ class TrackedFunction:
         """The current code version (normalized source, dependencies, digest)."""
         return FINGERPRINTS.current(self._func, version=self._version)
 
-    def _resolve_context(self) -> Any:
+    def _resolve_context(self) -> View | None:
         if self._context is not None:
             return self._context
-        from .api import last_opened
-        from .context import active_context
-
-        active = active_context()
-        return active if active is not None else last_opened()
+        return ambient.current()
 
     def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any], *, recompute: bool) -> Any:
         ctx = self._resolve_context()
@@ -156,7 +153,7 @@ class TrackedFunction:
                 return _load_outputs(store, hit)
         return _Computation(self, store, key, cv, inputs).run(args, kwargs, recompute)
 
-    def _key(self, store: Any, args: tuple[Any, ...],
+    def _key(self, store: Store | None, args: tuple[Any, ...],
              kwargs: dict[str, Any]) -> tuple[str, CodeVersion, dict[str, _Input]]:
         if self._positional is not None and not kwargs and len(args) == len(self._positional):
             arguments = dict(zip(self._positional, args))
@@ -211,10 +208,8 @@ class _BoundTracked:
         return f"<bound {self._tracked!r} of {self.__self__!r}>"
 
 
-def _rebuild(module: str, qualname: str, context: Any, version: str | None,
+def _rebuild(module: str, qualname: str, context: View | None, version: str | None,
              ignore: tuple[str, ...]) -> Any:
-    import importlib
-
     obj: Any = importlib.import_module(module)
     for part in qualname.split("."):
         obj = getattr(obj, part)
@@ -236,12 +231,10 @@ class _Input:
         self.summary = summary
 
     @classmethod
-    def of(cls, store: Any, value: Any) -> _Input:
+    def of(cls, store: Store | None, value: Any) -> _Input:
         known = store.identity.known(value) if store is not None else None
         if known is not None:
             return cls(known.digest, known.artifact_id, None, None)
-        from .files import File
-
         path = str(value.path) if isinstance(value, File) else None
         digest = hashing.digest(value)
         # A small value equal to what a tracked call just returned is that
@@ -253,7 +246,7 @@ class _Input:
 class _Computation:
     """A miss: lease, compute, commit (or defer to whoever committed first)."""
 
-    def __init__(self, tf: TrackedFunction, store: Any, key: str, cv: CodeVersion,
+    def __init__(self, tf: TrackedFunction, store: Store, key: str, cv: CodeVersion,
                  inputs: dict[str, _Input]) -> None:
         self.tf, self.store, self.key, self.cv, self.inputs = tf, store, key, cv, inputs
 
@@ -300,74 +293,28 @@ class _Computation:
 
     def _fail(self, c: Claim, exc: BaseException) -> None:
         text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-
-        def record() -> None:
-            with write(self.store.engine) as conn:
-                conn.execute(q.FINISH_CALL, {
-                    "p_id": c.call_id, "p_status": "failed", "p_finished": utcnow(),
-                    "p_duration": None, "p_kind": None, "p_error": text[:10_000]})
-                release(conn, c)
-
-        retrying(record)
+        leases.fail(self.store.engine, c, text)
 
     def _commit(self, c: Claim, value: Any, duration: float) -> int | None:
         kind = "tuple" if type(value) is tuple else "single"
         elements = list(value) if kind == "tuple" else [value]
-        prepared = [self.store.prepare(v) for v in elements]  # files published first
-        run_id = self.store.runs.run_id()
-
-        def transaction() -> bool:
-            now = utcnow()
-            with write(self.store.engine) as conn:
-                finish = {"p_id": c.call_id, "p_finished": now, "p_duration": duration,
-                          "p_kind": kind, "p_error": None}
-                if not still_mine(conn, c):
-                    conn.execute(q.FINISH_CALL, {**finish, "p_status": "orphaned"})
-                    return False
-                self._record_code(conn, now)
-                outputs = [{"call_id": c.call_id, "position": i,
-                            "artifact_id": self.store._commit_artifact(conn, p, run_id, now)}
-                           for i, p in enumerate(prepared)]
-                conn.execute(q.INSERT_CALL_OUTPUT, outputs)
-                self._record_inputs(conn, c.call_id)
-                conn.execute(q.FINISH_CALL, {**finish, "p_status": "done"})
-                release(conn, c)
-            return True
-
+        inputs = [InputRecord(name, i.digest, i.artifact_id, i.file_path, _summary(i.summary))
+                  for name, i in self.inputs.items()]
+        prepared = [prepare(self.store, v) for v in elements]  # files published first
         try:
-            committed = retrying(transaction)
+            committed = leases.commit(self.store, c, prepared, kind=kind, duration=duration,
+                                      code=self.cv, inputs=inputs)
         except IntegrityError:
             if not self.store.collected(prepared):
                 raise
             # gc removed a stored copy an output was linked to: store them again.
-            prepared = [self.store.prepare(v) for v in elements]
-            committed = retrying(transaction)
+            prepared = [prepare(self.store, v) for v in elements]
+            committed = leases.commit(self.store, c, prepared, kind=kind, duration=duration,
+                                      code=self.cv, inputs=inputs)
         return c.call_id if committed else None
 
-    def _record_code(self, conn: Any, now: Any) -> None:
-        if conn.execute(q.CODE_BY_DIGEST, {"digest": self.cv.digest}).first() is None:
-            conn.execute(q.INSERT_CODE, {
-                "digest": self.cv.digest, "identity": self.cv.identity, "source": self.cv.source,
-                "deps": json.dumps(self.cv.deps, sort_keys=True), "pinned": self.cv.pinned,
-                "created": now})
 
-    def _record_inputs(self, conn: Any, call_id: int) -> None:
-        rows = []
-        for name, i in self.inputs.items():
-            artifact_id = i.artifact_id
-            if artifact_id is None:  # an argument equal to a stored value still links to it
-                # Only stored files (arrays, images...): an argument 5 is not
-                # the lineage of every artifact whose value is 5.
-                artifact_id = conn.execute(q.ANY_ARTIFACT_BY_DIGEST, {
-                    "algorithm": hashing.ALGORITHM, "digest": i.digest}).scalar()
-            rows.append({"call_id": call_id, "name": name, "digest": i.digest,
-                         "artifact_id": artifact_id, "file_path": i.file_path,
-                         "summary": json.dumps(_summary(i.summary))})
-        if rows:
-            conn.execute(q.INSERT_CALL_INPUT, rows)
-
-
-def _load_outputs(store: Any, call_id: int, computed: Any = None) -> Any:
+def _load_outputs(store: Store, call_id: int, computed: Any = None) -> Any:
     """Load a finished call's outputs, remembering them and their call."""
     rows = store.memo.outputs(call_id)
     if rows is None:
@@ -413,13 +360,13 @@ def _summary(value: Any) -> Any:
 
 @overload
 def track(func: F, *, version: str | None = ..., ignore: tuple[str, ...] | list[str] = ...,
-          context: Any = ...) -> TrackedFunction: ...
+          context: View | None = ...) -> TrackedFunction: ...
 @overload
 def track(func: None = ..., *, version: str | None = ...,
           ignore: tuple[str, ...] | list[str] = ...,
-          context: Any = ...) -> Callable[[F], TrackedFunction]: ...
+          context: View | None = ...) -> Callable[[F], TrackedFunction]: ...
 def track(func: Callable[..., Any] | None = None, *, version: str | None = None,
-          ignore: tuple[str, ...] | list[str] = (), context: Any = None) -> Any:
+          ignore: tuple[str, ...] | list[str] = (), context: View | None = None) -> Any:
     """Memoize *func* on its inputs and code, and record its lineage.
 
     Usable bare (``@provstore.track``) or with options

@@ -43,13 +43,13 @@ from .hdf5_read import (
     H5Array,
     H5Group,
     H5List,
-    _Handle,
-    _lazy,
-    _packed,
-    _quiet,
-    _read,
-    _reading,
-    _tag,
+    Handle,
+    packed,
+    quiet,
+    read_lazy,
+    read_node,
+    reading,
+    tag_of,
 )
 
 __all__ = ["H5Array", "H5Group", "H5List", "Hdf5Backend"]
@@ -109,14 +109,14 @@ class Hdf5Backend(Backend):
                 "scalars, str, bytes and None"
             )
         try:
-            with _quiet(), tables.open_file(str(path), "w") as f:
+            with quiet(), tables.open_file(str(path), "w") as f:
                 root = f.root
                 root._v_attrs[FORMAT] = FORMAT_VERSION
                 if type(obj) in _CONTAINERS:
                     _fill(f, root, obj, filters)
                     tag = _CONTAINERS[type(obj)]
                 else:
-                    tag = str(_tag(_write(f, root, "value", obj, filters)))
+                    tag = str(tag_of(_write(f, root, "value", obj, filters)))
                     root._v_attrs[TYPE] = "value"
         except (tables.HDF5ExtError, OSError, ValueError, TypeError) as exc:
             Path(path).unlink(missing_ok=True)
@@ -152,20 +152,20 @@ class Hdf5Backend(Backend):
 
         if options:
             raise BackendError(f"unknown hdf5 load options {sorted(options)}; only lazy=True")
-        # _reading() also refuses PyTables' unpickling of attributes.
-        with _reading(path):
-            handle = _Handle(tables.open_file(str(path), "r"))
+        # reading() also refuses PyTables' unpickling of attributes.
+        with reading(path):
+            handle = Handle(tables.open_file(str(path), "r"))
         if not lazy:
             try:
-                with _reading(path):
-                    return _read(handle.file.root, set())
+                with reading(path):
+                    return read_node(handle.file.root, set())
             finally:
                 handle.close()
-        with _reading(path):
+        with reading(path):
             root = handle.file.root
-            if _tag(root) == "value":
-                return _lazy(handle, root._f_get_child("value"), set())
-            return _lazy(handle, root, set())
+            if tag_of(root) == "value":
+                return read_lazy(handle, root._f_get_child("value"), set())
+            return read_lazy(handle, root, set())
 
     def describe(self, obj: Any) -> dict[str, Any]:
         """Return ``{"type"}`` plus the first keys (dict) or the length (list, tuple)."""
@@ -331,7 +331,7 @@ def _to_stored(arr: np.ndarray) -> tuple[np.ndarray, bool]:
         return arr.view(np.dtype("i8").newbyteorder(dt.byteorder)), False
     if dt.names is not None and _table_ok(dt):
         # Tables need one byte order and no gaps; the exact dtype is restored on load.
-        return arr.astype(_packed(dt)).reshape(-1), True
+        return arr.astype(packed(dt)).reshape(-1), True
     if dt.kind == "V":  # fields HDF5 cannot type, or opaque void: keep the bytes
         flat = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
         return flat.reshape((*arr.shape, dt.itemsize)), False

@@ -67,18 +67,18 @@ def no_unpickling() -> Iterator[None]:
         _refusing.reset(token)
 
 
-def _packed(dt: np.dtype[Any]) -> np.dtype[Any]:
+def packed(dt: np.dtype[Any]) -> np.dtype[Any]:
     """*dt* without padding and in native order (how PyTables stores records)."""
     if dt.names is not None:
-        return np.dtype([(n, _packed(dt.fields[n][0])) for n in dt.names])  # type: ignore[index]
+        return np.dtype([(n, packed(dt.fields[n][0])) for n in dt.names])  # type: ignore[index]
     if dt.subdtype is not None:
-        return np.dtype((_packed(dt.subdtype[0]), dt.subdtype[1]))
+        return np.dtype((packed(dt.subdtype[0]), dt.subdtype[1]))
     return dt.newbyteorder("=") if dt.byteorder in "<>" else dt
 
 
 # ----------------------------------------------------------------------------- reading
 @contextmanager
-def _quiet() -> Iterator[None]:
+def quiet() -> Iterator[None]:
     """Silence PyTables' warnings about names, flavors and node types it cannot map.
 
     Names like ``"0"`` are valid HDF5 but not Python identifiers, and
@@ -98,7 +98,7 @@ def _quiet() -> Iterator[None]:
 
 
 @contextmanager
-def _reading(path: Any, *, strict: bool = True) -> Iterator[None]:
+def reading(path: Any, *, strict: bool = True) -> Iterator[None]:
     """Map PyTables/HDF5 failures to CorruptObjectError.
 
     *strict* (opening, whole reads) also maps ValueError and friends, which
@@ -111,7 +111,7 @@ def _reading(path: Any, *, strict: bool = True) -> Iterator[None]:
     if strict:
         failures += (EOFError, ValueError, SyntaxError, tables.NoSuchNodeError)
     try:
-        with _quiet(), no_unpickling():
+        with quiet(), no_unpickling():
             yield
     except UnsafeLoadError as exc:
         for handler in list(tables.file._open_files.get_handlers_by_name(str(path))):
@@ -130,7 +130,7 @@ def _reading(path: Any, *, strict: bool = True) -> Iterator[None]:
         raise CorruptObjectError(f"{path} is not a readable HDF5 file: {exc}") from exc
 
 
-class _Handle:
+class Handle:
     """One open file shared by lazy views; closed by close() or when none is left."""
 
     def __init__(self, file: Any) -> None:
@@ -157,7 +157,7 @@ def _attr(node: Any, name: str) -> Any:
     return attrs._g_getattr(attrs._v_node, name)
 
 
-def _tag(node: Any) -> str | None:
+def tag_of(node: Any) -> str | None:
     value = _attr(node, TYPE)
     return None if value is None else str(value)
 
@@ -202,22 +202,22 @@ def _deref(node: Any, active: set[str]) -> Any:
     return node
 
 
-def _read(node: Any, active: set[str]) -> Any:
+def read_node(node: Any, active: set[str]) -> Any:
     import tables
 
     node = _deref(node, active)
-    tag = _tag(node)
+    tag = tag_of(node)
     if not isinstance(node, tables.Group):
         return _read_leaf(node, tag, None)
     if tag == "none":
         return None
     if tag == "value":
-        return _read(node._f_get_child("value"), active)
+        return read_node(node._f_get_child("value"), active)
     active = active | {node._v_pathname}
     if tag in ("list", "tuple"):
-        items = [_read(child, active) for child in _items(node)]
+        items = [read_node(child, active) for child in _items(node)]
         return items if tag == "list" else tuple(items)
-    return {key: _read(child, active) for key, child in _children(node)}
+    return {key: read_node(child, active) for key, child in _children(node)}
 
 
 def _read_leaf(node: Any, tag: str | None, key: Any) -> Any:
@@ -247,7 +247,7 @@ def _nested_gaps(dt: np.dtype[Any]) -> bool:
     for name in dt.names or ():
         sub = dt.fields[name][0]  # type: ignore[index]
         base = sub.subdtype[0] if sub.subdtype is not None else sub
-        if base.names is not None and (base.itemsize != _packed(base).itemsize
+        if base.names is not None and (base.itemsize != packed(base).itemsize
                                        or _nested_gaps(base)):
             return True
     return False
@@ -295,11 +295,11 @@ def _restore(raw: np.ndarray, node: Any) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- lazy views
-def _lazy(handle: _Handle, node: Any, active: set[str]) -> Any:
+def read_lazy(handle: Handle, node: Any, active: set[str]) -> Any:
     import tables
 
     node = _deref(node, active)
-    tag = _tag(node)
+    tag = tag_of(node)
     if isinstance(node, tables.Group):
         if tag in ("list", "tuple"):
             return H5List(handle, node, active)
@@ -315,7 +315,7 @@ def _lazy(handle: _Handle, node: Any, active: set[str]) -> Any:
 class _View:
     """Shared part of the lazy views: the open file and context-manager protocol."""
 
-    def __init__(self, handle: _Handle, node: Any) -> None:
+    def __init__(self, handle: Handle, node: Any) -> None:
         self._handle = handle
         self._node = node
 
@@ -336,13 +336,13 @@ class _View:
 
     def _reading(self) -> Any:
         self._handle.check()
-        return _reading(self._handle.file.filename, strict=False)
+        return reading(self._handle.file.filename, strict=False)
 
 
 class H5Group(_View, Mapping[str, Any]):
     """Read-only mapping view of an HDF5 group; children are read when accessed."""
 
-    def __init__(self, handle: _Handle, node: Any, active: set[str]) -> None:
+    def __init__(self, handle: Handle, node: Any, active: set[str]) -> None:
         super().__init__(handle, node)
         self._active = active | {node._v_pathname}
         self._entries = dict(_children(node))
@@ -350,7 +350,7 @@ class H5Group(_View, Mapping[str, Any]):
     def __getitem__(self, key: str) -> Any:
         node = self._entries[key]
         with self._reading():
-            return _lazy(self._handle, node, self._active)
+            return read_lazy(self._handle, node, self._active)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
@@ -365,18 +365,18 @@ class H5Group(_View, Mapping[str, Any]):
 class H5List(_View, Sequence[Any]):
     """Read-only sequence view of a group written from a list or tuple."""
 
-    def __init__(self, handle: _Handle, node: Any, active: set[str]) -> None:
+    def __init__(self, handle: Handle, node: Any, active: set[str]) -> None:
         super().__init__(handle, node)
         self._active = active | {node._v_pathname}
         self._items = _items(node)
-        self.container_type = list if _tag(node) == "list" else tuple
+        self.container_type = list if tag_of(node) == "list" else tuple
 
     def __getitem__(self, index: Any) -> Any:
         nodes = self._items[index]
         with self._reading():
             if isinstance(index, slice):
-                return [_lazy(self._handle, n, self._active) for n in nodes]
-            return _lazy(self._handle, nodes, self._active)
+                return [read_lazy(self._handle, n, self._active) for n in nodes]
+            return read_lazy(self._handle, nodes, self._active)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -395,7 +395,7 @@ class H5Array(_View):
         The dtype :meth:`read` returns (as saved, byte order included).
     """
 
-    def __init__(self, handle: _Handle, node: Any) -> None:
+    def __init__(self, handle: Handle, node: Any) -> None:
         super().__init__(handle, node)
         saved = _saved_dtype(node)
         self.dtype: np.dtype[Any] = node.dtype if saved is None else saved
@@ -421,13 +421,13 @@ class H5Array(_View):
     def read(self) -> np.ndarray:
         """Read the whole array into memory."""
         with self._reading():
-            return np.asarray(_read_leaf(self._node, _tag(self._node), None))
+            return np.asarray(_read_leaf(self._node, tag_of(self._node), None))
 
     def __getitem__(self, key: Any) -> Any:
         if self._whole:
             return self.read()[key]
         with self._reading():
-            return _read_leaf(self._node, _tag(self._node), key)
+            return _read_leaf(self._node, tag_of(self._node), key)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         arr = self.read()

@@ -1,4 +1,4 @@
-"""Prebuilt statements of the lineage reader (:mod:`provstore.lineage_graph`).
+"""Prebuilt statements of the lineage reader (:mod:`provstore.lineage.reader`).
 
 Split from :mod:`provstore.db.queries`, whose tables and conventions they
 share: statements taking ``ids`` use an expanding IN list, and callers
@@ -22,7 +22,7 @@ from .queries import (
 )
 
 # ----------------------------------------------------------------- lineage
-# Batched reads for history and lineage (provstore.lineage_graph). Statements
+# Batched reads for history and lineage (provstore.lineage.reader). Statements
 # taking ``ids`` use an expanding IN list; callers chunk long lists.
 _lineage_runs = runs.alias("call_runs")
 
@@ -180,4 +180,95 @@ ARTIFACTS_BY_DIGESTS = (
 
 LATEST_DONE_CALL_OF = select(func.max(calls.c.id)).where(
     calls.c.function == bindparam("function"), calls.c.status == "done"
+)
+
+
+# ----------------------------------------------------------------- impact
+# Reads for provstore.lineage.impact: dependents, stale results and run packages.
+_im_b = bindings.alias("im_b")
+_im_latest = bindings.alias("im_latest")
+_im_current = (
+    select(func.max(_im_latest.c.version))
+    .where(_im_latest.c.scope_id == _im_b.c.scope_id, _im_latest.c.name == _im_b.c.name)
+    .scalar_subquery()
+)
+
+# The downstream walk: from one artifact, through the finished calls that read
+# it, to the artifacts they returned, recursively (UNION; ``max_depth`` bounds
+# it, call ids grow with time so real lineage is acyclic). Then the current
+# bindings of every artifact reached, with the call that made it.
+_dn_ci = call_inputs.alias("dn_ci")
+_dn_c = calls.alias("dn_c")
+_dn_co = call_outputs.alias("dn_co")
+_down = select(
+    bindparam("root", type_=Integer).label("artifact_id"), literal(0, Integer).label("depth")
+).cte("down", recursive=True)
+_down = _down.union(
+    select(_dn_co.c.artifact_id, _down.c.depth + 1)
+    .select_from(
+        _down.join(_dn_ci, _dn_ci.c.artifact_id == _down.c.artifact_id)
+        .join(_dn_c, (_dn_c.c.id == _dn_ci.c.call_id) & (_dn_c.c.status == "done"))
+        .join(_dn_co, _dn_co.c.call_id == _dn_c.c.id)
+    )
+    .where(_down.c.depth < bindparam("max_depth", type_=Integer))
+)
+DOWNSTREAM_BINDINGS = (
+    select(
+        scopes.c.path,
+        _im_b.c.name,
+        _im_b.c.version,
+        _im_b.c.artifact_id,
+        _dn_c.c.function,
+        _dn_c.c.id.label("call_id"),
+        (_down.c.depth + 1).label("depth"),
+    )
+    .select_from(
+        _down.join(_dn_ci, _dn_ci.c.artifact_id == _down.c.artifact_id)
+        .join(_dn_c, (_dn_c.c.id == _dn_ci.c.call_id) & (_dn_c.c.status == "done"))
+        .join(_dn_co, _dn_co.c.call_id == _dn_c.c.id)
+        .join(_im_b, _im_b.c.artifact_id == _dn_co.c.artifact_id)
+        .join(scopes, scopes.c.id == _im_b.c.scope_id)
+    )
+    .where(_down.c.depth < bindparam("max_depth", type_=Integer),
+           _im_b.c.version == _im_current)
+    .distinct()
+)
+
+# Current, non-deleted bindings with a recorded call at ``path`` and below it
+# (``pattern``: the escaped ``path/`` prefix followed by ``%``).
+CALLED_BINDINGS_BELOW = (
+    select(scopes.c.path, _im_b.c.name, _im_b.c.version, _im_b.c.artifact_id, _im_b.c.call_id)
+    .join(scopes, scopes.c.id == _im_b.c.scope_id)
+    .where(
+        (scopes.c.path == bindparam("path")) | scopes.c.path.like(bindparam("pattern"),
+                                                                   escape="\\"),
+        _im_b.c.version == _im_current,
+        _im_b.c.artifact_id.is_not(None),
+        _im_b.c.call_id.is_not(None),
+    )
+    .order_by(scopes.c.path, _im_b.c.name)
+)
+
+# Every (scope, name) that ever bound one of the artifacts: the last version
+# that did, and the name's current version and artifact (NULL when deleted).
+_im_head = bindings.alias("im_head")
+BINDINGS_OF_ARTIFACTS = (
+    select(
+        _im_b.c.artifact_id,
+        scopes.c.path,
+        _im_b.c.name,
+        func.max(_im_b.c.version).label("version"),
+        _im_head.c.version.label("head_version"),
+        _im_head.c.artifact_id.label("head_artifact_id"),
+    )
+    .join(scopes, scopes.c.id == _im_b.c.scope_id)
+    .join(_im_head, (_im_head.c.scope_id == _im_b.c.scope_id)
+          & (_im_head.c.name == _im_b.c.name) & (_im_head.c.version == _im_current))
+    .where(_im_b.c.artifact_id.in_(bindparam("ids", expanding=True)))
+    .group_by(_im_b.c.artifact_id, _im_b.c.scope_id, scopes.c.path, _im_b.c.name,
+              _im_head.c.version, _im_head.c.artifact_id)
+)
+
+RUN_PACKAGES = select(runs.c.id, runs.c.packages).where(
+    runs.c.id.in_(bindparam("ids", expanding=True))
 )

@@ -15,21 +15,13 @@ from sqlalchemy import Connection, delete, func, select
 from ..db import queries as q
 from ..db.engine import db_now, retrying, write
 from ..errors import StoreError
+from ..lineage import format_size
 
 if TYPE_CHECKING:
     from ..store import Store
 
 
-from .common import (
-    Progress,
-    _chunks,
-    _ci,
-    _co,
-    _scan,
-    _size,
-    _tick,
-    _valid_name,
-)
+from .common import Progress, chunks, scan_objects, tick, valid_object_name
 
 
 # ----------------------------------------------------------------------- gc
@@ -71,7 +63,7 @@ class GcReport:
         orphans = [f for f in self.files if f.reason == "orphan"]
         lines = [f"{verb} {len(orphans)} orphan files, {self.bindings} old binding versions, "
                  f"{self.artifacts} unreferenced artifacts ({len(self.files) - len(orphans)} "
-                 f"files): {_size(self.bytes)}"]
+                 f"files): {format_size(self.bytes)}"]
         if self.young:
             lines.append(f"kept {len(self.young)} orphan files younger than "
                          f"{self.grace_seconds:g} s (possibly still being published)")
@@ -115,7 +107,7 @@ def gc(store: Store, *, dry_run: bool = True, grace_seconds: float = 3600.0,
         raise ValueError(f"grace_seconds must be >= 0, not {grace_seconds}")
     report = GcReport(dry_run, grace_seconds, keep_versions)
     started = time.time()
-    on_disk = _scan(store)  # before rows are read, as in verify
+    on_disk = scan_objects(store)  # before rows are read, as in verify
     if dry_run:
         with store.engine.connect() as conn:
             doomed = _plan(conn, report, keep_versions)[1]
@@ -138,7 +130,7 @@ def gc(store: Store, *, dry_run: bool = True, grace_seconds: float = 3600.0,
             report.files.append(Removal(rel, on_disk[path].st_size, reason))
         else:
             report.restored.append(rel)
-        _tick(progress, "checking files" if dry_run else "removing files", done, len(victims))
+        tick(progress, "checking files" if dry_run else "removing files", done, len(victims))
     return report
 
 
@@ -159,8 +151,8 @@ def _unreferenced_artifacts(keep: int | None) -> Any:
     return select(a.c.id, a.c.digest, a.c.suffix, a.c.size,
                   a.c.inline.is_not(None).label("is_inline")).where(
         a.c.id.not_in(kept),
-        a.c.id.not_in(select(_ci.c.artifact_id).where(_ci.c.artifact_id.is_not(None))),
-        a.c.id.not_in(select(_co.c.artifact_id)),
+        a.c.id.not_in(select(q.call_inputs.c.artifact_id).where(q.call_inputs.c.artifact_id.is_not(None))),
+        a.c.id.not_in(select(q.call_outputs.c.artifact_id)),
         a.c.id.not_in(select(q.files.c.artifact_id).where(q.files.c.artifact_id.is_not(None))),
         a.c.id < select(func.max(a.c.id)).scalar_subquery(),
     )
@@ -202,7 +194,7 @@ def _delete_rows(store: Store, report: GcReport, keep: int | None) -> list[tuple
         ids, doomed = _plan(conn, report, keep)
         if keep is not None:
             conn.execute(delete(q.bindings).where(_versions_to_prune(keep)))
-        for chunk in _chunks(ids):
+        for chunk in chunks(ids):
             conn.execute(delete(q.artifacts).where(q.artifacts.c.id.in_(chunk)))
     return doomed
 
@@ -212,7 +204,7 @@ def _unshared_files(conn: Connection, rows: Sequence[Any]) -> list[tuple[str, st
     ids = {r.id for r in rows}
     files = {(r.digest, r.suffix): r.size for r in rows if not r.is_inline}
     a = q.artifacts
-    for chunk in _chunks(d for d, _ in files):
+    for chunk in chunks(d for d, _ in files):
         for r in conn.execute(select(a.c.id, a.c.digest, a.c.suffix).where(a.c.digest.in_(chunk))):
             if r.id not in ids:
                 files.pop((r.digest, r.suffix), None)
@@ -221,9 +213,9 @@ def _unshared_files(conn: Connection, rows: Sequence[Any]) -> list[tuple[str, st
 
 def _referenced_paths(store: Store) -> set[Path]:
     a = q.artifacts
-    rows = store._query(select(a.c.digest, a.c.suffix).where(a.c.inline.is_(None)))
+    rows = store.query(select(a.c.digest, a.c.suffix).where(a.c.inline.is_(None)))
     return {store.objects.path(r.digest, r.suffix) for r in rows
-            if _valid_name(store, r.digest, r.suffix)}
+            if valid_object_name(store, r.digest, r.suffix)}
 
 
 def _remove(store: Store, path: Path, seen: os.stat_result) -> bool:

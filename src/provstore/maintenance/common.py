@@ -127,7 +127,7 @@ class VerifyReport:
 
 
 # ------------------------------------------------------------------ helpers
-def _scan(store: Store) -> dict[Path, os.stat_result]:
+def scan_objects(store: Store) -> dict[Path, os.stat_result]:
     """Every entry under ``objects/`` that is not a directory, with its lstat."""
     found: dict[Path, os.stat_result] = {}
     for parent, _dirs, names in os.walk(store.objects.objects):  # symlinked dirs not followed
@@ -140,7 +140,7 @@ def _scan(store: Store) -> dict[Path, os.stat_result]:
     return found
 
 
-def _valid_name(store: Store, digest: str, suffix: str) -> bool:
+def valid_object_name(store: Store, digest: str, suffix: str) -> bool:
     try:
         store.objects.path(digest, suffix)
     except ProvstoreError:
@@ -148,29 +148,29 @@ def _valid_name(store: Store, digest: str, suffix: str) -> bool:
     return True
 
 
-def _object_name(store: Store, path: Path) -> bool:
+def is_object_name(store: Store, path: Path) -> bool:
     """Whether *path* is named as provstore names objects (shard/hex + suffix)."""
     rel = path.relative_to(store.objects.objects).parts
     if len(rel) != 2:
         return False
     stem, dot, rest = rel[1].partition(".")
-    return _valid_name(store, rel[0] + stem, dot + rest) and len(rel[0]) == 2
+    return valid_object_name(store, rel[0] + stem, dot + rest) and len(rel[0]) == 2
 
 
-def _chunks(ids: Iterable[Any]) -> Iterator[list[Any]]:
+def chunks(ids: Iterable[Any]) -> Iterator[list[Any]]:
     items = list(ids)
     for i in range(0, len(items), CHUNK):
         yield items[i:i + CHUNK]
 
 
-def _tick(progress: Progress | None, phase: str, done: int, total: int) -> None:
+def tick(progress: Progress | None, phase: str, done: int, total: int) -> None:
     if progress is not None:
         progress(phase, done, total)
 
 
 
 
-def _bindings_of(store: Store, artifact_ids: Iterable[int]) -> dict[int, list[BindingRef]]:
+def bindings_of(store: Store, artifact_ids: Iterable[int]) -> dict[int, list[BindingRef]]:
     """Every binding version pointing at each artifact, current ones first."""
     b, b2 = q.bindings, q.bindings.alias("latest_b")
     latest = (select(func.max(b2.c.version))
@@ -179,8 +179,8 @@ def _bindings_of(store: Store, artifact_ids: Iterable[int]) -> dict[int, list[Bi
                    (b.c.version == latest).label("current"))
             .join(q.scopes, q.scopes.c.id == b.c.scope_id))
     found: dict[int, list[BindingRef]] = {}
-    for chunk in _chunks(artifact_ids):
-        for r in store._query(stmt.where(b.c.artifact_id.in_(chunk))):
+    for chunk in chunks(artifact_ids):
+        for r in store.query(stmt.where(b.c.artifact_id.in_(chunk))):
             found.setdefault(r.artifact_id, []).append(
                 BindingRef(r.path, r.name, r.version, bool(r.current)))
     for refs in found.values():
@@ -188,14 +188,14 @@ def _bindings_of(store: Store, artifact_ids: Iterable[int]) -> dict[int, list[Bi
     return found
 
 
-def _calls_of(store: Store, artifact_ids: Iterable[int]) -> dict[int, list[CallRef]]:
+def calls_of(store: Store, artifact_ids: Iterable[int]) -> dict[int, list[CallRef]]:
     found: dict[int, list[CallRef]] = {}
-    for chunk in _chunks(artifact_ids):
+    for chunk in chunks(artifact_ids):
         for table, role in ((_ci, "input"), (_co, "output")):
             stmt = (select(table.c.artifact_id, q.calls.c.id, q.calls.c.function)
                     .join(q.calls, q.calls.c.id == table.c.call_id)
                     .where(table.c.artifact_id.in_(chunk)).order_by(q.calls.c.id))
-            for r in store._query(stmt):
+            for r in store.query(stmt):
                 found.setdefault(r.artifact_id, []).append(CallRef(r.id, r.function, role))
     return found
 

@@ -6,7 +6,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import xxhash
 from sqlalchemy import select
@@ -15,16 +15,12 @@ from .. import hashing
 from ..backends.base import registry
 from ..db import queries as q
 from ..errors import CorruptObjectError, MissingKeyError, StoreError
+from ..lineage import History
 from ..runs import status_of
-
-if TYPE_CHECKING:
-    from ..context import Context
-    from ..store import Store
-
-
+from ..store import Store
 from .common import (
     BindingRef,
-    _bindings_of,
+    bindings_of,
 )
 
 
@@ -57,18 +53,18 @@ def which(store: Store, path: str | os.PathLike[str]) -> list[Match]:
     byte_digest = hashing.file_digest(path)
     a, f = q.artifacts, q.files
     found: dict[int, tuple[str, list[str]]] = {}
-    for r in store._query(select(a.c.id).where(a.c.file_digest == byte_digest)):
+    for r in store.query(select(a.c.id).where(a.c.file_digest == byte_digest)):
         found[r.id] = ("bytes", [])
-    for r in store._query(select(f.c.artifact_id, f.c.path).where(
+    for r in store.query(select(f.c.artifact_id, f.c.path).where(
             f.c.digest == byte_digest, f.c.artifact_id.is_not(None))):
         found.setdefault(r.artifact_id, ("ingested", []))[1].append(r.path)
     if not found:
         value_digest = _content_digest(Path(path))
         if value_digest is not None:
-            for r in store._query(select(a.c.id).where(
+            for r in store.query(select(a.c.id).where(
                     a.c.algorithm == hashing.ALGORITHM, a.c.digest == value_digest)):
                 found[r.id] = ("content", [])
-    bindings = _bindings_of(store, found)
+    bindings = bindings_of(store, found)
     matches = []
     for artifact_id, (how, paths) in sorted(found.items()):
         row = store.artifact(artifact_id)
@@ -92,7 +88,16 @@ def _content_digest(path: Path) -> str | None:
 
 
 # ------------------------------------------------------------------- export
-def export(ctx: Context, name: str, dest: str | os.PathLike[str]) -> Path:
+class Named(Protocol):
+    """What an export reads a name through: a Context."""
+
+    @property
+    def store(self) -> Store: ...
+
+    def history(self, name: str) -> History: ...
+
+
+def export(ctx: Named, name: str, dest: str | os.PathLike[str]) -> Path:
     """Copy the current value of *name* to *dest* in its standard format.
 
     The file's bytes are verified while copying. A JSON sidecar
@@ -149,7 +154,7 @@ def _copy_checked(src: Path, dst: Path, expected: str | None, where: str) -> Non
                                  "run `provstore verify`")
 
 
-def _lineage(ctx: Context, h: Any, row: Any) -> dict[str, Any]:
+def _lineage(ctx: Named, h: History, row: Any) -> dict[str, Any]:
     v = h.latest
     run = v.run
     info: dict[str, Any] = {
@@ -198,6 +203,6 @@ def list_runs(store: Store, *, limit: int | None = None) -> list[RunSummary]:
     return [RunSummary(row.id, status_of(row.status, row.heartbeat), row.started, row.ended,
                        row.heartbeat, row.host, row.pid, row.user, json.loads(row.argv or "[]"),
                        row.git_commit, row.git_dirty)
-            for row in store._query(stmt)]
+            for row in store.query(stmt)]
 
 

@@ -24,12 +24,12 @@ from .common import (
     Problem,
     Progress,
     VerifyReport,
-    _bindings_of,
-    _calls_of,
-    _object_name,
-    _scan,
-    _tick,
-    _valid_name,
+    bindings_of,
+    calls_of,
+    is_object_name,
+    scan_objects,
+    tick,
+    valid_object_name,
 )
 
 
@@ -55,7 +55,8 @@ def verify(store: Store, *, progress: Progress | None = None) -> VerifyReport:
         Each damaged artifact lists the bindings and calls it affects.
     """
     report = VerifyReport()
-    on_disk = _scan(store)  # listed before rows are read: a file committed meanwhile has both
+    # Listed before rows are read: a file committed meanwhile has both.
+    on_disk = scan_objects(store)
     a = q.artifacts
     with store.engine.connect() as conn:
         rows = conn.execute(select(a.c.id, a.c.digest, a.c.suffix, a.c.size, a.c.file_digest,
@@ -68,13 +69,13 @@ def verify(store: Store, *, progress: Progress | None = None) -> VerifyReport:
         problem = _check_file(store, r, report)
         if problem is not None:
             report.problems.append(problem)
-        _tick(progress, "hashing objects", done, len(files))
+        tick(progress, "hashing objects", done, len(files))
     with store.engine.connect() as conn:
         _check_inline(store, conn, report, progress, len(rows) - len(files))
         if is_sqlite(store.url):
             report.problems += _sqlite_checks(conn)
     expected = {store.objects.path(r.digest, r.suffix) for r in files
-                if _valid_name(store, r.digest, r.suffix)}
+                if valid_object_name(store, r.digest, r.suffix)}
     for path in sorted(set(on_disk) - expected):
         report.problems.append(_unreferenced(store, path))
     _annotate(store, report)
@@ -83,7 +84,7 @@ def verify(store: Store, *, progress: Progress | None = None) -> VerifyReport:
 
 def _check_file(store: Store, r: Any, report: VerifyReport) -> Problem | None:
     where = f"artifact {r.id} ({r.format})"
-    if not _valid_name(store, r.digest, r.suffix):
+    if not valid_object_name(store, r.digest, r.suffix):
         return Problem("database", f"{where} has an invalid digest or suffix", None, r.id)
     path = store.objects.path(r.digest, r.suffix)
     rel = store.objects.relative(r.digest, r.suffix)
@@ -121,7 +122,7 @@ def _check_inline(store: Store, conn: Connection, report: VerifyReport,
         except Exception as exc:  # any failure to decode is what this check reports
             report.problems.append(Problem("inline", f"{where} does not decode: {exc}",
                                            None, r.id))
-        _tick(progress, "decoding inline values", report.inline, total)
+        tick(progress, "decoding inline values", report.inline, total)
 
 
 def _sqlite_checks(conn: Connection) -> list[Problem]:
@@ -136,7 +137,7 @@ def _sqlite_checks(conn: Connection) -> list[Problem]:
 
 def _unreferenced(store: Store, path: Path) -> Problem:
     rel = str(path.relative_to(store.root))
-    if _object_name(store, path):
+    if is_object_name(store, path):
         return Problem("orphan", f"{rel} has no row (left by an interrupted write; "
                        "`provstore gc` removes it)", rel)
     return Problem("stray", f"{rel} was not written by provstore", rel)
@@ -144,7 +145,7 @@ def _unreferenced(store: Store, path: Path) -> Problem:
 
 def _annotate(store: Store, report: VerifyReport) -> None:
     ids = {p.artifact_id for p in report.problems if p.artifact_id is not None}
-    bindings, calls = _bindings_of(store, ids), _calls_of(store, ids)
+    bindings, calls = bindings_of(store, ids), calls_of(store, ids)
     report.problems[:] = [
         p if p.artifact_id is None else Problem(
             p.kind, p.message, p.path, p.artifact_id,

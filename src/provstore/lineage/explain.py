@@ -1,7 +1,7 @@
-"""Explaining results: why a call ran, and what differs from an earlier one.
+"""Explaining results: what differs between two calls' code and inputs.
 
-Used by :meth:`provstore.History.explain` / ``ctx.explain(name)`` and by
-:meth:`provstore.TrackedFunction.explain`.
+Used by :meth:`provstore.History.explain` / ``ctx.explain(name)``, by
+:meth:`provstore.TrackedFunction.explain` and by the lineage diff.
 """
 
 from __future__ import annotations
@@ -12,13 +12,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .lineage import (
-    History,
-    InputInfo,
-)
-from .lineage_graph import LineageReader
+from ..codeversion import CodeVersion
+from ..store import Store
+from .model import InputInfo
+from .reader import LineageReader
 
-__all__ = ["changed_items", "explain_call", "explain_history"]
+__all__ = ["changed_items", "code_changes", "differences", "explain_call"]
 
 class _Recipe(Protocol):
     """What a call's key is made of: a recorded call, or one about to be made."""
@@ -50,29 +49,7 @@ class _Prospect:
     inputs: dict[str, InputInfo]
 
 
-def explain_history(h: History) -> str:
-    """See :meth:`provstore.lineage.History.explain`."""
-    v = h.latest
-    if v.deleted:
-        return f"{h.path} was deleted (v{v.number})"
-    new = v.call
-    if new is None:
-        return (f"{h.path} v{v.number} was not computed by a tracked call: "
-                f"assigned at {v.origin or 'an unknown place'}")
-    head = f"{h.path} v{v.number}: {new}"
-    before = next((p for p in reversed(h.versions[:-1]) if p.call is not None), None)
-    if before is None or before.call is None:
-        return f"{head}\nfirst computation: no earlier version of {h.name} came from a tracked call"
-    old = before.call
-    if old.id == new.id:
-        return f"{head}\nsame call as v{before.number}: its result was reused, not recomputed"
-    lines = [head, f"compared with v{before.number}: {old}"]
-    if new.id < old.id:
-        lines.append(f"(call {new.id} is older than call {old.id}: a cached result was reused)")
-    return "\n".join(lines + differences(old, new))
-
-
-def explain_call(store: Any, function: str, key: str, code: Any,
+def explain_call(store: Store, function: str, key: str, code: CodeVersion,
                  inputs: dict[str, InputInfo]) -> str:
     """Explain a call about to be made (:meth:`provstore.TrackedFunction.explain`).
 
@@ -116,7 +93,7 @@ def differences(old: _Recipe, new: _Recipe) -> list[str]:
         lines.append(f"code: unchanged ({new.code_digest[:12]})")
     else:
         lines.append(f"code: changed, {old.code_digest[:12]} → {new.code_digest[:12]}")
-        lines.extend(_code_changes(old, new))
+        lines.extend(code_changes(old, new))
     changed, same = [], []
     for name in [*new.inputs, *(n for n in old.inputs if n not in new.inputs)]:
         o, n = old.inputs.get(name), new.inputs.get(name)
@@ -139,7 +116,8 @@ def differences(old: _Recipe, new: _Recipe) -> list[str]:
     return lines
 
 
-def _code_changes(old: _Recipe, new: _Recipe) -> list[str]:
+def code_changes(old: _Recipe, new: _Recipe) -> list[str]:
+    """Lines telling how the code versions of two calls differ: pin, dependencies, source."""
     lines = []
     if old.pinned != new.pinned:
         lines.append(f"  pinned version: {old.pinned!r} → {new.pinned!r}")

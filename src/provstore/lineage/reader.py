@@ -1,230 +1,59 @@
-"""Reading lineage: calls of versions and the upstream graph.
+"""Reading lineage: rows of the store's database turned into the lineage model.
 
-:class:`LineageReader` turns rows into :class:`~provstore.lineage.CallInfo`
-objects in batches (one query per table for any number of calls, chunked
-under SQLite's parameter limit) and walks the upstream graph with one
-recursive query (:data:`provstore.db.queries.UPSTREAM_CALLS`).
+:class:`LineageReader` reads calls in batches (one query per table for any
+number of calls, chunked under SQLite's parameter limit), walks the upstream
+graph with one recursive query (:data:`provstore.db.lineage_queries.UPSTREAM_CALLS`)
+and the downstream one likewise. It is the only part of :mod:`provstore.lineage`
+that runs SQL.
 """
 
 from __future__ import annotations
 
 import bisect
 import json
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
-from . import hashing
-from .db import lineage_queries as lq
-from .lineage import (
+from sqlalchemy import Executable
+
+from .. import hashing
+from ..db import lineage_queries as lq
+from ..runs import status_of
+from ..store import Store
+from .model import (
     DEFAULT_DEPTH,
     BoundName,
     CallInfo,
+    CallSource,
+    Edge,
     InputInfo,
+    LineageGraph,
+    Node,
     RunInfo,
     Version,
     describe_artifact,
 )
-from .runs import status_of
 
-__all__ = ["Edge", "LineageGraph", "LineageReader", "Node"]
+__all__ = ["LineageReader", "VersionCalls", "version_from_row"]
 
 CHUNK = 500  # ids per IN list: far below SQLite's 32,766 bound parameters
 NAMES_SHOWN = 5  # bindings listed per artifact
 
 
-@dataclass(frozen=True)
-class Node:
-    """A node of a lineage graph.
-
-    Attributes
-    ----------
-    id : str
-        ``artifact:<id>``, ``call:<id>``, ``file:<path>`` or ``assignment:<file:line>``.
-    kind : str
-        ``"artifact"``, ``"call"``, ``"file"`` or ``"assignment"``.
-    label : str
-        A short human-readable description.
-    depth : int
-        Call levels between the node and the walked version (0 at the version).
-    artifact_id : int or None
-        For artifact nodes.
-    call : CallInfo or None
-        For call nodes.
-    path : str or None
-        The file of a file node; ``file:line`` of an assignment node.
-    names : tuple of BoundName
-        For artifact nodes: a few bindings of the artifact.
-    truncated : bool
-        An artifact whose producing call lies beyond the depth limit.
-    """
-
-    id: str
-    kind: str
-    label: str
-    depth: int = 0
-    artifact_id: int | None = None
-    call: CallInfo | None = None
-    path: str | None = None
-    digest: str | None = None
-    names: tuple[BoundName, ...] = ()
-    truncated: bool = False
-
-
-@dataclass(frozen=True)
-class Edge:
-    """A typed edge, from the upstream node to the downstream one.
-
-    ``kind`` is ``"output"`` (call → artifact), ``"input"`` (artifact or
-    file → call; ``name`` is the argument), ``"ingested"`` (file →
-    artifact) or ``"assigned"`` (assignment → artifact).
-    """
-
-    source: str
-    target: str
-    kind: str
-    name: str | None = None
-
-
-@dataclass
-class LineageGraph:
-    """The upstream lineage of one version: what it was computed from.
-
-    ``len(graph)`` is the number of nodes; iterating yields the nodes, and
-    ``graph["call:3"]`` looks one up.
-
-    Attributes
-    ----------
-    root : Node
-        The version's artifact.
-    nodes : list of Node
-        Every node, the root first.
-    edges : list of Edge
-        Every edge, upstream → downstream.
-    truncated : bool
-        Whether the walk stopped at the depth limit with lineage left to walk.
-    """
-
-    root: Node
-    nodes: list[Node] = field(default_factory=list)
-    edges: list[Edge] = field(default_factory=list)
-    truncated: bool = False
-    _index: dict[str, Node] = field(default_factory=dict, repr=False)
-    _into: dict[str, list[Edge]] = field(default_factory=dict, repr=False)
-    _producers: dict[tuple[str, str | None], str] = field(default_factory=dict, repr=False)
-
-    def __len__(self) -> int:
-        return len(self.nodes)
-
-    def __iter__(self) -> Iterator[Node]:
-        return iter(self.nodes)
-
-    def __contains__(self, node: object) -> bool:
-        return (node.id if isinstance(node, Node) else node) in self._index
-
-    def __getitem__(self, node_id: str) -> Node:
-        return self._index[node_id]
-
-    def of_kind(self, kind: str) -> list[Node]:
-        """The nodes of one kind (``"artifact"``, ``"call"``, ``"file"``, ``"assignment"``)."""
-        return [n for n in self.nodes if n.kind == kind]
-
-    def edges_of(self, kind: str) -> list[Edge]:
-        """The edges of one kind (``"output"``, ``"input"``, ``"ingested"``, ``"assigned"``)."""
-        return [e for e in self.edges if e.kind == kind]
-
-    def calls(self) -> list[CallInfo]:
-        """The calls, nearest to the version first."""
-        return [n.call for n in self.nodes if n.call is not None]
-
-    def parents(self, node_id: str) -> list[tuple[Edge, Node]]:
-        """The edges into *node_id* with their upstream nodes."""
-        return [(e, self._index[e.source]) for e in self._into.get(node_id, [])]
-
-    def producer(self, artifact_node: str, consumer: str | None = None) -> Node | None:
-        """The call that made an artifact, as read by *consumer* (a call node id).
-
-        An artifact recomputed later can have several producers; each
-        consumer read the one made before it. ``consumer=None`` asks for the
-        producer of the root.
-        """
-        found = self._producers.get((artifact_node, consumer))
-        return None if found is None else self._index[found]
-
-    def to_dot(self) -> str:
-        """The graph in Graphviz DOT (``dot -Tsvg``), upstream on the left."""
-        shapes = {"artifact": "box", "call": "ellipse", "file": "note", "assignment": "plaintext"}
-        lines = ["digraph lineage {", "  rankdir=LR;", '  node [fontname="Helvetica"];']
-        for n in self.nodes:
-            lines.append(f"  {_dot_id(n.id)} [label={_dot_id(n.label)}, shape={shapes[n.kind]}];")
-        for e in self.edges:
-            attrs = f" [label={_dot_id(e.name)}]" if e.name else ""
-            lines.append(f"  {_dot_id(e.source)} -> {_dot_id(e.target)}{attrs};")
-        lines.append("}")
-        return "\n".join(lines) + "\n"
-
-    def to_frame(self) -> Any:
-        """One row per node: id, kind, label, depth, artifact and call ids, function, path.
-
-        Raises
-        ------
-        ImportError
-            pandas is not installed.
-        """
-        try:
-            import pandas as pd
-        except ImportError as exc:
-            raise ImportError(
-                "LineageGraph.to_frame() needs pandas (pip install pandas); "
-                "graph.nodes and graph.edges hold the same data"
-            ) from exc
-        rows = [{"id": n.id, "kind": n.kind, "label": n.label, "depth": n.depth,
-                 "artifact_id": n.artifact_id, "call_id": n.call.id if n.call else None,
-                 "function": n.call.function if n.call else None, "digest": n.digest,
-                 "path": n.path, "names": [b.path for b in n.names]} for n in self.nodes]
-        return pd.DataFrame(rows, columns=["id", "kind", "label", "depth", "artifact_id",
-                                           "call_id", "function", "digest", "path", "names"])
-
-    def __repr__(self) -> str:
-        kinds = {k: len(self.of_kind(k)) for k in ("artifact", "call", "file", "assignment")}
-        counts = ", ".join(f"{v} {k}s" for k, v in kinds.items() if v)
-        title = self.root.label.splitlines()[0]
-        return f"<LineageGraph of {title!r}: {counts}, {len(self.edges)} edges>"
-
-    # -------------------------------------------------------- construction
-    def _add(self, node: Node) -> Node:
-        found = self._index.get(node.id)
-        if found is not None:
-            return found
-        self._index[node.id] = node
-        self.nodes.append(node)
-        return node
-
-    def _link(self, edge: Edge) -> None:
-        into = self._into.setdefault(edge.target, [])
-        if edge not in into:  # an edge is found once per path that reaches it
-            into.append(edge)
-            self.edges.append(edge)
-
-
-def _dot_id(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{escaped}"'
-
-
 class LineageReader:
     """Batched reads of calls and lineage from one store (calls cached: they never change)."""
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Store) -> None:
         self._store = store
         self._calls: dict[int, CallInfo] = {}
 
-    def _rows(self, statement: Any, ids: Iterable[Any], key: str = "ids",
+    def _rows(self, statement: Executable, ids: Iterable[Any], key: str = "ids",
               **params: Any) -> list[Any]:
         unique = sorted(set(ids))
         rows: list[Any] = []
         for i in range(0, len(unique), CHUNK):
-            rows.extend(self._store._query(statement, {key: unique[i:i + CHUNK], **params}).all())
+            rows.extend(self._store.query(statement, {key: unique[i:i + CHUNK], **params}).all())
         return rows
 
     # ------------------------------------------------------------ calls
@@ -281,7 +110,7 @@ class LineageReader:
 
     def latest_done_call(self, function: str) -> int | None:
         """The newest finished call of *function* (``module:qualname``), if any."""
-        found = self._store._query(lq.LATEST_DONE_CALL_OF, {"function": function}).scalar()
+        found = self._store.query(lq.LATEST_DONE_CALL_OF, {"function": function}).scalar()
         return None if found is None else int(found)
 
     def with_names(self, inputs: dict[str, InputInfo]) -> dict[str, InputInfo]:
@@ -293,6 +122,28 @@ class LineageReader:
                   replace(i, artifact_id=by_digest.get(i.digest)) for n, i in inputs.items()}
         names = self.names(i.artifact_id for i in linked.values() if i.artifact_id is not None)
         return {n: _named(i, names) for n, i in linked.items()}
+
+    # ------------------------------------------------------- downstream
+    def downstream_bindings(self, artifact_id: int, max_depth: int) -> list[Any]:
+        """Current bindings made, through up to *max_depth* calls, from *artifact_id*."""
+        return list(self._store.query(lq.DOWNSTREAM_BINDINGS,
+                                      {"root": artifact_id, "max_depth": max_depth}).all())
+
+    def called_bindings_below(self, scope: str) -> list[Any]:
+        """Current bindings at and below *scope* that a tracked call produced."""
+        prefix = f"{scope}/" if scope else ""
+        pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        return list(self._store.query(lq.CALLED_BINDINGS_BELOW,
+                                      {"path": scope, "pattern": pattern}).all())
+
+    def bindings_of_artifacts(self, artifact_ids: Iterable[int]) -> list[Any]:
+        """Every binding of the artifacts, with the current head of its name."""
+        return self._rows(lq.BINDINGS_OF_ARTIFACTS, artifact_ids)
+
+    def run_packages(self, run_ids: list[int]) -> dict[int, dict[str, str] | None]:
+        """The recorded package versions of each run."""
+        return {r.id: json.loads(r.packages) if r.packages else None
+                for r in self._store.query(lq.RUN_PACKAGES, {"ids": run_ids}).all()}
 
     # ---------------------------------------------------------- upstream
     def upstream(self, artifact_id: int, call_id: int | None, *, origin: str | None,
@@ -308,19 +159,19 @@ class LineageReader:
             raise ValueError(f"depth must be at least 1, not {depth}")
         walked: dict[int, int] = {}
         if call_id is not None:
-            rows = self._store._query(lq.UPSTREAM_CALLS, {"root": call_id, "max_depth": depth})
+            rows = self._store.query(lq.UPSTREAM_CALLS, {"root": call_id, "max_depth": depth})
             walked = {int(r.call_id): int(r.depth) for r in rows.all()}
         calls = self.calls(walked)
         details = {r.id: r for r in self._rows(lq.ARTIFACTS_BY_IDS, [artifact_id, *(
             i.artifact_id for c in calls.values() if walked[c.id] < depth
             for i in c.inputs.values() if i.artifact_id is not None)])}
         g = LineageGraph(root=_artifact_node(artifact_id, (name,), 0, details))
-        g._add(g.root)
+        g.add(g.root)
         leaves: dict[int, tuple[str, int]] = {}  # artifact id → (node id, depth)
         if call_id in calls:
-            root_call = g._add(_call_node(calls[call_id], 0))
-            g._link(Edge(root_call.id, g.root.id, "output"))
-            g._producers[(g.root.id, None)] = root_call.id
+            root_call = g.add(_call_node(calls[call_id], 0))
+            g.link(Edge(root_call.id, g.root.id, "output"))
+            g.set_producer(g.root.id, None, root_call.id)
             self._expand(g, calls, walked, depth, details, leaves)
         else:
             leaves[artifact_id] = (g.root.id, 0)
@@ -340,27 +191,27 @@ class LineageReader:
         for cid in sorted(walked, key=lambda c: (walked[c], -c)):
             if walked[cid] >= depth or cid not in calls:
                 continue  # one level past the limit: only tells that lineage goes on
-            consumer = g._add(_call_node(calls[cid], walked[cid]))
+            consumer = g.add(_call_node(calls[cid], walked[cid]))
             for arg, i in calls[cid].inputs.items():
                 if i.artifact_id is None:
                     if i.file_path is not None:
-                        f = g._add(Node(f"file:{i.file_path}", "file", i.file_path,
+                        f = g.add(Node(f"file:{i.file_path}", "file", i.file_path,
                                         walked[cid] + 1, path=i.file_path))
-                        g._link(Edge(f.id, consumer.id, "input", arg))
+                        g.link(Edge(f.id, consumer.id, "input", arg))
                     continue
                 makers = made_by.get(i.artifact_id, [])
                 k = bisect.bisect_left(makers, cid)
                 producer = makers[k - 1] if k else None
                 beyond = producer is not None and walked[producer] >= depth
-                node = g._add(_artifact_node(i.artifact_id, i.names, walked[cid] + 1, details,
+                node = g.add(_artifact_node(i.artifact_id, i.names, walked[cid] + 1, details,
                                              truncated=beyond))
-                g._link(Edge(node.id, consumer.id, "input", arg))
+                g.link(Edge(node.id, consumer.id, "input", arg))
                 if beyond:
                     g.truncated = True
                 elif producer is not None:
-                    made = g._add(_call_node(calls[producer], walked[producer]))
-                    g._link(Edge(made.id, node.id, "output"))
-                    g._producers[(node.id, consumer.id)] = made.id
+                    made = g.add(_call_node(calls[producer], walked[producer]))
+                    g.link(Edge(made.id, node.id, "output"))
+                    g.set_producer(node.id, consumer.id, made.id)
                 else:
                     leaves[i.artifact_id] = (node.id, walked[cid] + 1)
 
@@ -372,8 +223,8 @@ class LineageReader:
         ingested: set[int] = set()
         for r in self._rows(lq.FILES_OF_ARTIFACTS, leaves):
             node_id, d = leaves[r.artifact_id]
-            f = g._add(Node(f"file:{r.path}", "file", r.path, d, path=r.path))
-            g._link(Edge(f.id, node_id, "ingested"))
+            f = g.add(Node(f"file:{r.path}", "file", r.path, d, path=r.path))
+            g.link(Edge(f.id, node_id, "ingested"))
             ingested.add(r.artifact_id)
         origins = {int(r.artifact_id): r.origin for r in self._rows(
             lq.ASSIGNMENTS_OF_ARTIFACTS, set(leaves) - ingested)}
@@ -383,9 +234,9 @@ class LineageReader:
             origins[g.root.artifact_id] = root_origin
         for artifact_id, where in sorted(origins.items()):
             node_id, d = leaves[artifact_id]
-            a = g._add(Node(f"assignment:{where}", "assignment", f"assigned at {where}", d,
+            a = g.add(Node(f"assignment:{where}", "assignment", f"assigned at {where}", d,
                             path=where))
-            g._link(Edge(a.id, node_id, "assigned"))
+            g.link(Edge(a.id, node_id, "assigned"))
 
 
 def _named(i: InputInfo, names: dict[int, tuple[tuple[BoundName, ...], int]]) -> InputInfo:
@@ -432,3 +283,48 @@ def _artifact_node(artifact_id: int, names: tuple[BoundName, ...], depth: int,
 def _call_node(call: CallInfo, depth: int) -> Node:
     return Node(f"call:{call.id}", "call", f"{call.function}\n{call.code_digest[:12]}", depth,
                 call=call)
+
+
+class VersionCalls:
+    """The :class:`~provstore.lineage.model.CallSource` of one history's versions.
+
+    Resolves the calls of all versions together, on first use, so reading a
+    history costs one query and its calls a bounded few more.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.reader = LineageReader(store)
+        self.versions: list[Version] = []
+        self._by_number: dict[int, CallInfo | None] | None = None
+
+    def call_of(self, version: Version) -> CallInfo | None:
+        """The producing call of *version* (see :meth:`LineageReader.version_calls`)."""
+        if self._by_number is None:
+            self._by_number = self.reader.version_calls(self.versions)
+        return self._by_number.get(version.number)
+
+    def upstream(self, version: Version, *, depth: int) -> LineageGraph:
+        """The lineage graph of *version*, walked *depth* call levels up."""
+        assert version.artifact_id is not None
+        call = version.call
+        return self.reader.upstream(
+            version.artifact_id, call.id if call is not None else None, origin=version.origin,
+            name=BoundName(version.path, True), depth=depth,
+        )
+
+    def run_packages(self, run_ids: list[int]) -> dict[int, dict[str, str] | None]:
+        """See :meth:`LineageReader.run_packages`."""
+        return self.reader.run_packages(run_ids)
+
+
+def version_from_row(scope: str, name: str, r: Any, source: CallSource | None) -> Version:
+    """A :class:`Version` from a :data:`provstore.db.queries.VERSIONS` row."""
+    run = None
+    if r.run_id is not None:
+        run = RunInfo(r.run_id, r.host, r.pid, r.user, r.run_started,
+                      status_of(r.run_status, r.run_heartbeat))
+    return Version(
+        number=r.version, scope=scope, name=name, artifact_id=r.artifact_id, digest=r.digest,
+        format=r.format, size=r.size, summary=json.loads(r.summary) if r.summary else {},
+        created=r.created, origin=r.origin, run=run, call_id=r.call_id, lineage=source,
+    )
