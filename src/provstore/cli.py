@@ -106,23 +106,49 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # ------------------------------------------------------------------ output
+def _terminal() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 def _console() -> Console:
-    # Created per command: CliRunner swaps sys.stdout, and folding instead of
-    # cropping keeps every name in narrow or non-terminal output.
-    return Console(highlight=False, soft_wrap=False)
+    # Created per command: CliRunner swaps sys.stdout. On a terminal, tables
+    # fold long cells; in a pipe or a file nothing is wrapped, so every row
+    # of a plain listing stays one line.
+    return Console(highlight=False, soft_wrap=not _terminal())
 
 
 def _echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-def _table(title: str | None, columns: list[str], rows: list[list[Any]]) -> Table:
+def _show(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:
+    """Print a rich table on a terminal; tab-separated lines to pipes and files.
+
+    The plain form has a header line of column names, preceded by ``# title``
+    when the listing has one; tabs, newlines and backslashes inside cells are
+    written ``\\t``, ``\\n`` and ``\\\\``, so every row is one line for ``cut`` and
+    ``awk``.
+    """
+    if not _terminal():
+        lines = [f"# {title}"] if title else []
+        lines += ["\t".join(columns)]
+        lines += ["\t".join(_plain(cell) for cell in row) for row in rows]
+        click.echo("\n".join(lines))
+        return
     table = Table(title=title, title_justify="left", show_edge=False)
     for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:  # Text cells: names must never be read as rich markup
         table.add_row(*(Text("" if cell is None else str(cell)) for cell in row))
-    return table
+    _console().print(table)
+
+
+def _plain(cell: Any) -> str:
+    text = "" if cell is None else str(cell)
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
 
 
 @contextmanager
@@ -177,13 +203,12 @@ def ls_command(env: _Env, scope: str, inherited: bool, as_json: bool) -> None:
         _echo_json({"scope": view.path, "names": [_version_dict(v) for v in latest],
                     "scopes": children})
         return
-    console = _console()
     rows = [[v.name, v.scope if v.scope != view.path else "", f"v{v.number}", v.describe(),
              v.created.strftime("%Y-%m-%d %H:%M")] for v in latest]
-    console.print(_table(f"names in {display(view.path)}",
-                         ["name", "inherited from", "version", "value", "created"], rows))
+    _show(f"names in {display(view.path)}",
+          ["name", "inherited from", "version", "value", "created"], rows)
     if children:
-        console.print(_table("scopes", ["scope"], [[c] for c in children]))
+        _show("scopes", ["scope"], [[c] for c in children])
 
 
 @cli.command("show")
@@ -207,7 +232,7 @@ def show_command(env: _Env, name: str, as_json: bool) -> None:
         ["dtype", v.summary.get("dtype")], ["shape", v.summary.get("shape")],
         ["digest", v.digest], ["size", v.size], ["created", v.created], ["run", run],
         ["origin", v.origin], ["call", call]]
-    _console().print(_table(None, ["field", "value"], [r for r in rows if r[1] is not None]))
+    _show(None, ["field", "value"], [r for r in rows if r[1] is not None])
 
 
 @cli.command("history")
@@ -243,8 +268,7 @@ def runs_command(env: _Env, limit: int | None, as_json: bool) -> None:
              f"{r.user or '?'}@{r.host}:{r.pid}",
              (r.git_commit or "")[:10] + ("+dirty" if r.git_dirty else ""),
              " ".join(r.argv)] for r in runs]
-    _console().print(_table("runs", ["id", "status", "started", "ended", "where", "git",
-                                     "command"], rows))
+    _show("runs", ["id", "status", "started", "ended", "where", "git", "command"], rows)
 
 
 @cli.command("verify")
