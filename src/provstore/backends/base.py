@@ -29,6 +29,10 @@ _BUILTINS: dict[str, str] = {
     "npy": "provstore.backends.npy:NpyBackend",
     "nifti": "provstore.backends.nifti:NiftiBackend",
     "hdf5": "provstore.backends.hdf5:Hdf5Backend",
+    "parquet": "provstore.backends.parquet:ParquetBackend",
+    "netcdf": "provstore.backends.netcdf:NetcdfBackend",
+    "skops": "provstore.backends.skops:SkopsBackend",
+    "objects": "provstore.backends.objects:ObjectsBackend",
     "raw": "provstore.backends.raw:RawBackend",
     "pickle": "provstore.backends.pickle:PickleBackend",
 }
