@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from store_files import only_file
 
 import provstore
 from provstore.backends import registry
+from provstore.errors import BackendError
 from provstore.testing import BackendConformance
 
 BACKEND = registry.get("parquet")
@@ -142,3 +144,13 @@ def test_declined_values_fall_back_to_pickle(ctx: provstore.Context) -> None:
     pd.testing.assert_frame_equal(ctx.mixed, value)
     assert only_file(ctx, ".pkl").exists()
 
+
+
+def test_missing_pyarrow_says_how_to_install(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "df.parquet"
+    BACKEND.save(frames()[1], path)
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # what an absent package looks like
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(BackendError, match=r'pip install "provstore\[parquet\]"'):
+        BACKEND.load(path, {}, mmap_mode=None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from store_files import only_file, stored_files
 
 import provstore
 from provstore.backends import objects, registry
-from provstore.errors import UnsafeLoadError
+from provstore.errors import BackendError, UnsafeLoadError
 from provstore.testing import BackendConformance, assert_values_equal
 
 BACKEND = registry.get("skops")
@@ -155,3 +156,12 @@ def test_untrusted_estimator_under_safe(store_dir: Path) -> None:
         assert_same_estimator(safe.get("model"), model)
     finally:
         objects.untrust(ThresholdClassifier)
+
+
+def test_missing_skops_says_how_to_install(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "m.skops"
+    BACKEND.save(estimators()[0], path)
+    monkeypatch.setitem(sys.modules, "skops.io", None)  # what an absent package looks like
+    with pytest.raises(BackendError, match=r'pip install "provstore\[sklearn\]"'):
+        BACKEND.load(path, {}, mmap_mode=None)
