@@ -111,7 +111,10 @@ def _reading(path: Any, *, strict: bool = True) -> Iterator[None]:
 
     failures: tuple[type[BaseException], ...] = (tables.HDF5ExtError, OSError)
     if strict:
-        failures += (EOFError, ValueError, SyntaxError, tables.NoSuchNodeError)
+        # Damaged metadata also surfaces as SystemError (a negative size in
+        # PyTables' C code), OverflowError, KeyError, TypeError or MemoryError.
+        failures += (EOFError, ValueError, SyntaxError, tables.NoSuchNodeError, SystemError,
+                     OverflowError, KeyError, TypeError, MemoryError, RecursionError)
     try:
         with _quiet(), no_unpickling():
             yield
