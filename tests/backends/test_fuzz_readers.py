@@ -15,7 +15,7 @@ import pytest
 
 WORKER = Path(__file__).with_name("fuzz_readers.py")
 FORMATS = ["npy", "npy-structured", "hdf5", "nifti", "nifti-gz", "json", "parquet", "netcdf"]
-EXAMPLES = 200
+EXAMPLES = 300
 
 
 @pytest.mark.slow
