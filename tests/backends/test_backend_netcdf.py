@@ -147,3 +147,13 @@ def test_missing_h5netcdf_says_how_to_install(tmp_path: Path,
     monkeypatch.setitem(sys.modules, "h5netcdf", None)  # what an absent package looks like
     with pytest.raises(BackendError, match=r'pip install "provstore\[netcdf\]"'):
         BACKEND.load(path, {}, mmap_mode=None)
+
+
+@HASHED_BY_PICKLE
+def test_ingest_a_netcdf_file_written_by_xarray(ctx: provstore.Context, tmp_path: Path) -> None:
+    path = tmp_path / "field.nc"
+    ds = xr.Dataset({"v": (("t", "x"), np.arange(6.0).reshape(2, 3))}, coords={"x": [1, 2, 3]},
+                    attrs={"title": "from elsewhere"})
+    ds.to_netcdf(path)
+    ctx.field_file = provstore.File(path)
+    xr.testing.assert_identical(ctx.field_file, ds)

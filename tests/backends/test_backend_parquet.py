@@ -154,3 +154,11 @@ def test_missing_pyarrow_says_how_to_install(tmp_path: Path,
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     with pytest.raises(BackendError, match=r'pip install "provstore\[parquet\]"'):
         BACKEND.load(path, {}, mmap_mode=None)
+
+
+def test_ingest_a_parquet_file_written_by_pandas(ctx: provstore.Context, tmp_path: Path) -> None:
+    path = tmp_path / "table.parquet"
+    frame = frames()[1]
+    frame.to_parquet(path)
+    ctx.table_file = provstore.File(path)
+    pd.testing.assert_frame_equal(ctx.table_file, frame, check_exact=True)
