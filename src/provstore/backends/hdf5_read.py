@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from numpy.lib import format as npformat
 
-from ..errors import BackendError, CorruptObjectError, UnsafeLoadError
+from ..errors import BackendError, CorruptObjectError, ProvstoreError, UnsafeLoadError
 from . import limits
 
 __all__ = ["H5Array", "H5Group", "H5List", "no_unpickling"]
@@ -125,6 +125,8 @@ def _reading(path: Any, *, strict: bool = True) -> Iterator[None]:
             f"{path} stores attributes pickled (PyTables 1.x files do), and provstore never "
             "unpickles; convert it with `ptrepack` from a trusted environment"
         ) from exc
+    except ProvstoreError:
+        raise  # already says what is wrong (a limit, a corrupt node)
     except failures as exc:
         missing = _MISSING_FILTER.search(str(exc))
         if missing:  # a compression plugin (lzo, szip...) is absent: the file is fine
