@@ -177,6 +177,14 @@ class CustomReduce:
         return (CustomReduce, ())
 
 
+class Registry(dict[str, int]):
+    """Its items live in the dict, not in __dict__."""
+
+
+class Failure(Exception):
+    """Its args live in the exception object, not in __dict__."""
+
+
 def declined() -> list[Any]:
     def local_class() -> Any:
         class Local:
@@ -195,6 +203,9 @@ def declined() -> list[Any]:
         CustomReduce(),
         cyclic,
         Slotted(1, np.array([object()], dtype=object)),
+        Registry(a=1),
+        Failure("message"),
+        Point(1.0, Registry(b=2)),  # type: ignore[arg-type]
     ]
 
 

@@ -45,6 +45,7 @@ _renamed: dict[str, str] = {}
 _LEAVES = (bool, int, float, complex, str, bytes, type(None))
 _CONTAINERS = (dict, list, tuple)
 _HDF5 = Hdf5Backend()
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: set for classes created by class statements
 
 
 # ----------------------------------------------------------------------------- registries
@@ -220,12 +221,23 @@ def _is_user_object(obj: Any) -> bool:
         return False
     if "<locals>" in kind.__qualname__:
         return False  # no path to import it from when loading
+    if not all(klass is object or _python_class(klass) for klass in kind.__mro__):
+        return False  # a dict/list/int/exception subclass keeps data outside __dict__
     # A class with its own __reduce__ follows pickle's protocol, which we do not replay.
     if kind.__reduce_ex__ is not object.__reduce_ex__ or kind.__reduce__ is not object.__reduce__:
         return False
     if _custom_getstate(kind):
         return True
     return hasattr(obj, "__dict__") or bool(_slot_names(kind))
+
+
+def _python_class(klass: type) -> bool:
+    """Whether *klass* is a class statement's (its instances' data is in __dict__/slots).
+
+    Built-in and C extension types (not heap types) keep their data in C
+    fields that neither ``__dict__`` nor ``__slots__`` show.
+    """
+    return bool(klass.__flags__ & _HEAPTYPE) and klass.__module__ != "builtins"
 
 
 def _custom_getstate(kind: type) -> bool:
