@@ -83,8 +83,8 @@ class ParquetBackend(Backend):
             return False
         pd = sys.modules["pandas"]
         if type(obj) is pd.Series:
-            return _valid_series_name(obj.name) and _exact_frame(pd, obj.to_frame(
-                name=_series_column(obj.name)), series=True)
+            return _valid_series_name(obj.name) and _json_exact(obj.attrs) and _exact_frame(
+                pd, obj.to_frame(name=_series_column(obj.name)), series=True)
         return type(obj) is pd.DataFrame and _exact_frame(pd, obj, series=False)
 
     def save(self, obj: Any, path: Path, **options: Any) -> dict[str, Any]:
@@ -172,7 +172,7 @@ def _exact_frame(pd: Any, frame: Any, *, series: bool) -> bool:
         return False
     if not _json_exact(frame.attrs):
         return False
-    if not all(_exact_column(pd, frame.iloc[:, i]) for i in range(frame.shape[1])):
+    if not all(_exact_values(pd, frame.iloc[:, i]) for i in range(frame.shape[1])):
         return False
     return _exact_index(pd, frame.index)
 
@@ -200,10 +200,6 @@ def _exact_index(pd: Any, index: Any) -> bool:
     if freq is not None and type(index) not in (pd.DatetimeIndex, pd.TimedeltaIndex):
         return False
     return _exact_values(pd, index)
-
-
-def _exact_column(pd: Any, column: Any) -> bool:
-    return _exact_values(pd, column)
 
 
 def _exact_values(pd: Any, values: Any) -> bool:
