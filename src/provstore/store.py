@@ -369,8 +369,11 @@ class Store:
                 "changed or truncated after it was stored; rebind the name from its source"
             )
         mode = mmap_mode if backend.supports_mmap else None
+        options = dict(options or {})
+        if backend.checks_trust:  # set last: a caller's option cannot turn the check off
+            options["safe"] = self.safe
         try:
-            return backend.load(path, row.meta, mmap_mode=mode, **(options or {}))
+            return backend.load(path, row.meta, mmap_mode=mode, **options)
         except CorruptObjectError as exc:
             raise CorruptObjectError(f"{where}: {exc}") from exc
 
