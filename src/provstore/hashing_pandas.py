@@ -92,6 +92,8 @@ def _feed_values(h: Hasher, values: Any) -> None:
         feed_array(h, np.asarray(values.tz_convert(None)))  # UTC instants; tz is in the dtype
     elif isinstance(values, (pd.arrays.DatetimeArray, pd.arrays.TimedeltaArray)):
         feed_array(h, np.asarray(values))
+    elif isinstance(values, pd.arrays.PeriodArray):  # ordinals; the frequency is in the dtype
+        feed_array(h, np.asarray(values.asi8))
     else:
         _feed_masked(h, values)
 
