@@ -128,8 +128,7 @@ def class_name(cls: type) -> str:
     A script's ``__main__`` is also ``__mp_main__`` in spawned workers: both
     are spelt ``__main__`` so a value hashes alike in the parent and a worker.
     """
-    module = cls.__module__
-    return f"{'__main__' if module == '__mp_main__' else module}.{cls.__qualname__}"
+    return _qualified(cls)
 
 
 def _framed(tag: bytes, payload: bytes) -> bytes:
@@ -359,7 +358,7 @@ def _feed_nifti(h: Hasher, img: Any) -> None:
     # Header fields that nibabel rewrites on save (vox_offset, dtype...) are
     # synchronised first, so an image and its reload hash alike.
     img.update_header()
-    h.tagged(b"I", type(img).__name__.encode())
+    h.tagged(b"I", class_name(type(img)).encode())
     h.tagged(b"H", bytes(img.header.binaryblock))
     _feed_array(h, np.asarray(img.affine, dtype=np.float64))
     _feed_array(h, np.asanyarray(img.dataobj))
@@ -386,10 +385,12 @@ def _feed_code(h: Hasher, code: types.CodeType) -> None:
 
 
 def _feed_function(h: Hasher, fn: types.FunctionType) -> None:
-    h.tagged(b"F", _qualified(fn).encode())
+    h.tagged(b"L", _qualified(fn).encode())
     active = h.active()
     if id(fn) in active:  # a recursive closure: already being fed
+        h.raw(b"^")
         return
+    h.raw(b"=")
     active.add(id(fn))
     try:
         _feed_code(h, fn.__code__)
@@ -422,13 +423,12 @@ def _feed_callable(h: Hasher, obj: Any) -> bool:
         h.tagged(b"C", class_name(type(obj)).encode())
         feed(h, (obj.func, obj.args, obj.keywords, dict(getattr(obj, "__dict__", {}))))
     elif isinstance(obj, types.BuiltinFunctionType):  # len, math.sqrt, [].append
-        h.tagged(b"Bf", obj.__name__.encode())
-        owner = obj.__self__
-        feed(h, None if owner is None else owner)
+        h.tagged(b"W", obj.__name__.encode())
+        feed(h, obj.__self__)  # None, its module, or the object of a bound builtin method
     elif isinstance(obj, type):
-        h.tagged(b"T", class_name(obj).encode())
+        h.tagged(b"J", class_name(obj).encode())
     elif isinstance(obj, types.ModuleType):
-        h.tagged(b"Mo", obj.__name__.encode())
+        h.tagged(b"Y", obj.__name__.encode())
     else:
         return False
     return True
@@ -532,6 +532,9 @@ def _feed_pickle(h: Hasher, obj: Any) -> None:
     h.tagged(b"k", buf.getvalue())
 
 
+# The first byte of every value's encoding says what follows, so no encoding is
+# a prefix of another's. In use: N T F i f c s b B m ( [ { < S Z . a O g C E D
+# U P K L M W J Y I. Pick an unused byte for a new kind of value.
 _EXACT: dict[type, Callable[[Hasher, Any], None]] = {
     type(None): _feed_none,
     bool: _feed_bool,
