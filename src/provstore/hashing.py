@@ -25,13 +25,11 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import functools
 import io
 import operator
 import os
 import pickle
 import struct
-import types
 import warnings
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable
@@ -42,6 +40,7 @@ import numpy as np
 import xxhash
 
 from .errors import UnsupportedTypeError
+from .hashing_callables import feed_callable, qualified_name
 
 __all__ = ["ALGORITHM", "SCHEME_VERSION", "Hasher", "array_digest", "class_name", "digest",
            "feed", "feed_array", "file_digest"]
@@ -128,7 +127,7 @@ def class_name(cls: type) -> str:
     A script's ``__main__`` is also ``__mp_main__`` in spawned workers: both
     are spelt ``__main__`` so a value hashes alike in the parent and a worker.
     """
-    return _qualified(cls)
+    return qualified_name(cls)
 
 
 def _framed(tag: bytes, payload: bytes) -> bytes:
@@ -369,71 +368,6 @@ def _is_nibabel_image(obj: Any) -> bool:
     return mod.startswith("nibabel.") and hasattr(obj, "dataobj") and hasattr(obj, "header")
 
 
-def _feed_code(h: Hasher, code: types.CodeType) -> None:
-    # Bytecode with what it indexes (names, constants); not line numbers, so
-    # moving a function in its file keeps its digest.
-    h.tagged(b"x", code.co_code)
-    h.tagged(b"n", "\0".join((*code.co_names, "|", *code.co_varnames)).encode())
-    h.raw(struct.pack("<4Q", code.co_argcount, code.co_posonlyargcount,
-                      code.co_kwonlyargcount, code.co_flags))
-    h.raw(b"k" + _Q(len(code.co_consts)))
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            _feed_code(h, const)
-        else:
-            feed(h, const)
-
-
-def _feed_function(h: Hasher, fn: types.FunctionType) -> None:
-    h.tagged(b"L", _qualified(fn).encode())
-    active = h.active()
-    if id(fn) in active:  # a recursive closure: already being fed
-        h.raw(b"^")
-        return
-    h.raw(b"=")
-    active.add(id(fn))
-    try:
-        _feed_code(h, fn.__code__)
-        feed(h, fn.__defaults__)
-        feed(h, fn.__kwdefaults__)
-        for cell in fn.__closure__ or ():
-            try:
-                feed(h, cell.cell_contents)
-            except ValueError:  # a cell not filled yet
-                h.raw(b"e")
-    finally:
-        active.discard(id(fn))
-
-
-def _qualified(obj: Any) -> str:
-    module = getattr(obj, "__module__", None) or ""
-    module = "__main__" if module == "__mp_main__" else module
-    return f"{module}.{getattr(obj, '__qualname__', getattr(obj, '__name__', ''))}"
-
-
-def _feed_callable(h: Hasher, obj: Any) -> bool:
-    """Feed functions, methods, partials, classes and modules; False if *obj* is none."""
-    if isinstance(obj, types.FunctionType):
-        _feed_function(h, obj)
-    elif isinstance(obj, types.MethodType):  # keyed with the instance it is bound to
-        h.raw(b"M")
-        feed(h, obj.__func__)
-        feed(h, obj.__self__)
-    elif isinstance(obj, functools.partial):
-        h.tagged(b"C", class_name(type(obj)).encode())
-        feed(h, (obj.func, obj.args, obj.keywords, dict(getattr(obj, "__dict__", {}))))
-    elif isinstance(obj, types.BuiltinFunctionType):  # len, math.sqrt, [].append
-        h.tagged(b"W", obj.__name__.encode())
-        feed(h, obj.__self__)  # None, its module, or the object of a bound builtin method
-    elif isinstance(obj, type):
-        h.tagged(b"J", class_name(obj).encode())
-    elif isinstance(obj, types.ModuleType):
-        h.tagged(b"Y", obj.__name__.encode())
-    else:
-        return False
-    return True
-
-
 # Built-in bases a subclass can extend, with the feeder of the base value.
 def _base_feeder(obj: Any) -> Callable[[Hasher, Any], None] | None:
     for base in (int, float, complex, str, bytes, bytearray, tuple, list, dict, set, frozenset):
@@ -456,7 +390,7 @@ def _feed_subclass(h: Hasher, obj: Any, base: Callable[[Hasher, Any], None]) -> 
 
 
 def _feed_other(h: Hasher, obj: Any) -> None:
-    if not (_feed_special(h, obj) or _feed_callable(h, obj) or _feed_foreign(h, obj)):
+    if not (_feed_special(h, obj) or feed_callable(h, obj, feed) or _feed_foreign(h, obj)):
         _feed_pickle(h, obj)
 
 
