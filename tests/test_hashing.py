@@ -195,6 +195,37 @@ def test_digests_agree_exactly_when_values_are_the_same(a: object, b: object) ->
     assert (digest(a) == digest(b)) == _same(a, b)
 
 
+def _cousins(value: object) -> list[object]:
+    """Values equal or close to *value* as Python objects, of another type or sign."""
+    out: list[object] = []
+    if type(value) is int and value in (0, 1):
+        out.append(Mode(value))
+    if type(value) is float and value == 0:
+        out.append(-value)
+    if isinstance(value, tuple):
+        out.append(list(value))
+    if type(value) is tuple and len(value) == 2 and all(type(v) is int for v in value):
+        out.append(Span(*value))
+    if type(value) is list:
+        out.append(tuple(value))
+    converted: dict[type, typing.Callable[[typing.Any], object]] = {
+        bytes: bytearray, bytearray: bytes, set: frozenset, frozenset: set}
+    if type(value) in converted:
+        out.append(converted[type(value)](value))
+    if type(value) is dict and all(type(k) is str for k in value):
+        out.append(collections.OrderedDict(value))
+    return out
+
+
+@settings(max_examples=300)
+@given(_values)
+def test_near_values_of_another_type_never_share_a_digest(value: object) -> None:
+    for cousin in _cousins(value):
+        assert digest(cousin) != digest(value)
+        assert digest([cousin]) != digest([value])
+        assert digest({"k": cousin}) != digest({"k": value})
+
+
 @settings(max_examples=200)
 @given(_values)
 def test_copies_hash_alike(value: object) -> None:

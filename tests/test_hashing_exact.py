@@ -155,7 +155,7 @@ def test_ndarray_subclasses_keep_class_and_state(a: object, b: object) -> None:
 def test_masked_arrays_hash_without_raising() -> None:
     m = np.ma.masked_invalid(np.array([1.0, np.nan, 3.0]))
     assert digest(m) == digest(np.ma.masked_invalid(np.array([1.0, np.nan, 3.0])))
-    objects = np.ma.MaskedArray(np.array([1, "a"], dtype=object), mask=[0, 1])
+    objects = np.ma.MaskedArray(np.array([1, "a"], dtype=object), mask=[False, True])
     assert digest(objects) != digest(np.ma.MaskedArray(np.array([1, "a"], dtype=object)))
 
 
