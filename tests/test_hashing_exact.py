@@ -355,3 +355,16 @@ def test_a_value_hashes_like_its_stored_and_loaded_copy(ctx: typing.Any) -> None
         loaded = ctx[name]
         recorded = ctx.store.artifact(ctx.history(name).latest.artifact_id).digest
         assert digest(loaded) == digest(value) == recorded, name
+
+
+def test_running_a_function_keeps_its_digest() -> None:
+    # The interpreter specialises hot bytecode in place; co_code is the
+    # unspecialised form, so a function hashes alike before and after use.
+    def hot(x: typing.Any) -> typing.Any:
+        return x.real + 1
+
+    before = digest(hot)
+    for i in range(5000):
+        hot(i)
+        hot(1.5)
+    assert digest(hot) == before
