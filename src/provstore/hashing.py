@@ -40,6 +40,7 @@ import numpy as np
 import xxhash
 
 from .errors import UnsupportedTypeError
+from .hasher import Hasher
 from .hashing_callables import feed_callable, qualified_name
 
 __all__ = ["ALGORITHM", "SCHEME_VERSION", "Hasher", "array_digest", "class_name", "digest",
@@ -63,41 +64,6 @@ _Q = struct.Struct("<Q").pack
 _D = struct.Struct("<d").pack
 _NAN = b"f" + _D(float("nan"))  # one payload for every NaN of one type
 _first = operator.itemgetter(0)
-
-
-class Hasher:
-    """Feed values into one xxh3-128 stream with type tags."""
-
-    __slots__ = ("_active", "_h")
-
-    def __init__(self, active: set[int] | None = None) -> None:
-        self._h = xxhash.xxh3_128()
-        # Ids of the functions being fed, shared with child hashers, so that a
-        # function whose closure refers to itself is fed once, not forever.
-        # Made on first use: most digests never meet a function.
-        self._active = active
-
-    def raw(self, data: bytes | memoryview) -> None:
-        """Feed bytes with no tag (callers add their own framing)."""
-        self._h.update(data)
-
-    def tagged(self, tag: bytes, payload: bytes) -> None:
-        """Feed a tag, the payload length, then the payload."""
-        self._h.update(tag + _Q(len(payload)) + payload)
-
-    def hexdigest(self) -> str:
-        """Return the 32-character hex digest of everything fed so far."""
-        return self._h.hexdigest()
-
-    def child(self) -> Hasher:
-        """Return a fresh hasher that shares this one's recursion guard."""
-        return Hasher(self.active())
-
-    def active(self) -> set[int]:
-        """Return the ids of the functions being fed (the recursion guard)."""
-        if self._active is None:
-            self._active = set()
-        return self._active
 
 
 def digest(obj: Any) -> str:
@@ -440,7 +406,7 @@ def _feed_pandas(h: Hasher, obj: Any) -> bool:
     # Imported on first use: pandas is an optional dependency, and slow to import.
     from .hashing_pandas import feed_pandas
 
-    return feed_pandas(h, obj)
+    return feed_pandas(h, obj, feed, feed_array)
 
 
 def _feed_pickle(h: Hasher, obj: Any) -> None:

@@ -18,10 +18,9 @@ import functools
 import struct
 import types
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .hashing import Hasher
+from .hasher import Hasher
 
 __all__ = ["feed_callable", "qualified_name"]
 
