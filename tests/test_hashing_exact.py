@@ -368,3 +368,21 @@ def test_running_a_function_keeps_its_digest() -> None:
         hot(i)
         hot(1.5)
     assert digest(hot) == before
+
+
+def test_estimators_hash_by_class_and_state_without_pickle() -> None:
+    import warnings
+
+    from sklearn.preprocessing import StandardScaler
+
+    x = np.arange(12.0).reshape(4, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the pickle fallback warns: it must not be taken
+        digests = {
+            digest(StandardScaler()),
+            digest(StandardScaler(with_mean=False)),
+            digest(StandardScaler().fit(x)),
+            digest(StandardScaler().fit(x + 1)),
+        }
+        assert len(digests) == 4
+        assert digest(StandardScaler().fit(x)) == digest(StandardScaler().fit(x.copy()))

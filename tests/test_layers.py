@@ -25,7 +25,7 @@ LAYERS: list[tuple[int, str]] = [
     (4, "provstore.__main__"), (4, "provstore"),
     (3, "provstore.tracking"), (3, "provstore.parallel"), (3, "provstore.mapping"),
     (3, "provstore.sweeps"), (3, "provstore.lineage"), (3, "provstore.maintenance"),
-    (3, "provstore.testing"),
+    (3, "provstore.testing"), (3, "provstore.memory"),
     (2, "provstore.ambient"), (2, "provstore.locations"),
     (1, "provstore.store"), (1, "provstore.saving"), (1, "provstore.leases"),
     (1, "provstore.runs"), (1, "provstore.records"), (1, "provstore.identity"),

@@ -98,3 +98,7 @@ def open(
     ctx = Context(store, (), mmap_mode=mmap_mode)
     ambient.opened(ctx)
     return ctx
+
+
+# provstore.Memory(location) and other services open stores through ambient.
+ambient.set_opener(open)

@@ -18,7 +18,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from . import ambient
 from .errors import (
@@ -37,6 +37,9 @@ from .scope import Segment, check_name, display, format_path, parse_path, segmen
 from .store import ArtifactCollectedError, Store
 from .sweeps import Found, find, table
 from .tracking import track
+
+if TYPE_CHECKING:
+    from .memory import Memory
 
 __all__ = ["Context", "active_context"]
 
@@ -432,6 +435,18 @@ class Context:
         """
         return map_calls(self, func, iterable, executor=executor, chunksize=chunksize,
                          progress=progress)
+
+    def memory(self, *, mmap_mode: str | None = None) -> Memory:
+        """Return a ``joblib.Memory`` that caches into this store and scope.
+
+        Pass it where scikit-learn and nilearn take ``memory=``
+        (``Pipeline(steps, memory=ctx.memory())``); every cached step becomes
+        a tracked call. See :class:`provstore.memory.Memory`.
+        """
+        # Imported on use: joblib costs ~120 ms of `import provstore` otherwise.
+        from .memory import Memory
+
+        return Memory(context=self, mmap_mode=mmap_mode)
 
     # ------------------------------------------------------------ writing
     def set(self, name: str, value: Any, *, format: str | None = None, **options: Any) -> None:

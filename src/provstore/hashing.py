@@ -380,11 +380,21 @@ def _feed_special(h: Hasher, obj: Any) -> bool:
     elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         h.tagged(b"D", class_name(cls).encode())
         feed(h, {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)})
+    elif _is_estimator(obj):
+        # scikit-learn's estimator API: parameters and fitted attributes are the
+        # instance's __dict__, so class + state is the value (no pickle, no warning).
+        h.tagged(b"R", class_name(cls).encode())
+        feed(h, dict(vars(obj)))
     elif (base := _base_feeder(obj)) is not None:
         _feed_subclass(h, obj, base)
     else:
         return False
     return True
+
+
+def _is_estimator(obj: Any) -> bool:
+    return (callable(getattr(obj, "get_params", None)) and hasattr(obj, "__dict__")
+            and not isinstance(obj, type))
 
 
 def _feed_foreign(h: Hasher, obj: Any) -> bool:
@@ -434,7 +444,7 @@ def _feed_pickle(h: Hasher, obj: Any) -> None:
 
 # The first byte of every value's encoding says what follows, so no encoding is
 # a prefix of another's. In use: N T F i f c s b B m ( [ { < S Z . a O g C E D
-# U P K L M W J Y I. Pick an unused byte for a new kind of value.
+# U P K L M W J Y I R. Pick an unused byte for a new kind of value.
 _EXACT: dict[type, Callable[[Hasher, Any], None]] = {
     type(None): _feed_none,
     bool: _feed_bool,

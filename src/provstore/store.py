@@ -441,6 +441,20 @@ class Store:
             return computed
         return self.load(artifact_id, mmap_mode="r", call_id=call_id)
 
+    def forget_calls(self, function: str) -> int:
+        """Make the finished calls of *function* stop being hits; return how many.
+
+        Their rows, outputs and lineage stay (status ``forgotten``): history
+        still tells how each result was made, and ``gc`` may reclaim them.
+        """
+        def transaction() -> int:
+            with write(self.engine) as conn:
+                return int(conn.execute(q.FORGET_CALLS, {"p_function": function}).rowcount)
+
+        forgotten = retrying(transaction)
+        self.memo.forget_keys()
+        return forgotten
+
     def close(self) -> None:
         """Release the database connections (the store can be reopened)."""
         self.readers.close_all()
