@@ -383,15 +383,16 @@ class Context:
         return find(self._store, self._current(), function=function, params=params)
 
     def track(self, func: Any = None, *, version: str | None = None,
-              ignore: tuple[str, ...] | list[str] = ()) -> Any:
+              ignore: tuple[str, ...] | list[str] = (), name: str | None = None) -> Any:
         """Memoize *func* and record its calls in this context's store.
 
         Like :func:`provstore.track`, but bound to this store whatever
         context is active. Usable bare (``@ctx.track``), with options
         (``@ctx.track(version="2")``) or on a library function
-        (``ctx.track(nilearn.image.smooth_img)``).
+        (``ctx.track(nilearn.image.smooth_img)``); ``name=`` names it
+        explicitly, as in :func:`provstore.track`.
         """
-        return track(func, version=version, ignore=ignore, context=self)
+        return track(func, version=version, ignore=ignore, context=self, name=name)
 
     def map(self, func: Callable[[Any], Any], iterable: Iterable[Any], *,
             executor: Executor | None = None, chunksize: int = 1,

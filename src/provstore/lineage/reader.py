@@ -251,7 +251,8 @@ def _call(r: Any, inputs: list[Any], outputs: list[int],
     run = None
     if r.run_id is not None and r.run_host is not None:
         run = RunInfo(r.run_id, r.run_host, r.run_pid, r.run_user, r.run_started,
-                      status_of(r.run_status, r.run_heartbeat))
+                      status_of(r.run_status, r.run_heartbeat),
+                      tuple(json.loads(r.run_argv)) if r.run_argv else (), r.run_cwd)
     params = json.loads(r.params) if r.params else {}
     # Arguments in the function's parameter order, which params (a JSON object
     # written in signature order) preserves.
@@ -264,7 +265,8 @@ def _call(r: Any, inputs: list[Any], outputs: list[int],
         params=params, inputs=infos, outputs=tuple(outputs), output_kind=r.output_kind,
         source=r.source, deps=json.loads(r.deps) if r.deps else {}, pinned=r.pinned, run=run,
         started=r.started, finished=r.finished, duration=r.duration, error=r.error,
-        host=r.host, pid=r.pid, takeover_of=r.takeover_of,
+        host=r.host, pid=r.pid, takeover_of=r.takeover_of, defined_at=r.defined_at,
+        code_identity=r.code_identity,
     )
 
 
