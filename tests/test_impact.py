@@ -199,16 +199,20 @@ def test_stale_after_rebinding_an_input(ctx: Context, load: Loader) -> None:
             ) in [(s.path, s.reason) for s in ctx.stale()]
 
 
-def test_unimportable_functions_are_listed_only_on_request(ctx: Context) -> None:
+def test_unchecked_results_are_counted_and_listed_on_request(ctx: Context) -> None:
     @ctx.track
     def local(x: Any) -> Any:
         return x + 1
 
     ctx.y = local(np.arange(3))
-    assert ctx.stale() == []
+    found = ctx.stale()
+    assert found == []
+    why = f"{__name__}:{local.__qualname__} is defined inside a function"
+    assert [(u.path, u.reason) for u in found.unchecked] == [("y", why)]
+    assert found.summary() == [f"1 result not checked: {why}"]
     [s] = ctx.stale(unimportable=True)
-    assert (s.path, s.reason) == ("y", "not importable")
-    assert s.to_dict()["reasons"] == ["not importable"]
+    assert (s.path, s.reason) == ("y", f"not checked: {why}")
+    assert s.to_dict()["reasons"] == [f"not checked: {why}"]
 
 
 # -------------------------------------------------------------------- CLI
@@ -226,10 +230,14 @@ def test_cli_stale(ctx: Context, store_dir: Path, load: Loader) -> None:
     assert result.exit_code == 0
     assert result.output.splitlines() == [
         "subject=01/sigma=2.0/sm v1: input img rebound: subject=01/bold v1 → v2 (call "
-        f"{ctx.history('subject=01/sigma=2.0/sm').call.id})"]  # type: ignore[union-attr]
+        f"{ctx.history('subject=01/sigma=2.0/sm').call.id})",  # type: ignore[union-attr]
+        "  and downstream: subject=01/sigma=2.0/mask v1"]
     data = json.loads(run(store_dir, "stale", "--json").output)
-    assert [s["path"] for s in data] == ["subject=01/sigma=1.0/sm", "subject=01/sigma=2.0/sm"]
-    assert data[0]["reason"].startswith("input img rebound")
+    assert [s["path"] for s in data["stale"]] == ["subject=01/sigma=1.0/sm",
+                                                  "subject=01/sigma=2.0/sm"]
+    assert data["stale"][0]["reason"].startswith("input img rebound")
+    assert data["stale"][0]["downstream"] == ["subject=01/sigma=1.0/mask v1"]
+    assert data["unchecked"] == []
 
 
 def test_cli_diff(ctx: Context, store_dir: Path, load: Loader) -> None:

@@ -405,25 +405,34 @@ def _render(dot: str, output: Path, fmt: str) -> None:
 @cli.command("stale")
 @click.argument("scope", required=False, default="")
 @click.option("-a", "--all", "unimportable", is_flag=True,
-              help="Also list results whose function cannot be imported here.")
+              help="Also list each result that could not be checked.")
 @json_option
 @pass_env
 def stale_command(env: _Env, scope: str, unimportable: bool, as_json: bool) -> None:
     """List results in SCOPE and below whose producing code or inputs changed since.
 
-    A result is stale when its function, importable now, has another code
-    version than the one recorded, or when an input was rebound to another
-    value. Nothing is recomputed or deleted; the exit code is 0 either way.
+    A result is stale when its code on disk (script, module, helpers and
+    literal constants, parsed and never run) differs from the code version
+    recorded, or when an input was rebound to another value. Each is followed
+    by the results computed from it, which a rerun recomputes too; results
+    that could not be checked are counted with the reason. Nothing is
+    recomputed or deleted; the exit code is 0 either way.
     """
     view = env.ctx.scope(scope) if parse_path(scope) else env.ctx
     found = view.stale(unimportable=unimportable)
     if as_json:
-        _echo_json([s.to_dict() for s in found])
-    elif found:
-        for s in found:
-            click.echo(str(s))
-    else:
-        click.echo(f"nothing is stale in {display(view.path)}")
+        _echo_json({"stale": [s.to_dict() for s in found],
+                    "unchecked": [dataclasses.asdict(u) for u in found.unchecked]})
+        return
+    for s in found:
+        click.echo(str(s))
+        for d in s.downstream:
+            click.echo(f"  and downstream: {d}")
+    if not found:
+        checked = " of what could be checked" if found.unchecked else ""
+        click.echo(f"nothing is stale in {display(view.path)}{checked}")
+    for line in found.summary():
+        click.echo(line)
 
 
 @cli.command("diff")

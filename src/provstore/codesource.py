@@ -371,7 +371,7 @@ def constant(tree: ast.Module, name: str) -> Any:
             targets, expr = stmt.targets, stmt.value
         elif isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
             targets, expr = [stmt.target], stmt.value
-        elif isinstance(stmt, _DEFS | ast.Import | ast.ImportFrom):
+        elif isinstance(stmt, (*_DEFS, ast.Import, ast.ImportFrom)):
             names = [getattr(stmt, "name", None)] + [
                 (a.asname or a.name).partition(".")[0] for a in getattr(stmt, "names", [])]
             if name in names:
