@@ -253,3 +253,51 @@ def test_cli_diff(ctx: Context, store_dir: Path, load: Loader) -> None:
     assert data["divergences"][0]["kind"] == "function"
     missing = CliRunner().invoke(cli, ["--store", str(store_dir), "diff", a, "nope"])
     assert missing.exit_code == 2 and "nope" in missing.output
+
+
+# ----------------------------------------------------- helper sources, versions
+HELPED = """
+SCALE = 2
+
+def helper(x):
+    return x + 1
+
+def smooth(x):
+    return helper(x) * SCALE
+"""
+
+
+def test_explain_and_diff_show_a_changed_helper_and_constant(ctx: Context, store_dir: Path,
+                                                             load: Loader) -> None:
+    mod = load(HELPED)
+    ctx.r = ctx.track(mod.smooth)(1)
+    mod = load(HELPED.replace("x + 1", "x + 5").replace("SCALE = 2", "SCALE = 3"))
+    smooth = ctx.track(mod.smooth)
+    explained = smooth.explain(1)  # before the call: a miss, compared with the last call
+    ctx.r = smooth(1)
+    for text in (explained, ctx.history("r").explain(),
+                 str(ctx.history("r").diff(version=1)),
+                 run(store_dir, "diff", "r@1", "r@2").output):
+        assert f"{mod.__name__}:helper diff:" in text, text
+        assert "-    return x + 1" in text and "+    return x + 5" in text
+        assert f"{mod.__name__}.SCALE diff:" in text
+        assert "    -2\n" in text and "    +3" in text
+
+
+def test_diff_two_versions_of_one_name(ctx: Context, store_dir: Path, load: Loader) -> None:
+    mod = load(HELPED)
+    for x in (1, 2, 3):
+        ctx.r = ctx.track(mod.smooth)(x)
+    h = ctx.history("r")
+    d = h.diff(version=1, other_version=3)
+    assert (d.a, d.b) == ("r@1", "r@3")
+    assert [div.text for div in d.divergences] == ["param x: 1 → 3"]
+    assert h.diff(version=2).b == "r@3"
+    assert [div.text for div in h.diff(ctx.history("r"), version=-2).divergences] == [
+        "param x: 2 → 3"]
+    with pytest.raises(NotFoundError, match=r"r has versions 1\.\.3, not 7"):
+        h.diff(version=7)
+    out = run(store_dir, "diff", "r@1", "r@2").output
+    assert out.splitlines()[0] == "r@1 vs r@2" and "param x: 1 → 2" in out
+    bad = CliRunner().invoke(cli, ["--store", str(store_dir), "diff", "r@x", "r"])
+    assert bad.exit_code == 2 and "r@x" in bad.output

@@ -445,14 +445,31 @@ def stale_command(env: _Env, scope: str, unimportable: bool, as_json: bool) -> N
 def diff_command(env: _Env, a: str, b: str, depth: int, as_json: bool) -> None:
     """Compare how A and B (paths such as subject=01/mask) were made.
 
-    Reports the first differences in code version (with a diff of the
-    sources), parameters, inputs and package versions; or identical lineage.
+    Each is a name at its current version, or NAME@N for version N (x@1 x@3
+    compares two versions of one name; x@-2 is the one before the current).
+    Reports the first differences in code version (with a diff of the sources
+    of the function and of each changed helper), parameters, inputs and
+    package versions; or identical lineage.
     """
-    result = env.ctx.history(a).diff(env.ctx.history(b), depth=depth)
+    (name_a, version_a), (name_b, version_b) = _at_version(a), _at_version(b)
+    result = env.ctx.history(name_a).diff(env.ctx.history(name_b), version=version_a,
+                                          other_version=version_b, depth=depth)
     if as_json:
         _echo_json(result.to_dict())
     else:
         click.echo(str(result))
+
+
+def _at_version(text: str) -> tuple[str, int | None]:
+    """``"x@3"`` → ``("x", 3)``; ``"x"`` → ``("x", None)``."""
+    name, at, number = text.rpartition("@")
+    if not at:
+        return text, None
+    try:
+        return name, int(number)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: the version after @ is a number (x@3, x@-2)"
+                                 ) from None
 
 
 @cli.command("dependents")

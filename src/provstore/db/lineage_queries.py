@@ -50,6 +50,12 @@ CALLS_BY_IDS = (
     .where(calls.c.id.in_(bindparam("ids", expanding=True)))
 )
 
+# The stored normalized source of code versions and their parts (helpers,
+# classes, constants), by digest: what explain and diff show as a unified diff.
+CODE_SOURCES_BY_DIGESTS = select(code_versions.c.digest, code_versions.c.source).where(
+    code_versions.c.digest.in_(bindparam("ids", expanding=True))
+)
+
 CALL_INPUTS_BY_CALLS = select(call_inputs).where(
     call_inputs.c.call_id.in_(bindparam("ids", expanding=True))
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -30,6 +30,8 @@ class CallSource(Protocol):
     def upstream(self, version: Version, *, depth: int) -> LineageGraph: ...
 
     def run_packages(self, run_ids: list[int]) -> dict[int, dict[str, str] | None]: ...
+
+    def code_sources(self, digests: Iterable[str]) -> dict[str, str]: ...
 
 
 @dataclass(frozen=True)

@@ -140,6 +140,10 @@ class LineageReader:
         """Every binding of the artifacts, with the current head of its name."""
         return self._rows(lq.BINDINGS_OF_ARTIFACTS, artifact_ids)
 
+    def code_sources(self, digests: Iterable[str]) -> dict[str, str]:
+        """The stored normalized source of each code version or part, by digest."""
+        return {r.digest: r.source for r in self._rows(lq.CODE_SOURCES_BY_DIGESTS, digests)}
+
     def run_packages(self, run_ids: list[int]) -> dict[int, dict[str, str] | None]:
         """The recorded package versions of each run."""
         return {r.id: json.loads(r.packages) if r.packages else None
@@ -317,6 +321,10 @@ class VersionCalls:
     def run_packages(self, run_ids: list[int]) -> dict[int, dict[str, str] | None]:
         """See :meth:`LineageReader.run_packages`."""
         return self.reader.run_packages(run_ids)
+
+    def code_sources(self, digests: Iterable[str]) -> dict[str, str]:
+        """See :meth:`LineageReader.code_sources`."""
+        return self.reader.code_sources(digests)
 
 
 def version_from_row(scope: str, name: str, r: Any, source: CallSource | None) -> Version:
