@@ -277,7 +277,8 @@ def test_explain_and_diff_show_a_changed_helper_and_constant(ctx: Context, store
     ctx.r = smooth(1)
     for text in (explained, ctx.history("r").explain(),
                  str(ctx.history("r").diff(version=1)),
-                 run(store_dir, "diff", "r@1", "r@2").output):
+                 run(store_dir, "diff", "r@1", "r@2").output,
+                 run(store_dir, "explain", "r").output):
         assert f"{mod.__name__}:helper diff:" in text, text
         assert "-    return x + 1" in text and "+    return x + 5" in text
         assert f"{mod.__name__}.SCALE diff:" in text

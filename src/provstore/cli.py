@@ -460,6 +460,20 @@ def diff_command(env: _Env, a: str, b: str, depth: int, as_json: bool) -> None:
         click.echo(str(result))
 
 
+@cli.command("explain")
+@click.argument("name")
+@pass_env
+def explain_command(env: _Env, name: str) -> None:
+    """Tell why NAME's current version was computed (what changed since).
+
+    Compares the producing call with that of the previous computed version:
+    the code (changed dependencies, and a unified diff of the function and of
+    each changed helper, class or constant), and each input; or says that the
+    result was reused, or computed for the first time.
+    """
+    click.echo(env.ctx.history(name).explain())
+
+
 def _at_version(text: str) -> tuple[str, int | None]:
     """``"x@3"`` → ``("x", 3)``; ``"x"`` → ``("x", None)``."""
     name, at, number = text.rpartition("@")
