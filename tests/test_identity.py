@@ -18,6 +18,7 @@ import pytest
 
 import provstore
 from provstore.codeversion import code_version, defined_at, function_identity
+from provstore.errors import InvalidNameError
 from provstore.lineage.reader import LineageReader
 
 # The body of every scripted function: log one line per execution, then compute.
@@ -201,7 +202,7 @@ def test_identity_names() -> None:
     exec(compile("def f(x):\n    return x\n", "<ipython-input-3>", "exec"), notebook)
     assert function_identity(notebook["f"]) == "__main__:f"
     assert code_version(notebook["f"]).digest == code_version(ns["f"]).digest
-    with pytest.raises(ValueError, match="name="):
+    with pytest.raises(InvalidNameError, match="name="):
         provstore.track(lambda x: x, name="")
 
 

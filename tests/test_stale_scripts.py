@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 import provstore
+from sql import sql
 
 PIPELINE = """\
 import sys
@@ -119,3 +120,20 @@ def test_python_c_results_are_not_checked_and_say_why(store_dir: Path,
     assert provstore_cli(store_dir, "stale").splitlines()[1:] == [
         "1 result not checked: defined in an interactive session or python -c "
         "(no source on disk)"]
+
+
+def test_calls_recorded_before_defined_at_are_still_checked(store_dir: Path,
+                                                             tmp_path: Path) -> None:
+    """Rows of older stores: no defined_at, the script function listed as __main__:f."""
+    script = tmp_path / "pipeline.py"
+    script.write_text(PIPELINE)
+    run_script(script, store_dir)
+    sql(store_dir, "UPDATE calls SET defined_at = NULL, "
+                   "function = '__main__:' || substr(function, length('pipeline:') + 1)",
+        write=True)
+    assert {r["function"] for r in sql(store_dir, "SELECT function FROM calls")} == {
+        "__main__:score", "__main__:double", "__main__:shift"}
+    script.write_text(PIPELINE.replace("OFFSET = 1", "OFFSET = 2"))
+    [line] = provstore_cli(store_dir, "stale").splitlines()
+    assert line.startswith("c v1: code changed: __main__.OFFSET (call ")
+    assert provstore.open(store_dir).history("c").call.defined_at is None  # type: ignore[union-attr]

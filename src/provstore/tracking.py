@@ -88,8 +88,8 @@ class TrackedFunction:
             )
         self._ignore = frozenset(ignore)
         if name is not None and (not isinstance(name, str) or not name or len(name) > 255):
-            raise ValueError(f"name= is a non-empty string of at most 255 characters, "
-                             f"not {name!r:.80}")
+            raise InvalidNameError(f"track(name=...) takes a non-empty string of at most 255 "
+                                   f"characters (such as 'preproc.smooth'), not {name!r:.80}")
         self._name = name
         self.identity = name if name is not None else function_identity(func)
         self.key_identity = (f"name:{name}" if name is not None
