@@ -324,17 +324,17 @@ def parse_text(text: str) -> ast.Module | None:
         return None
 
 
-def _module_level(tree: ast.Module) -> Iterable[ast.stmt]:
-    """Statements run at import, including those under ``if``/``try``/``with``."""
-    for stmt in tree.body:
+def _module_level(body: list[ast.stmt]) -> Iterable[ast.stmt]:
+    """Statements run at import, in order, including those under ``if``/``try``/``with``."""
+    for stmt in body:
         yield stmt
         if isinstance(stmt, ast.If | ast.Try | ast.With):
-            for block in ("body", "orelse", "finalbody", "handlers"):
+            for block in ("body", "handlers", "orelse", "finalbody"):
                 for inner in getattr(stmt, block, []):
                     if isinstance(inner, ast.ExceptHandler):
-                        yield from inner.body
+                        yield from _module_level(inner.body)
                     else:
-                        yield inner
+                        yield from _module_level([inner])
 
 
 def definition(tree: ast.Module, qualname: str) -> ast.Module | None:
@@ -343,7 +343,7 @@ def definition(tree: ast.Module, qualname: str) -> ast.Module | None:
     The last definition of a name wins, as when the file runs. Returns a module
     holding a copy of the definition with its docstrings stripped, or None.
     """
-    body: Iterable[ast.stmt] = _module_level(tree)
+    body: Iterable[ast.stmt] = _module_level(tree.body)
     node: ast.stmt | None = None
     for part in qualname.split("."):
         found = [n for n in body if isinstance(n, _DEFS) and n.name == part]
@@ -365,7 +365,7 @@ def constant(tree: ast.Module, name: str) -> Any:
     expression, an import, a definition) gives MISSING too.
     """
     value: Any = MISSING
-    for stmt in _module_level(tree):
+    for stmt in _module_level(tree.body):
         targets: list[ast.expr] = []
         if isinstance(stmt, ast.Assign):
             targets, expr = stmt.targets, stmt.value
