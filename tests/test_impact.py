@@ -302,3 +302,45 @@ def test_diff_two_versions_of_one_name(ctx: Context, store_dir: Path, load: Load
     assert out.splitlines()[0] == "r@1 vs r@2" and "param x: 1 → 2" in out
     bad = CliRunner().invoke(cli, ["--store", str(store_dir), "diff", "r@x", "r"])
     assert bad.exit_code == 2 and "r@x" in bad.output
+
+
+RICH = """
+import functools
+
+LEVELS = (1, 2.5, -3, "a", b"b", None, True, {"k": [1, 2]}, {4, 5})
+if True:
+    FACTOR = 2
+
+
+class Scaler:
+    '''Scales.'''
+
+    def __init__(self, by):
+        self.by = by
+
+    def apply(self, x):
+        return x * self.by
+
+
+@functools.lru_cache(maxsize=None)
+def base(n):
+    return n + len(LEVELS)
+
+
+def rich(x):
+    '''The tracked one.'''
+    return Scaler(FACTOR).apply(x) + base(1)
+"""
+
+
+def test_unchanged_code_is_never_reported_stale(ctx: Context, load: Loader) -> None:
+    """Static digests of classes, decorated helpers and literal constants match the live ones."""
+    mod = load(RICH)
+    ctx.r = ctx.track(mod.rich)(1)
+    found = ctx.stale()
+    assert found == [] and found.unchecked == []
+    load(RICH.replace("return x * self.by", "return x * self.by * 1"))
+    assert [s.reason for s in ctx.stale()] == [f"code changed: {mod.__name__}:Scaler"]
+    load(RICH.replace("FACTOR = 2", "FACTOR = 3").replace("-3,", "-4,"))
+    assert [s.reason for s in ctx.stale()] == [
+        f"code changed: {mod.__name__}.FACTOR, {mod.__name__}.LEVELS"]
