@@ -11,6 +11,7 @@ import ast
 import os
 import sys
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from importlib.machinery import PathFinder
 from typing import Any
@@ -169,9 +170,10 @@ class StaleList(list[Stale]):
         The results whose code could not be checked, with the reason of each.
     """
 
-    def __init__(self, found: list[Stale], unchecked: list[Unchecked]) -> None:
+    def __init__(self, found: Iterable[Stale] = (),
+                 unchecked: Iterable[Unchecked] = ()) -> None:
         super().__init__(found)
-        self.unchecked = unchecked
+        self.unchecked = list(unchecked)
 
     def summary(self) -> list[str]:
         """One line per reason: ``"12 results not checked: <reason>"``, most first."""
