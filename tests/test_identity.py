@@ -209,3 +209,28 @@ def test_identity_names() -> None:
 def _mark(log: Path, x: int) -> None:
     with open(log, "a") as f:
         f.write(f"{x}\n")
+
+
+def test_dask_workers_hit_what_the_script_computed(store_dir: Path, project: Path) -> None:
+    log = project / "bodies.log"
+    script = write(project / "daskrun.py", SCRIPT.format(
+        body=HELPERS.replace("NAME", "score") + textwrap.dedent("""
+
+            def job(x):
+                return score(x, sys.argv[2])
+            """),
+        main=textwrap.indent(textwrap.dedent("""\
+            import distributed
+
+            print([score(x, log) for x in range(3)])
+            with distributed.LocalCluster(processes=True, n_workers=1, threads_per_worker=1,
+                                          dashboard_address=None) as cluster, \\
+                    distributed.Client(cluster) as client:
+                print(list(ctx.map(job, range(5), executor=client.get_executor())))
+            """), "    ")))
+    out = run_script(script, store_dir, log).split("\n")
+    assert out[:2] == ["[1, 4, 7]", "[1, 4, 7, 10, 13]"]
+    assert bodies(log) == [0, 1, 2, 3, 4]
+    calls = _calls(provstore.open(store_dir))
+    assert {(c.function, c.defined_at) for c in calls} == {("daskrun:score", "__main__:score")}
+    assert len({c.pid for c in calls}) == 2  # computed in the script and in the worker
