@@ -429,25 +429,34 @@ def _render(dot: str, output: Path, fmt: str) -> None:
 @cli.command("stale")
 @click.argument("scope", required=False, default="")
 @click.option("-a", "--all", "unimportable", is_flag=True,
-              help="Also list results whose function cannot be imported here.")
+              help="Also list each result that could not be checked.")
 @json_option
 @pass_env
 def stale_command(env: _Env, scope: str, unimportable: bool, as_json: bool) -> None:
     """List results in SCOPE and below whose producing code or inputs changed since.
 
-    A result is stale when its function, importable now, has another code
-    version than the one recorded, or when an input was rebound to another
-    value. Nothing is recomputed or deleted; the exit code is 0 either way.
+    A result is stale when its code on disk (script, module, helpers and
+    literal constants, parsed and never run) differs from the code version
+    recorded, or when an input was rebound to another value. Each is followed
+    by the results computed from it, which a rerun recomputes too; results
+    that could not be checked are counted with the reason. Nothing is
+    recomputed or deleted; the exit code is 0 either way.
     """
     view = env.ctx.scope(scope) if parse_path(scope) else env.ctx
     found = view.stale(unimportable=unimportable)
     if as_json:
-        _echo_json([s.to_dict() for s in found])
-    elif found:
-        for s in found:
-            click.echo(str(s))
-    else:
-        click.echo(f"nothing is stale in {display(view.path)}")
+        _echo_json({"stale": [s.to_dict() for s in found],
+                    "unchecked": [dataclasses.asdict(u) for u in found.unchecked]})
+        return
+    for s in found:
+        click.echo(str(s))
+        for d in s.downstream:
+            click.echo(f"  and downstream: {d}")
+    if not found:
+        checked = " of what could be checked" if found.unchecked else ""
+        click.echo(f"nothing is stale in {display(view.path)}{checked}")
+    for line in found.summary():
+        click.echo(line)
 
 
 @cli.command("diff")
@@ -460,14 +469,45 @@ def stale_command(env: _Env, scope: str, unimportable: bool, as_json: bool) -> N
 def diff_command(env: _Env, a: str, b: str, depth: int, as_json: bool) -> None:
     """Compare how A and B (paths such as subject=01/mask) were made.
 
-    Reports the first differences in code version (with a diff of the
-    sources), parameters, inputs and package versions; or identical lineage.
+    Each is a name at its current version, or NAME@N for version N (x@1 x@3
+    compares two versions of one name; x@-2 is the one before the current).
+    Reports the first differences in code version (with a diff of the sources
+    of the function and of each changed helper), parameters, inputs and
+    package versions; or identical lineage.
     """
-    result = env.ctx.history(a).diff(env.ctx.history(b), depth=depth)
+    (name_a, version_a), (name_b, version_b) = _at_version(a), _at_version(b)
+    result = env.ctx.history(name_a).diff(env.ctx.history(name_b), version=version_a,
+                                          other_version=version_b, depth=depth)
     if as_json:
         _echo_json(result.to_dict())
     else:
         click.echo(str(result))
+
+
+@cli.command("explain")
+@click.argument("name")
+@pass_env
+def explain_command(env: _Env, name: str) -> None:
+    """Tell why NAME's current version was computed (what changed since).
+
+    Compares the producing call with that of the previous computed version:
+    the code (changed dependencies, and a unified diff of the function and of
+    each changed helper, class or constant), and each input; or says that the
+    result was reused, or computed for the first time.
+    """
+    click.echo(env.ctx.history(name).explain())
+
+
+def _at_version(text: str) -> tuple[str, int | None]:
+    """``"x@3"`` → ``("x", 3)``; ``"x"`` → ``("x", None)``."""
+    name, at, number = text.rpartition("@")
+    if not at:
+        return text, None
+    try:
+        return name, int(number)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: the version after @ is a number (x@3, x@-2)"
+                                 ) from None
 
 
 @cli.command("dependents")

@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 
 from . import ambient, hashing, leases
 from .ambient import View
-from .codeversion import FINGERPRINTS, CodeVersion, function_identity
+from .codeversion import FINGERPRINTS, CodeVersion, defined_at, function_identity
 from .errors import InvalidNameError
 from .files import File
 from .leases import Claim, LeaseKeeper, claim, lease_seconds
@@ -56,11 +56,22 @@ class TrackedFunction:
     Attributes
     ----------
     identity : str
-        ``module:qualname``, the function's name in the store.
+        The function's name in the store (``calls.function``, what
+        ``ctx.find(function=...)`` matches): the ``name=`` given, else
+        ``module:qualname`` with a script's stem as its module
+        (:func:`provstore.codeversion.function_identity`).
+    key_identity : str
+        What the call key holds besides the code version: ``name:<name>`` for a
+        named function, ``pinned:<identity>`` for a pinned one, else ``code``:
+        unnamed functions share results whenever their code and everything it
+        resolves to are equal, wherever they live and however they are launched.
+    defined_at : str
+        ``module:qualname`` where the function lives in this process, recorded on each call.
     """
 
     def __init__(self, func: Callable[..., Any], *, context: View | None = None,
-                 version: str | None = None, ignore: tuple[str, ...] | list[str] = ()) -> None:
+                 version: str | None = None, ignore: tuple[str, ...] | list[str] = (),
+                 name: str | None = None) -> None:
         functools.update_wrapper(self, func)
         self._func = func
         self._context = context
@@ -76,7 +87,14 @@ class TrackedFunction:
                 f"{func.__qualname__}{self._signature}"
             )
         self._ignore = frozenset(ignore)
-        self.identity = function_identity(func)
+        if name is not None and (not isinstance(name, str) or not name or len(name) > 255):
+            raise InvalidNameError(f"track(name=...) takes a non-empty string of at most 255 "
+                                   f"characters (such as 'preproc.smooth'), not {name!r:.80}")
+        self._name = name
+        self.identity = name if name is not None else function_identity(func)
+        self.key_identity = (f"name:{name}" if name is not None
+                             else f"pinned:{self.identity}" if version is not None else "code")
+        self.defined_at = defined_at(func)
         params = list(self._signature.parameters.values())
         # Calls passing exactly the plain positional parameters skip Signature.bind.
         simple = all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
@@ -166,7 +184,7 @@ class TrackedFunction:
         cv = FINGERPRINTS.current(self._func, version=self._version)
         # key = xxh3(identity, code version, sorted name=digest pairs); a flat
         # string keeps it one hashing call.
-        text = "\n".join(["provstore-call/1", self.identity, cv.digest,
+        text = "\n".join(["provstore-call/1", self.key_identity, cv.digest,
                           *sorted(f"{name}={i.digest}" for name, i in inputs.items())])
         return xxhash.xxh3_128_hexdigest(text.encode("utf-8", "surrogatepass")), cv, inputs
 
@@ -180,7 +198,7 @@ class TrackedFunction:
         # By reference, like a plain function: the module attribute is looked up again.
         func = self._func
         return (_rebuild, (func.__module__, func.__qualname__, self._context, self._version,
-                           tuple(sorted(self._ignore))))
+                           tuple(sorted(self._ignore)), self._name))
 
     def __repr__(self) -> str:
         return f"<tracked {self.identity}{self._signature}>"
@@ -209,13 +227,13 @@ class _BoundTracked:
 
 
 def _rebuild(module: str, qualname: str, context: View | None, version: str | None,
-             ignore: tuple[str, ...]) -> Any:
+             ignore: tuple[str, ...], name: str | None = None) -> Any:
     obj: Any = importlib.import_module(module)
     for part in qualname.split("."):
         obj = getattr(obj, part)
     if isinstance(obj, TrackedFunction):
         return obj
-    return TrackedFunction(obj, context=context, version=version, ignore=ignore)
+    return TrackedFunction(obj, context=context, version=version, ignore=ignore, name=name)
 
 
 class _Input:
@@ -277,7 +295,8 @@ class _Computation:
 
     def _call_row(self) -> dict[str, Any]:
         params = {name: _short(i) for name, i in self.inputs.items()}
-        return {"function": self.tf.identity, "code_digest": self.cv.digest,
+        return {"function": self.tf.identity, "defined_at": self.tf.defined_at,
+                "code_digest": self.cv.digest,
                 "params": json.dumps(params), "run_id": self.store.runs.run_id(),
                 "host": _HOST, "pid": os.getpid()}
 
@@ -360,13 +379,14 @@ def _summary(value: Any) -> Any:
 
 @overload
 def track(func: F, *, version: str | None = ..., ignore: tuple[str, ...] | list[str] = ...,
-          context: View | None = ...) -> TrackedFunction: ...
+          context: View | None = ..., name: str | None = ...) -> TrackedFunction: ...
 @overload
 def track(func: None = ..., *, version: str | None = ...,
           ignore: tuple[str, ...] | list[str] = ...,
-          context: View | None = ...) -> Callable[[F], TrackedFunction]: ...
+          context: View | None = ..., name: str | None = ...) -> Callable[[F], TrackedFunction]: ...
 def track(func: Callable[..., Any] | None = None, *, version: str | None = None,
-          ignore: tuple[str, ...] | list[str] = (), context: View | None = None) -> Any:
+          ignore: tuple[str, ...] | list[str] = (), context: View | None = None,
+          name: str | None = None) -> Any:
     """Memoize *func* on its inputs and code, and record its lineage.
 
     Usable bare (``@provstore.track``) or with options
@@ -387,12 +407,19 @@ def track(func: Callable[..., Any] | None = None, *, version: str | None = None,
         (``with ctx:`` / ``with ctx.scope(...)``), else the store opened last
         in this process; with no store at all the function runs untracked
         (with a warning, once).
+    name : str, optional
+        Name the function explicitly (``"preproc.smooth"``): its calls are listed
+        under this name and keyed on it with the code version, so two functions
+        with equal code but different names never share results. By default the
+        key holds the code version only, and the calls are listed under
+        ``module:qualname`` (a script's stem as module).
 
     Returns
     -------
     TrackedFunction
     """
     if func is None:
-        return lambda f: TrackedFunction(f, context=context, version=version, ignore=ignore)
-    return TrackedFunction(func, context=context, version=version, ignore=ignore)
+        return lambda f: TrackedFunction(f, context=context, version=version, ignore=ignore,
+                                         name=name)
+    return TrackedFunction(func, context=context, version=version, ignore=ignore, name=name)
 
