@@ -245,7 +245,8 @@ def history_command(env: _Env, name: str, as_json: bool) -> None:
 def runs_command(env: _Env, limit: int | None, as_json: bool) -> None:
     """List the processes that wrote to the store, newest first.
 
-    A run still marked running whose heartbeat stopped shows as crashed.
+    A run still marked running shows as crashed when its process is gone: at
+    once on this host, after five minutes without a heartbeat on another.
     """
     runs = maintenance.list_runs(env.ctx.store, limit=limit)
     if as_json:

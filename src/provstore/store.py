@@ -37,6 +37,7 @@ from .db.engine import (
 from .errors import (
     CorruptObjectError,
     DatabaseDamagedError,
+    StorageError,
     StoreError,
     StoreNotFoundError,
     StoreVersionError,
@@ -86,7 +87,11 @@ class Store:
             self.engine.dispose()
             raise
         self.file_identity: tuple[int, int] | None = None  # set by provstore.api
-        self.objects = ObjectDir(root, durable=True)
+        try:
+            self.objects = ObjectDir(root, durable=True)
+        except OSError as exc:  # e.g. a read-only store copied without its tmp/
+            self.engine.dispose()
+            raise StorageError(f"cannot use the object root {root}: {exc}") from exc
         self.runs = RunRecorder(self.engine)
         self.readers = Readers(self.engine)
         self._scopes: dict[str, int] = {}
