@@ -4,7 +4,9 @@ Every command opens the store, calls one library function and prints the
 result as a rich table (plain text when not on a terminal) or, with
 ``--json``, as JSON for scripts. Errors are handled in one place,
 :meth:`_Group.invoke`: any :class:`~provstore.errors.ProvstoreError` becomes
-a message on stderr and exit code 2.
+a message on stderr and exit code 2, or 3 for a damaged, lost or unaccounted
+database (:class:`~provstore.errors.DatabaseDamagedError`), so that a script
+tells "could not check" (2, 3) from "checked and found damage" (1).
 """
 
 from __future__ import annotations
@@ -29,19 +31,29 @@ from rich.text import Text
 
 from . import api, maintenance
 from .context import Context
-from .db.engine import SCHEMA_HEAD, check_schema, make_engine, upgrade
-from .errors import NotFoundError, ProvstoreError, StoreNotFoundError
+from .db.engine import (
+    SCHEMA_HEAD,
+    check_schema,
+    display_url,
+    make_engine,
+    readonly_reason,
+    upgrade,
+)
+from .errors import DatabaseDamagedError, NotFoundError, ProvstoreError, StoreNotFoundError
+from .fstype import sqlite_file
 from .lineage import Version
 from .scope import display, parse_path
+from .store import check_database_file, object_count
 
 __all__ = ["cli", "main"]
 
-EXIT_OK, EXIT_NEGATIVE, EXIT_ERROR = 0, 1, 2
+EXIT_OK, EXIT_NEGATIVE, EXIT_ERROR, EXIT_DAMAGED = 0, 1, 2, 3
 EXIT_CODES = """\b
 Exit codes:
   0  success
   1  a negative answer: `verify` found damage (--strict: or orphans), `which` found nothing
-  2  an error (no store, unknown name, bad option): the message is on stderr"""
+  2  an error (no store, unknown name, bad option): the message is on stderr
+  3  the database is damaged, or lost while objects exist: nothing was checked or changed"""
 
 
 class CommandError(ProvstoreError):
@@ -49,14 +61,15 @@ class CommandError(ProvstoreError):
 
 
 class _Group(click.Group):
-    """The one error handler: ProvstoreError → message on stderr, exit code 2."""
+    """The one error handler: ProvstoreError → message on stderr, exit code 2 (3: damage)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except ProvstoreError as exc:
             click.echo(f"provstore: error: {exc}", err=True)
-            raise click.exceptions.Exit(EXIT_ERROR) from exc
+            code = EXIT_DAMAGED if isinstance(exc, DatabaseDamagedError) else EXIT_ERROR
+            raise click.exceptions.Exit(code) from exc
 
 
 class _Env:
@@ -257,7 +270,8 @@ def history_command(env: _Env, name: str, as_json: bool) -> None:
 def runs_command(env: _Env, limit: int | None, as_json: bool) -> None:
     """List the processes that wrote to the store, newest first.
 
-    A run still marked running whose heartbeat stopped shows as crashed.
+    A run still marked running shows as crashed when its process is gone: at
+    once on this host, after five minutes without a heartbeat on another.
     """
     runs = maintenance.list_runs(env.ctx.store, limit=limit)
     if as_json:
@@ -279,7 +293,9 @@ def verify_command(env: _Env, strict: bool, as_json: bool) -> None:
     """Re-hash every object file and check every row; exit 1 when anything is wrong.
 
     Permissions and modification times are never trusted: every byte is read.
+    Inline values are decoded and keyed again; SQLite's integrity_check runs.
     Damaged objects are reported with the bindings and calls they affect.
+    Exits 3, having checked nothing, when the database itself cannot be read.
     """
     with _progress(not as_json) as progress:
         report = maintenance.verify(env.ctx.store, progress=progress)
@@ -301,18 +317,22 @@ def verify_command(env: _Env, strict: bool, as_json: bool) -> None:
 @click.option("--grace", type=click.FloatRange(min=0), default=3600.0, show_default=True,
               metavar="SECONDS",
               help="Keep orphan files younger than this: they may be publications in flight.")
+@click.option("--force", is_flag=True,
+              help="Remove orphans even when the database names none or few of the files.")
 @json_option
 @pass_env
-def gc_command(env: _Env, dry_run: bool, keep_versions: int | None, grace: float,
+def gc_command(env: _Env, dry_run: bool, keep_versions: int | None, grace: float, force: bool,
                as_json: bool) -> None:
     """Remove orphan object files and, with --keep-versions, old versions.
 
     A dry run by default. Never removes what a binding, a call or an
-    ingested-file record references, nor what a running call uses.
+    ingested-file record references, nor what a running call uses. Refuses
+    (exit 3) when the database does not account for the object files, as
+    after a lost or wrongly restored database, unless --force.
     """
     with _progress(not as_json) as progress:
         report = maintenance.gc(env.ctx.store, dry_run=dry_run, grace_seconds=grace,
-                                keep_versions=keep_versions, progress=progress)
+                                keep_versions=keep_versions, progress=progress, force=force)
     if as_json:
         _echo_json(report.to_dict())
     else:
@@ -371,11 +391,25 @@ def upgrade_command(env: _Env) -> None:
     location = env.location.absolute()
     try:
         url = api.database_url(location, env.db, create=False)
+        path = sqlite_file(url)
+        if path is not None:  # before connecting, which would write into an empty file
+            check_database_file(path, location, create=False)
     except StoreNotFoundError:
         raise env.missing() from None
+    reason = None if path is None else readonly_reason(path)
+    if reason is not None:
+        raise CommandError(f"cannot upgrade the store at {location}: {reason}")
     engine = make_engine(url)
     try:
         before = check_schema(engine)
+        if before is None:  # commands never create a store
+            if object_count(location):
+                raise DatabaseDamagedError(
+                    f"the database {display_url(url)} of the store at {location} is empty "
+                    "while its "
+                    "objects/ holds files: restore it from a backup copy (see "
+                    "docs/guarantees.md, 'Damaged or missing database')")
+            raise env.missing()
         if before == SCHEMA_HEAD:
             click.echo(f"the schema is already at {SCHEMA_HEAD}; nothing to do")
             return

@@ -255,7 +255,7 @@ def _call(r: Any, inputs: list[Any], outputs: list[int],
     run = None
     if r.run_id is not None and r.run_host is not None:
         run = RunInfo(r.run_id, r.run_host, r.run_pid, r.run_user, r.run_started,
-                      status_of(r.run_status, r.run_heartbeat),
+                      status_of(r.run_status, r.run_heartbeat, host=r.run_host, pid=r.run_pid),
                       tuple(json.loads(r.run_argv)) if r.run_argv else (), r.run_cwd)
     params = json.loads(r.params) if r.params else {}
     # Arguments in the function's parameter order, which params (a JSON object
@@ -332,7 +332,7 @@ def version_from_row(scope: str, name: str, r: Any, source: CallSource | None) -
     run = None
     if r.run_id is not None:
         run = RunInfo(r.run_id, r.host, r.pid, r.user, r.run_started,
-                      status_of(r.run_status, r.run_heartbeat))
+                      status_of(r.run_status, r.run_heartbeat, host=r.host, pid=r.pid))
     return Version(
         number=r.version, scope=scope, name=name, artifact_id=r.artifact_id, digest=r.digest,
         format=r.format, size=r.size, summary=json.loads(r.summary) if r.summary else {},
