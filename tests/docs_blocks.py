@@ -18,7 +18,9 @@ from pathlib import Path
 __all__ = ["Block", "DocError", "Program", "assemble", "parse"]
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>```+|~~~+)\s*(?P<info>[^`\s]*)")
-_MARKER = re.compile(r"<!--\s*docs-test\s+(?P<kind>[a-z]+)\s*:(?P<body>.*?)-->", re.DOTALL)
+# A marker opens its own line: one quoted in running text (`<!-- docs-test ... -->`) is prose.
+_MARKER = re.compile(r"^[ \t]*<!--\s*docs-test\s+(?P<kind>[a-z]+)\s*:(?P<body>.*?)-->",
+                     re.DOTALL | re.MULTILINE)
 _KINDS = ("prelude", "skip", "file", "script")
 _SCRIPT_NAME = re.compile(r"[A-Za-z_][\w-]*\.py")
 
@@ -99,7 +101,7 @@ def _attach_markers(block: Block, lines: list[str], fence: int) -> None:
     end = fence - 1
     while end >= 0 and lines[end].rstrip().endswith("-->"):
         start = end
-        while start > 0 and "<!--" not in lines[start]:
+        while start > 0 and not lines[start].lstrip().startswith("<!--"):
             start -= 1
         marker = _MARKER.search("\n".join(lines[start:end + 1]))
         if marker is None:
@@ -147,6 +149,7 @@ class Program:
     files: dict[str, str]
     skipped: list[Block]
     origin: dict[tuple[str, int], Block]
+    launchers: set[tuple[str, int]] = field(default_factory=set)
 
 
 def assemble(blocks: list[Block], main: str,
@@ -157,6 +160,7 @@ def assemble(blocks: list[Block], main: str,
     files: dict[str, str] = {}
     skipped: list[Block] = []
     origin: dict[tuple[str, int], Block] = {}
+    launchers: set[tuple[str, int]] = set()
     for block in blocks:
         if block.skip is not None:
             skipped.append(block)
@@ -178,4 +182,5 @@ def assemble(blocks: list[Block], main: str,
             rows[block.line - 2] = (f"import subprocess, sys; subprocess.run([sys.executable, "
                                     f"{block.script!r}], check=True)")
             origin[(main, block.line - 1)] = block
-    return Program("\n".join(rows) + "\n", files, skipped, origin)
+            launchers.add((main, block.line - 1))
+    return Program("\n".join(rows) + "\n", files, skipped, origin, launchers)

@@ -131,6 +131,8 @@ def test_a_stray_marker_fails_the_page(tmp_path: Path) -> None:
     path.write_text("<!-- docs-test prelud: x = 1 -->\n```python\nx\n```\n")
     with pytest.raises(DocError, match="unknown marker"):
         parse(path, "t.md")
+    path.write_text("Quote one as `<!-- docs-test skip: why -->` in prose.\n")
+    assert parse(path, "t.md") == []
 
 
 def _env(work: Path) -> dict[str, str]:
@@ -193,12 +195,13 @@ def _dask_cluster(work: Path) -> Iterator[str]:
 
 def _failure(doc: str, program: Program, proc: subprocess.CompletedProcess[str]) -> str:
     """Name the block whose line the traceback ends in, then show stdout and stderr."""
-    block, at = None, 0
-    for file, line in re.findall(r'File "([^"]+)", line (\d+)', proc.stderr):
-        if (Path(file).name, int(line)) in program.origin:
-            block, at = program.origin[(Path(file).name, int(line))], int(line)
-    where = (f"the block at {block.where} (lines {block.line}-{block.last_line}), "
-             f"at line {at},"
-             if block else "a block")
-    return (f"{doc}: {where} failed, exit {proc.returncode}\n"
+    frames = [(Path(f).name, int(n)) for f, n in re.findall(r'File "([^"]+)", line (\d+)',
+                                                             proc.stderr)]
+    ours = [f for f in frames if f in program.origin]
+    # A script block's own traceback beats the line that launched it.
+    ours = [f for f in ours if f not in program.launchers] or ours
+    block, at = (program.origin[ours[-1]], ours[-1][1]) if ours else (None, 0)
+    where = (f"{doc}:{at}: the block at lines {block.line}-{block.last_line} failed"
+             if block else f"{doc}: a block failed")
+    return (f"{where} (exit {proc.returncode})\n"
             f"--- stdout ---\n{proc.stdout[-3000:]}\n--- stderr ---\n{proc.stderr[-8000:]}")
