@@ -59,6 +59,11 @@ class Block:
         """Page line -> code line; interactive (``>>>``) blocks keep only their input."""
         if not any(line.lstrip().startswith(">>>") for line in self.code):
             return {self.line + i: text for i, text in enumerate(self.code)}
+        first = next(line for line in self.code if line.strip())
+        if not first.lstrip().startswith(">>>"):
+            # doctest would take the lines before the first prompt as prose: never run.
+            raise DocError(f"{self.where}: code before the first '>>>' prompt; make every "
+                           "line of an interactive block a '>>>' or '...' line, or its output")
         placed: dict[int, str] = {}
         text = "\n".join(self.code) + "\n"
         for example in doctest.DocTestParser().get_examples(text):

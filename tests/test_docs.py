@@ -131,6 +131,10 @@ def test_a_stray_marker_fails_the_page(tmp_path: Path) -> None:
     path.write_text("<!-- docs-test prelud: x = 1 -->\n```python\nx\n```\n")
     with pytest.raises(DocError, match="unknown marker"):
         parse(path, "t.md")
+    path.write_text("```python\nx = 1\n>>> x\n1\n```\n")
+    (block,) = parse(path, "t.md")
+    with pytest.raises(DocError, match="before the first '>>>'"):
+        block.statements()
     path.write_text("Quote one as `<!-- docs-test skip: why -->` in prose.\n")
     assert parse(path, "t.md") == []
 
