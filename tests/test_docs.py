@@ -80,9 +80,8 @@ def test_doc_runs(doc: str, tmp_path: Path, request: pytest.FixtureRequest) -> N
         return  # no Python to run: the page still parsed, its markers checked
     work = tmp_path / "work"
     work.mkdir()
-    text = "\n".join(line for b in blocks for line in b.code)
-    with ExitStack() as stack:
-        swaps = stack.enter_context(_substitutions(text, work, request))
+    text = "\n".join(line for b in blocks if b.skip is None for line in b.code)
+    with _substitutions(text, work, request) as swaps:
         main = Path(doc).stem + ".py"
         program = assemble(blocks, main, swaps)
         if main in program.files:
