@@ -17,7 +17,7 @@ from pathlib import Path
 
 __all__ = ["Block", "DocError", "Program", "assemble", "parse"]
 
-_FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>```+|~~~+)\s*(?P<info>[^`\s]*)")
+_FENCE = re.compile(r"^[ \t]*(?P<fence>```+|~~~+)\s*(?P<info>[^`\s]*)")
 # A marker opens its own line: one quoted in running text (`<!-- docs-test ... -->`) is prose.
 _MARKER = re.compile(r"^[ \t]*<!--\s*docs-test\s+(?P<kind>[a-z]+)\s*:(?P<body>.*?)-->",
                      re.DOTALL | re.MULTILINE)
@@ -44,7 +44,6 @@ class Block:
     skip: str | None = None
     file: str | None = None
     script: str | None = None
-
     markers: int = 0
 
     @property
@@ -132,8 +131,8 @@ def _apply(block: Block, kind: str, rows: list[str], line: int) -> None:
         raise DocError(f"{where}: 'docs-test {kind}:' needs a value")
     if kind in ("file", "script") and not _SCRIPT_NAME.fullmatch(value):
         raise DocError(f"{where}: 'docs-test {kind}: {value}' must name a .py file")
-    if getattr(block, kind) is not None:
-        raise DocError(f"{where}: a second 'docs-test {kind}:' for one block")
+    if block.file is not None or block.script is not None or block.skip is not None:
+        raise DocError(f"{where}: one block takes one of 'docs-test file/script/skip:'")
     setattr(block, kind, value)
 
 
