@@ -31,6 +31,7 @@ def open(
     safe: bool = False,
     create: bool = True,
     durability: str = "normal",
+    readonly: bool = False,
 ) -> Context:
     """Open (or create) a store and return a Context at its root scope.
 
@@ -60,6 +61,11 @@ def open(
         committed transaction when a process dies; ``"full"`` also survives
         power loss, at the cost of an fsync per commit. Object files are
         always fsynced before their rows commit.
+    readonly : bool
+        Open as a consumer that never writes: loads and tracked-call hits
+        work; a tracked call that misses raises ``NotCachedError`` instead of
+        computing, and binding, deleting or pinning raises ``StoreError``.
+        Nothing is written, not even reuse times or a run record.
 
     Returns
     -------
@@ -89,10 +95,11 @@ def open(
     check_sqlite_url(url)  # SQLite on NFS/CIFS/Lustre... corrupts: refuse before creating it
     loc.mkdir(parents=True, exist_ok=True)
     store = store_for(url, str(Path(root).expanduser().absolute() if root else loc), safe=safe,
-                      durability=durability)
+                      durability=durability, readonly=readonly)
     # Every open sweeps debris of crashed writers, even when this process
     # already had the store open: listing tmp/ costs microseconds.
-    store.objects.sweep()
+    if not readonly:
+        store.objects.sweep()
     if db is not None:
         record_database(loc, db)
     ctx = Context(store, (), mmap_mode=mmap_mode)

@@ -18,10 +18,12 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections import Counter
 from typing import Any
 
 from sqlalchemy import Engine, insert, update
 
+from .db import queries as q
 from .db.engine import retrying, write
 from .db.models import Run
 
@@ -97,6 +99,62 @@ class RunRecorder:
         self._id: int | None = None
         self._interval = heartbeat
         self._stop = threading.Event()
+        # Hits and misses of tracked calls, counted in memory and written with
+        # the heartbeat and at close; hits wait by call id until the durations
+        # they saved are read, one query per write.
+        self._pending: Counter[int] = Counter()
+        self._hits = self._misses = 0
+        self._saved = 0.0
+        self._counted_in = os.getpid()
+
+    def _same_process(self) -> None:
+        # Call with the lock held: a forked child counts its own calls only.
+        if self._counted_in != os.getpid():
+            self._pending, self._hits, self._misses, self._saved = Counter(), 0, 0, 0.0
+            self._counted_in = os.getpid()
+
+    def count_hit(self, call_id: int) -> None:
+        """Count a tracked call answered from the store (the result of *call_id*)."""
+        with self._lock:
+            self._same_process()
+            self._hits += 1
+            self._pending[call_id] += 1
+
+    def count_miss(self) -> None:
+        """Count a tracked call computed by this process."""
+        with self._lock:
+            self._same_process()
+            self._misses += 1
+
+    def counts(self) -> dict[str, Any]:
+        """``hits``, ``misses`` and ``saved_seconds`` so far (reads the pending durations)."""
+        with self._lock:
+            self._same_process()
+            pending, self._pending = self._pending, Counter()
+        saved = 0.0
+        if pending:
+            with self._engine.connect() as conn:
+                ids = sorted(pending)
+                for i in range(0, len(ids), 500):
+                    for r in conn.execute(q.CALL_DURATIONS, {"ids": ids[i:i + 500]}):
+                        saved += (r.duration or 0.0) * pending[r.id]
+        with self._lock:
+            self._saved += saved
+            return {"hits": self._hits, "misses": self._misses, "saved_seconds": self._saved}
+
+    def record_counts(self) -> None:
+        """Write the counts now; a process that only hit opens (and closes) its run for them."""
+        with self._lock:
+            self._same_process()
+            if not (self._hits or self._misses):
+                return
+        if self._id is None or self._pid != os.getpid():
+            self.run_id()
+            self._close()
+            return
+        counts = self.counts()
+        with write(self._engine) as conn:
+            conn.execute(q.RUN_COUNTS, {"run_id": self._id, **counts})
 
     def run_id(self) -> int:
         """Return this process's run id in the store, opening the run if needed."""
@@ -115,8 +173,10 @@ class RunRecorder:
     def _beat(self, run_id: int, stop: threading.Event) -> None:
         while not stop.wait(self._interval):
             try:
+                counts = self.counts()
                 with write(self._engine) as conn:
-                    conn.execute(update(Run).where(Run.id == run_id).values(heartbeat=utcnow()))
+                    conn.execute(update(Run).where(Run.id == run_id)
+                                 .values(heartbeat=utcnow(), **counts))
             except Exception:
                 continue
 
@@ -144,11 +204,12 @@ class RunRecorder:
         status = "failed" if failed else "finished"
         now = utcnow()
         try:
+            counts = self.counts()
             with write(self._engine) as conn:
                 conn.execute(
                     update(Run)
                     .where(Run.id == self._id)
-                    .values(status=status, ended=now, heartbeat=now)
+                    .values(status=status, ended=now, heartbeat=now, **counts)
                 )
         except Exception:
             pass

@@ -9,15 +9,18 @@ removes; a crash after it loses nothing.
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import json
+import os
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Executable, Result, insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from . import hashing
 from .backends.base import Backend, registry
@@ -34,6 +37,7 @@ from .db.engine import (
 )
 from .errors import (
     CorruptObjectError,
+    ProvstoreError,
     StoreError,
     StoreVersionError,
     UnsafeLoadError,
@@ -45,7 +49,9 @@ from .runs import RunRecorder, utcnow
 from .scope import Segment, format_path
 
 # records re-exported for callers
-__all__ = ["ArtifactCollectedError", "ArtifactRow", "Prepared", "Store"]
+__all__ = ["HIT_FLUSH_SECONDS", "ArtifactCollectedError", "ArtifactRow", "Prepared", "Store"]
+
+HIT_FLUSH_SECONDS = 5.0  # at most one write per this many seconds records reuse
 
 
 class ArtifactCollectedError(Exception):
@@ -60,10 +66,11 @@ class Store:
     """
 
     def __init__(self, url: str, root: Path, *, safe: bool = False, durability: str = "normal",
-                 lock_path: Path | None = None) -> None:
+                 lock_path: Path | None = None, readonly: bool = False) -> None:
         self.url = url
         self.root = root
         self.safe = safe
+        self.readonly = readonly
         self.durability = durability
         self.engine = make_engine(url, durability=durability)
         revision = check_schema(self.engine)
@@ -92,6 +99,14 @@ class Store:
         self._scalars: dict[int, Any] = {}  # immutable inline values by artifact id
         self.memo = CallMemo()
         self._lock = threading.Lock()
+        # Calls hit since the last flush: their last_hit is written in one
+        # UPDATE every HIT_FLUSH_SECONDS and at exit, never once per hit.
+        self._hits: set[int] = set()
+        self._hits_flushed = time.monotonic()
+        self._hits_pid = os.getpid()
+        if not readonly:
+            # By weak reference: a process that opens many stores keeps none alive.
+            atexit.register(_at_exit, weakref.ref(self))
 
     # ------------------------------------------------------------------ scopes
     def query(self, statement: Executable,
@@ -216,6 +231,7 @@ class Store:
         the name already holds adds no version (a rerun of a script changes
         nothing). Returns the version number and the artifact id.
         """
+        self.check_writable(f"bind {name!r}")
         run_id = self.runs.run_id()
 
         def transaction() -> tuple[int, int | None]:
@@ -252,6 +268,10 @@ class Store:
         """
         ids = [p.existing_id for p in prepared if p.existing_id is not None]
         gone = any(self.query(q.ARTIFACT_BY_ID, {"id": i}).first() is None for i in ids)
+        # gc --keep-calls may also have deleted the call a loaded value came from.
+        calls = {p.call_id for p in prepared if p.call_id is not None}
+        gone = gone or any(self.query(select(q.calls.c.id).where(q.calls.c.id == c)).first()
+                           is None for c in calls)
         if gone:
             self.identity.clear()
             for i in ids:
@@ -438,7 +458,96 @@ class Store:
             return computed
         return self.load(artifact_id, mmap_mode="r", call_id=call_id)
 
+    # ------------------------------------------------------------- reuse
+    def check_writable(self, what: str) -> None:
+        """Raise when the store was opened with ``readonly=True``."""
+        if self.readonly:
+            raise StoreError(
+                f"cannot {what}: the store {self.root} was opened with readonly=True; "
+                "open it without readonly= to write")
+
+    def note_hit(self, call_id: int) -> None:
+        """Count a reused call for this run and for ``gc --max-bytes`` (batched)."""
+        if self.readonly:
+            return  # a read-only consumer writes nothing, not even reuse times
+        self.runs.count_hit(call_id)
+        with self._lock:
+            self._hits.add(call_id)
+            due = time.monotonic() - self._hits_flushed >= HIT_FLUSH_SECONDS
+        if due:
+            self.flush_hits()
+
+    def flush_hits(self) -> None:
+        """Write ``last_hit`` of the calls hit since the last flush, in one UPDATE."""
+        with self._lock:
+            if self._hits_pid != os.getpid():  # a forked child: the parent writes its own
+                self._hits, self._hits_pid = set(), os.getpid()
+            ids, self._hits = self._hits, set()
+            self._hits_flushed = time.monotonic()
+        if not ids:
+            return
+        now = utcnow()
+        try:
+            def transaction() -> None:
+                with write(self.engine) as conn:
+                    for chunk in _chunks(sorted(ids)):
+                        conn.execute(q.TOUCH_CALLS, {"ids": chunk, "now": now})
+
+            retrying(transaction)
+        except (ProvstoreError, SQLAlchemyError):
+            # Reuse times only order eviction: a busy database must not fail
+            # a hit. The ids are kept for the next flush.
+            with self._lock:
+                self._hits |= ids
+
+    def pin(self, scope_id: int, name: str) -> bool:
+        """Pin (scope, name); return False when it was pinned already."""
+        self.check_writable(f"pin {name!r}")
+
+        def transaction() -> bool:
+            with write(self.engine) as conn:
+                if conn.execute(q.PIN_BY_NAME, {"scope_id": scope_id, "name": name}).first():
+                    return False
+                conn.execute(q.INSERT_PIN, {"scope_id": scope_id, "name": name,
+                                            "created": utcnow()})
+                return True
+
+        return retrying(transaction)
+
+    def unpin(self, scope_id: int, name: str) -> bool:
+        """Unpin (scope, name); return False when it was not pinned."""
+        self.check_writable(f"unpin {name!r}")
+
+        def transaction() -> bool:
+            with write(self.engine) as conn:
+                params = {"scope_id": scope_id, "name": name}
+                return bool(conn.execute(q.DELETE_PIN, params).rowcount)
+
+        return retrying(transaction)
+
+    def pins(self) -> list[Any]:
+        """Every pin: ``path`` (of its scope), ``name``, ``created``."""
+        return list(self.query(q.PINS).all())
+
     def close(self) -> None:
         """Release the database connections (the store can be reopened)."""
+        if not self.readonly:
+            self.flush_hits()
         self.readers.close_all()
         self.engine.dispose()
+
+
+def _at_exit(ref: weakref.ref[Store]) -> None:
+    store = ref()
+    if store is None:
+        return
+    try:
+        store.flush_hits()
+        store.runs.record_counts()
+    except Exception:  # at interpreter exit nothing can be reported any more
+        pass
+
+
+def _chunks(ids: list[int], size: int = 500) -> list[list[int]]:
+    # Far below SQLite's bound-parameter limit.
+    return [ids[i:i + size] for i in range(0, len(ids), size)]

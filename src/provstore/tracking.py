@@ -29,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from . import ambient, hashing, leases
 from .ambient import View
 from .codeversion import FINGERPRINTS, CodeVersion, function_identity
-from .errors import InvalidNameError
+from .errors import InvalidNameError, NotCachedError
 from .files import File
 from .leases import Claim, LeaseKeeper, claim, lease_seconds
 from .lineage import InputInfo
@@ -150,7 +150,13 @@ class TrackedFunction:
                 hit = store.finished_call(key)
             if hit is not None:
                 store.memo.note_key(key, hit)
+                store.note_hit(hit)
                 return _load_outputs(store, hit)
+        if store.readonly:
+            raise NotCachedError(
+                f"{self.identity}{_args_text(inputs)} is not in the store {store.root}, which "
+                "was opened with readonly=True: nothing is computed. Open it without readonly= "
+                "to compute it")
         return _Computation(self, store, key, cv, inputs).run(args, kwargs, recompute)
 
     def _key(self, store: Store | None, args: tuple[Any, ...],
@@ -252,8 +258,10 @@ class _Computation:
 
     def run(self, args: tuple[Any, ...], kwargs: dict[str, Any], recompute: bool) -> Any:
         c = self._claim(recompute)
-        if isinstance(c, int):
+        if isinstance(c, int):  # another process computed it meanwhile
+            self.store.note_hit(c)
             return _load_outputs(self.store, c)
+        self.store.runs.count_miss()
         ttl = lease_seconds()
         started = time.perf_counter()
         with LeaseKeeper(self.store.engine, c, ttl):
@@ -334,6 +342,11 @@ def _element(computed: Any, kind: str, position: int) -> Any:
     if computed is None:
         return None
     return computed[position] if kind == "tuple" else computed
+
+
+def _args_text(inputs: dict[str, _Input]) -> str:
+    text = ", ".join(f"{name}={_short(i)!r}" for name, i in inputs.items())
+    return f"({text[:197]}...)" if len(text) > 200 else f"({text})"
 
 
 def _short(i: _Input) -> Any:
