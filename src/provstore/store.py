@@ -500,6 +500,18 @@ class Store:
             with self._lock:
                 self._hits |= ids
 
+    def forget_if_collected(self, call_id: int) -> bool:
+        """Whether ``gc`` deleted call *call_id*; if so, forget every remembered call.
+
+        This process may remember a call (and its outputs) that a ``gc``
+        elsewhere has dropped since; its hit then finds no rows or files.
+        """
+        if self.query(select(q.calls.c.id).where(q.calls.c.id == call_id)).first() is not None:
+            return False
+        self.memo = CallMemo()
+        self.identity.clear()
+        return True
+
     def pin(self, scope_id: int, name: str) -> bool:
         """Pin (scope, name); return False when it was pinned already."""
         self.check_writable(f"pin {name!r}")

@@ -150,8 +150,15 @@ class TrackedFunction:
                 hit = store.finished_call(key)
             if hit is not None:
                 store.memo.note_key(key, hit)
-                store.note_hit(hit)
-                return _load_outputs(store, hit)
+                try:
+                    value = _load_outputs(store, hit)
+                except Exception:
+                    # gc may have dropped the call since this process saw it: compute again.
+                    if not store.forget_if_collected(hit):
+                        raise
+                else:
+                    store.note_hit(hit)
+                    return value
         if store.readonly:
             raise NotCachedError(
                 f"{self.identity}{_args_text(inputs)} is not in the store {store.root}, which "

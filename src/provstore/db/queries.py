@@ -286,8 +286,7 @@ GC_CALLS = select(
     calls.c.finished, calls.c.last_hit,
 )
 GC_CALL_OUTPUTS = select(call_outputs.c.call_id, call_outputs.c.artifact_id)
-GC_CALL_INPUTS = select(call_inputs.c.call_id, call_inputs.c.artifact_id).where(
-    call_inputs.c.artifact_id.is_not(None))
+GC_CALL_INPUTS = select(call_inputs.c.call_id, call_inputs.c.artifact_id)
 GC_BINDINGS = select(
     bindings.c.id, bindings.c.scope_id, bindings.c.name, bindings.c.version,
     bindings.c.artifact_id, bindings.c.call_id, bindings.c.created,

@@ -211,7 +211,7 @@ def _plan(conn: Connection, report: GcReport, rules: Rules) -> tuple[Graph, Plan
     report.rows = {
         "bindings": len(p.bindings),
         "calls": len(p.calls),
-        "call_inputs": sum(len(g.inputs.get(c, ())) for c in p.calls),
+        "call_inputs": sum(g.input_rows[c] for c in p.calls),
         "call_outputs": sum(len(g.outputs.get(c, ())) for c in p.calls),
         "artifacts": len(p.artifacts),
         "files": 0 if not p.artifacts else _count_file_rows(conn, p.artifacts),

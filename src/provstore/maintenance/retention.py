@@ -66,7 +66,8 @@ class Graph:
 
     calls: dict[int, Any]
     outputs: dict[int, list[int]]
-    inputs: dict[int, list[int]]
+    inputs: dict[int, list[int]]  # stored arguments only
+    input_rows: Counter[int]  # every argument row, per call
     bindings: list[Any]
     pinned: set[tuple[int, str]]
     filed: set[int]
@@ -101,11 +102,14 @@ def read_graph(conn: Connection, now: dt.datetime) -> Graph:
     for r in conn.execute(q.GC_CALL_OUTPUTS):
         outputs.setdefault(r.call_id, []).append(r.artifact_id)
     inputs: dict[int, list[int]] = {}
+    input_rows: Counter[int] = Counter()
     for r in conn.execute(q.GC_CALL_INPUTS):
-        inputs.setdefault(r.call_id, []).append(r.artifact_id)
+        input_rows[r.call_id] += 1
+        if r.artifact_id is not None:  # an argument that was no stored value
+            inputs.setdefault(r.call_id, []).append(r.artifact_id)
     return Graph(
         calls={r.id: r for r in conn.execute(q.GC_CALLS)},
-        outputs=outputs, inputs=inputs,
+        outputs=outputs, inputs=inputs, input_rows=input_rows,
         bindings=list(conn.execute(q.GC_BINDINGS)),
         pinned={(r.scope_id, r.name) for r in conn.execute(q.GC_PINS)},
         filed=set(conn.execute(q.GC_FILED).scalars()),
@@ -218,13 +222,23 @@ def _doomed_calls(g: Graph, needed: set[int], rules: Rules) -> set[int]:
     kept: set[int] = set()
     if rules.keep_calls is not None:
         # The newest N finished calls, and the newest N failed attempts, of
-        # each function in each scope (the scope of the bindings made from it).
-        seen: Counter[tuple[str, int | None, bool]] = Counter()
+        # each function in each scope (the scope of the bindings made from
+        # it). A call bound nowhere (or no longer) counts among all the
+        # calls of its function, so that old results whose versions were
+        # pruned do not survive as the newest of their own group.
+        in_scope: Counter[tuple[str, int, bool]] = Counter()
+        overall: Counter[tuple[str, bool]] = Counter()
         for c in sorted(g.calls, reverse=True):
             r = g.calls[c]
-            group = (r.function, scope_of.get(c), r.status == "done")
-            seen[group] += 1
-            if seen[group] <= rules.keep_calls:
+            done = r.status == "done"
+            overall[(r.function, done)] += 1
+            scope = scope_of.get(c)
+            if scope is None:
+                rank = overall[(r.function, done)]
+            else:
+                in_scope[(r.function, scope, done)] += 1
+                rank = in_scope[(r.function, scope, done)]
+            if rank <= rules.keep_calls:
                 kept.add(c)
     if rules.newer_than is not None:
         kept |= {c for c, r in g.calls.items() if last_used(r) >= rules.newer_than}
