@@ -357,9 +357,11 @@ CALLS_LISTING = (
     )
     .select_from(calls.outerjoin(leases, leases.c.call_id == calls.c.id))
     .where(
-        # The exact module:qualname, or a LIKE pattern ("%:qualname") given by the caller.
+        # The exact module:qualname, or LIKE patterns given by the caller
+        # ("%:name" and "%.name": a qualname, or its last part).
         or_(sql_cast(_cl_function, String).is_(None), calls.c.function == _cl_function,
-            calls.c.function.like(bindparam("pattern", type_=String), escape="\\")),
+            calls.c.function.like(bindparam("pattern", type_=String), escape="\\"),
+            calls.c.function.like(bindparam("dotted", type_=String), escape="\\")),
         or_(sql_cast(_cl_status, String).is_(None), calls.c.status == _cl_status),
         or_(sql_cast(_cl_run, Integer).is_(None), calls.c.run_id == _cl_run),
     )

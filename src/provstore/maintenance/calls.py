@@ -70,7 +70,7 @@ def list_calls(store: Store, *, function: Any = None, status: str | None = None,
         ``ctx.store``.
     function : callable or str, optional
         A tracked or plain function, ``"module:qualname"``, or a qualname
-        alone (``"smooth"``, ``"Model.fit"``: any module).
+        alone or its last part (``"smooth"``, ``"Model.fit"``: any module).
     status : str, optional
         One of ``done``, ``failed``, ``running``, ``orphaned``, ``expired``.
     run : int, optional
@@ -86,13 +86,13 @@ def list_calls(store: Store, *, function: Any = None, status: str | None = None,
         raise ValueError(f"status must be one of {', '.join(STATUSES)}, not {status!r}")
     name = function if function is None or isinstance(function, str) else (
         function_identity(function))
-    pattern = None
+    pattern = dotted = None
     if name is not None and ":" not in name:
         escaped = name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        pattern = f"%:{escaped}"
+        pattern, dotted = f"%:{escaped}", f"%.{escaped}"
     stmt = q.CALLS_LISTING if limit is None else q.CALLS_LISTING.limit(limit)
-    rows = store.query(stmt, {"function": name, "pattern": pattern, "status": status,
-                              "run_id": run})
+    rows = store.query(stmt, {"function": name, "pattern": pattern, "dotted": dotted,
+                              "status": status, "run_id": run})
     return [CallSummary(
         r.id, r.function, r.status, r.scope, r.started, r.finished, r.duration, r.run_id,
         r.host, r.pid, r.error, r.last_hit, json.loads(r.params or "{}"), r.lease_host,
