@@ -16,6 +16,7 @@ import os
 import threading
 import time
 import weakref
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ from .errors import (
 )
 from .identity import CallMemo, IdentityMap, Known
 from .objects import ObjectDir
-from .records import ArtifactRow, Prepared
+from .records import ArtifactRow, InputRecord, Prepared
 from .runs import RunRecorder, utcnow
 from .scope import Segment, format_path
 
@@ -277,6 +278,19 @@ class Store:
             for i in ids:
                 self._artifacts.pop(i, None)
         return gone
+
+    def relinked(self, inputs: list[InputRecord]) -> list[InputRecord]:
+        """*inputs*, with links to artifacts ``gc`` deleted meanwhile dropped.
+
+        A call's argument is linked to the stored artifact this process
+        knew it as; the commit links an unlinked one by its digest again.
+        """
+        ids = {i.artifact_id for i in inputs if i.artifact_id is not None}
+        gone = {a for a in ids if self.query(q.ARTIFACT_BY_ID, {"id": a}).first() is None}
+        if not gone:
+            return inputs
+        self.identity.clear()
+        return [replace(i, artifact_id=None) if i.artifact_id in gone else i for i in inputs]
 
     def commit_artifact(self, conn: Connection, p: Prepared, run_id: int,
                         now: dt.datetime) -> int:

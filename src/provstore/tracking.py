@@ -320,9 +320,11 @@ class _Computation:
             committed = leases.commit(self.store, c, prepared, kind=kind, duration=duration,
                                       code=self.cv, inputs=inputs)
         except IntegrityError:
-            if not self.store.collected(prepared):
+            relinked = self.store.relinked(inputs)
+            if not self.store.collected(prepared) and relinked == inputs:
                 raise
-            # gc removed a stored copy an output was linked to: store them again.
+            # gc removed a stored copy an output or input was linked to: store them again.
+            inputs = relinked
             prepared = [prepare(self.store, v) for v in elements]
             committed = leases.commit(self.store, c, prepared, kind=kind, duration=duration,
                                       code=self.cv, inputs=inputs)
