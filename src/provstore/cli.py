@@ -329,9 +329,10 @@ def gc_command(env: _Env, dry_run: bool, keep_versions: int | None, keep_calls: 
 @json_option
 @pass_env
 def pin_command(env: _Env, names: tuple[str, ...], listing: bool, as_json: bool) -> None:
-    """Pin NAMES (paths such as subject=01/mask): gc keeps every version and its lineage.
+    """Pin NAMES: gc keeps every version of each and all it was made from.
 
-    Without NAMES (or with --list), list the pins.
+    NAMES are paths such as subject=01/mask. Without NAMES (or with --list),
+    list the pins.
     """
     for name in names:
         env.ctx.pin(name)

@@ -90,12 +90,13 @@ class GcReport:
                 "artifacts": self.artifacts, "calls": self.calls}
 
     def __str__(self) -> str:
-        verb = "would free" if self.dry_run else "freed"
+        verb = "would remove" if self.dry_run else "removed"
         orphans = sum(f.reason == "orphan" for f in self.files)
-        lines = [f"{verb} {format_size(self.bytes)}: {len(self.files)} files "
-                 f"({orphans} orphans), {self.calls} calls, {self.bindings} old binding "
-                 f"versions, {self.artifacts} artifacts; {format_size(self.kept_bytes)} of "
-                 "values kept"]
+        lines = [f"{verb} {orphans} orphan files, {self.bindings} old binding versions, "
+                 f"{self.calls} calls, {self.artifacts} unreferenced artifacts "
+                 f"({len(self.files) - orphans} files): {format_size(self.bytes)}",
+                 f"{'would free' if self.dry_run else 'freed'} {format_size(self.bytes)}; "
+                 f"the values kept take {format_size(self.kept_bytes)}"]
         rows = ", ".join(f"{t} {n}" for t, n in self.rows.items() if n)
         lines.append(f"rows {'to delete' if self.dry_run else 'deleted'}: {rows or 'none'}")
         if self.max_bytes is not None and self.kept_bytes > self.max_bytes:
