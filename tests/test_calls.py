@@ -201,6 +201,9 @@ def test_a_readonly_consumer_loads_hits_and_never_computes(ctx: provstore.Contex
         del reader.y
     with pytest.raises(StoreError, match="readonly=True"):
         reader.pin("y")
+    with pytest.raises(StoreError, match="readonly=True"):
+        m.gc(reader.store, dry_run=False)
+    assert m.gc(reader.store).dry_run  # looking is allowed
     reader.store.flush_hits()
     reader.store.close()
     assert sorted(p.name for p in (store_dir / "objects").rglob("*")) == files_before

@@ -168,6 +168,8 @@ def gc(store: Store, *, dry_run: bool = True, grace_seconds: float = 3600.0,
         raise ValueError(f"keep_calls must be at least 1, not {keep_calls}")
     if grace_seconds < 0:
         raise ValueError(f"grace_seconds must be >= 0, not {grace_seconds}")
+    if not dry_run:
+        store.check_writable("collect garbage")
     cutoff = None if older_than is None else parse_moment(older_than, utcnow())
     limit = None if max_bytes is None else parse_size(max_bytes)
     rules = Rules(keep_versions, keep_calls, cutoff, limit)

@@ -77,8 +77,11 @@ class Graph:
     producers: dict[int, list[int]] = field(default_factory=dict)  # artifact → done calls
 
     def __post_init__(self) -> None:
+        # A dry run reads without a write lock: rows of calls committed or
+        # deleted between its statements are left out, never looked up.
         for call_id in sorted(self.outputs):
-            if self.calls[call_id].status == "done":
+            row = self.calls.get(call_id)
+            if row is not None and row.status == "done":
                 for a in self.outputs[call_id]:
                     self.producers.setdefault(a, []).append(call_id)
 
@@ -273,7 +276,7 @@ def _evict(g: Graph, spared: set[int], refs: Counter[int], max_bytes: int) -> se
         evicted.add(c)
         for a in (*g.inputs.get(c, ()), *g.outputs.get(c, ())):
             refs[a] -= 1
-            if refs[a] == 0:
+            if refs[a] == 0 and a in g.artifacts:
                 total -= g.artifacts[a].size
     return evicted
 
