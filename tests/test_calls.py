@@ -22,7 +22,7 @@ from sqlalchemy import event
 
 import provstore
 from provstore import maintenance as m
-from provstore import store as store_module
+from provstore import runs as runs_module
 from provstore.cli import cli
 from provstore.errors import NotCachedError, StoreError
 from sql import sql
@@ -137,7 +137,7 @@ def test_hits_are_recorded_in_one_batched_write(ctx: provstore.Context, store_di
     for x in range(3):
         f(x)
     ctx.store.flush_hits()
-    monkeypatch.setattr(store_module, "HIT_FLUSH_SECONDS", 3600.0)
+    monkeypatch.setattr(runs_module, "HIT_FLUSH_SECONDS", 3600.0)
     touches: list[str] = []
 
     def spy(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
@@ -156,7 +156,7 @@ def test_hits_are_recorded_in_one_batched_write(ctx: provstore.Context, store_di
     finally:
         event.remove(ctx.store.engine, "before_cursor_execute", spy)
     assert None not in {r["last_hit"] for r in sql(store_dir, "SELECT last_hit FROM calls")}
-    monkeypatch.setattr(store_module, "HIT_FLUSH_SECONDS", 0.0)
+    monkeypatch.setattr(runs_module, "HIT_FLUSH_SECONDS", 0.0)
     sql(store_dir, "UPDATE calls SET last_hit = NULL", write=True)
     f(1)  # the interval has passed: this hit writes the batch
     assert sum(r["last_hit"] is not None for r in sql(store_dir, "SELECT last_hit FROM calls")) \

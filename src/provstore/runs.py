@@ -17,20 +17,25 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
+import weakref
 from collections import Counter
 from typing import Any
 
 from sqlalchemy import Engine, insert, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from .db import queries as q
 from .db.engine import retrying, write
 from .db.models import Run
+from .errors import ProvstoreError
 
-__all__ = ["RunRecorder", "environment", "utcnow"]
+__all__ = ["HIT_FLUSH_SECONDS", "ReuseLog", "RunRecorder", "environment", "utcnow"]
 
 STALE_AFTER = dt.timedelta(minutes=5)
 HEARTBEAT_SECONDS = 60.0  # well inside STALE_AFTER, so a live run never reads as crashed
+HIT_FLUSH_SECONDS = 5.0  # reuse times are written at most once per this many seconds
 _PACKAGES = ("numpy", "nibabel", "tables", "SQLAlchemy", "provstore", "pandas", "scipy")
 
 
@@ -213,6 +218,75 @@ class RunRecorder:
                 )
         except Exception:
             pass
+
+
+class ReuseLog:
+    """The calls this process reused, for the run's counts and ``calls.last_hit``.
+
+    A hit only adds its call id to a set; the ids are written in one UPDATE
+    at most every :data:`HIT_FLUSH_SECONDS`, when the store closes and at
+    exit, never once per hit. A process killed before a flush loses at most
+    those seconds of reuse times, which only order ``gc --max-bytes``.
+    """
+
+    def __init__(self, engine: Engine, runs: RunRecorder, *, enabled: bool = True) -> None:
+        self._engine = engine
+        self._runs = runs
+        self._enabled = enabled  # a read-only store writes nothing, not even reuse
+        self._lock = threading.Lock()
+        self._ids: set[int] = set()
+        self._flushed = time.monotonic()
+        self._pid = os.getpid()
+        if enabled:
+            # By weak reference: a process that opens many stores keeps none alive.
+            atexit.register(_flush_at_exit, weakref.ref(self))
+
+    def note(self, call_id: int) -> None:
+        """Record a hit on *call_id*; write the batch if the interval has passed."""
+        if not self._enabled:
+            return
+        self._runs.count_hit(call_id)
+        with self._lock:
+            self._ids.add(call_id)
+            due = time.monotonic() - self._flushed >= HIT_FLUSH_SECONDS
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write ``last_hit`` of the calls hit since the last flush, in one transaction."""
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child: the parent writes its own
+                self._ids, self._pid = set(), os.getpid()
+            ids, self._ids = self._ids, set()
+            self._flushed = time.monotonic()
+        if not ids:
+            return
+        now = utcnow()
+
+        def transaction() -> None:
+            with write(self._engine) as conn:
+                ordered = sorted(ids)
+                for i in range(0, len(ordered), 500):  # far below SQLite's parameter limit
+                    conn.execute(q.TOUCH_CALLS, {"ids": ordered[i:i + 500], "now": now})
+
+        try:
+            retrying(transaction)
+        except (ProvstoreError, SQLAlchemyError):
+            # A busy or vanished database must not fail a hit; the ids wait
+            # for the next flush.
+            with self._lock:
+                self._ids |= ids
+
+
+def _flush_at_exit(ref: weakref.ref[ReuseLog]) -> None:
+    log = ref()
+    if log is None:
+        return
+    try:
+        log.flush()
+        log._runs.record_counts()
+    except Exception:  # at interpreter exit nothing can be reported any more
+        pass
 
 
 def status_of(row_status: str, heartbeat: dt.datetime, now: dt.datetime | None = None) -> str:

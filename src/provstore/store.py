@@ -9,19 +9,16 @@ removes; a crash after it loses nothing.
 
 from __future__ import annotations
 
-import atexit
 import datetime as dt
 import json
-import os
 import threading
-import time
 import weakref
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Executable, Result, insert, select
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 
 from . import hashing
 from .backends.base import Backend, registry
@@ -38,7 +35,6 @@ from .db.engine import (
 )
 from .errors import (
     CorruptObjectError,
-    ProvstoreError,
     StoreError,
     StoreVersionError,
     UnsafeLoadError,
@@ -46,13 +42,11 @@ from .errors import (
 from .identity import CallMemo, IdentityMap, Known
 from .objects import ObjectDir
 from .records import ArtifactRow, InputRecord, Prepared
-from .runs import RunRecorder, utcnow
+from .runs import ReuseLog, RunRecorder, utcnow
 from .scope import Segment, format_path
 
 # records re-exported for callers
-__all__ = ["HIT_FLUSH_SECONDS", "ArtifactCollectedError", "ArtifactRow", "Prepared", "Store"]
-
-HIT_FLUSH_SECONDS = 5.0  # at most one write per this many seconds records reuse
+__all__ = ["ArtifactCollectedError", "ArtifactRow", "Prepared", "Store"]
 
 
 class ArtifactCollectedError(Exception):
@@ -100,14 +94,7 @@ class Store:
         self._scalars: dict[int, Any] = {}  # immutable inline values by artifact id
         self.memo = CallMemo()
         self._lock = threading.Lock()
-        # Calls hit since the last flush: their last_hit is written in one
-        # UPDATE every HIT_FLUSH_SECONDS and at exit, never once per hit.
-        self._hits: set[int] = set()
-        self._hits_flushed = time.monotonic()
-        self._hits_pid = os.getpid()
-        if not readonly:
-            # By weak reference: a process that opens many stores keeps none alive.
-            atexit.register(_at_exit, weakref.ref(self))
+        self.reuse = ReuseLog(self.engine, self.runs, enabled=not readonly)
 
     # ------------------------------------------------------------------ scopes
     def query(self, statement: Executable,
@@ -482,37 +469,11 @@ class Store:
 
     def note_hit(self, call_id: int) -> None:
         """Count a reused call for this run and for ``gc --max-bytes`` (batched)."""
-        if self.readonly:
-            return  # a read-only consumer writes nothing, not even reuse times
-        self.runs.count_hit(call_id)
-        with self._lock:
-            self._hits.add(call_id)
-            due = time.monotonic() - self._hits_flushed >= HIT_FLUSH_SECONDS
-        if due:
-            self.flush_hits()
+        self.reuse.note(call_id)
 
     def flush_hits(self) -> None:
         """Write ``last_hit`` of the calls hit since the last flush, in one UPDATE."""
-        with self._lock:
-            if self._hits_pid != os.getpid():  # a forked child: the parent writes its own
-                self._hits, self._hits_pid = set(), os.getpid()
-            ids, self._hits = self._hits, set()
-            self._hits_flushed = time.monotonic()
-        if not ids:
-            return
-        now = utcnow()
-        try:
-            def transaction() -> None:
-                with write(self.engine) as conn:
-                    for chunk in _chunks(sorted(ids)):
-                        conn.execute(q.TOUCH_CALLS, {"ids": chunk, "now": now})
-
-            retrying(transaction)
-        except (ProvstoreError, SQLAlchemyError):
-            # Reuse times only order eviction: a busy database must not fail
-            # a hit. The ids are kept for the next flush.
-            with self._lock:
-                self._hits |= ids
+        self.reuse.flush()
 
     def forget_if_collected(self, call_id: int) -> bool:
         """Whether ``gc`` deleted call *call_id*; if so, forget every remembered call.
@@ -557,23 +518,6 @@ class Store:
 
     def close(self) -> None:
         """Release the database connections (the store can be reopened)."""
-        if not self.readonly:
-            self.flush_hits()
+        self.reuse.flush()
         self.readers.close_all()
         self.engine.dispose()
-
-
-def _at_exit(ref: weakref.ref[Store]) -> None:
-    store = ref()
-    if store is None:
-        return
-    try:
-        store.flush_hits()
-        store.runs.record_counts()
-    except Exception:  # at interpreter exit nothing can be reported any more
-        pass
-
-
-def _chunks(ids: list[int], size: int = 500) -> list[list[int]]:
-    # Far below SQLite's bound-parameter limit.
-    return [ids[i:i + size] for i in range(0, len(ids), size)]
