@@ -373,3 +373,33 @@ def test_ingested_files_of_dropped_versions_are_freed(ctx: provstore.Context,
     assert m.gc(ctx.store, dry_run=False, keep_versions=1).rows["files"] == 1
     assert count(store_dir, "files") == 1 and m.verify(ctx.store).ok
     np.testing.assert_array_equal(ctx.raw, np.full(500, 1))
+
+
+def test_rules_given_together_keep_what_either_keeps(ctx: provstore.Context,
+                                                     store_dir: Path) -> None:
+    log: list[int] = []
+    f = _tracked(ctx, log)
+    for x in range(4):
+        f(x)
+    ids = _call_ids(store_dir)
+    for call_id in ids[:3]:
+        _age(store_dir, call_id, days=10)
+    # keep-calls 1 keeps f(3); older-than 7d keeps nothing more: f(0..2) go.
+    assert m.gc(ctx.store, keep_calls=1, older_than="7d").calls == 3
+    _age(store_dir, ids[2], days=1)
+    report = m.gc(ctx.store, dry_run=False, keep_calls=1, older_than="7d")
+    assert report.calls == 2 and _call_ids(store_dir) == ids[2:]
+
+
+def test_a_pin_keeps_ingested_files_and_their_records(ctx: provstore.Context,
+                                                      store_dir: Path, tmp_path: Path) -> None:
+    for x in range(3):
+        path = tmp_path / f"raw{x}.npy"
+        np.save(path, np.full(500, x))
+        ctx.raw = provstore.File(path)
+        if x == 0:
+            ctx.pin("raw")
+    m.gc(ctx.store, dry_run=False, keep_versions=1, keep_calls=1, max_bytes=0)
+    assert count(store_dir, "files") == 3 and len(ctx.history("raw")) == 3
+    np.testing.assert_array_equal(ctx.get("raw", version=1), np.full(500, 0))
+    assert m.verify(ctx.store).ok
