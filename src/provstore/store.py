@@ -71,21 +71,16 @@ class Store:
         self.safe = safe
         self.durability = durability
         self.engine = make_engine(url, durability=durability)
-        revision = check_schema(self.engine)
-        if revision != q.SCHEMA_HEAD:
-            # An SQLite store belongs to its directory and is upgraded on
-            # open; a server database is shared by every worker of a lab, so
-            # changing its schema is an explicit step. Creating the schema in
-            # an empty database changes nothing anyone relies on.
-            if revision is not None and not is_sqlite(url):
-                raise StoreVersionError(
-                    f"the database {display_url(url)} has schema version {revision} and this "
-                    f"provstore writes {q.SCHEMA_HEAD}; back it up, stop its workers, then run "
-                    f"`provstore --store {root} upgrade`"
-                )
-            upgrade(self.engine, lock_path=lock_path)
+        try:
+            self._ensure_schema(lock_path)
+            self.objects = ObjectDir(root, durable=True)
+        except BaseException:
+            # A store that refuses to open closes its pooled connection now,
+            # not whenever the garbage collector gets to it (Python 3.13
+            # reports that as an unclosed sqlite3.Connection).
+            self.engine.dispose()
+            raise
         self.file_identity: tuple[int, int] | None = None  # set by provstore.api
-        self.objects = ObjectDir(root, durable=True)
         self.runs = RunRecorder(self.engine)
         self.readers = Readers(self.engine)
         self._scopes: dict[str, int] = {}
@@ -97,6 +92,22 @@ class Store:
         self._scalars: dict[int, Any] = {}  # immutable inline values by artifact id
         self.memo = CallMemo()
         self._lock = threading.Lock()
+
+    def _ensure_schema(self, lock_path: Path | None) -> None:
+        revision = check_schema(self.engine)
+        if revision == q.SCHEMA_HEAD:
+            return
+        # An SQLite store belongs to its directory and is upgraded on open; a
+        # server database is shared by every worker of a lab, so changing its
+        # schema is an explicit step. Creating the schema in an empty
+        # database changes nothing anyone relies on.
+        if revision is not None and not is_sqlite(self.url):
+            raise StoreVersionError(
+                f"the database {display_url(self.url)} has schema version {revision} and this "
+                f"provstore writes {q.SCHEMA_HEAD}; back it up, stop its workers, then run "
+                f"`provstore --store {self.root} upgrade`"
+            )
+        upgrade(self.engine, lock_path=lock_path)
 
     # ------------------------------------------------------------------ scopes
     def _query(self, statement: Any, params: dict[str, Any] | None = None) -> Any:
@@ -444,7 +455,10 @@ class Store:
         return self.load(artifact_id, mmap_mode="r", call_id=call_id)
 
     def close(self) -> None:
-        """Release the database connections (the store can be reopened)."""
+        """Release the database connections; harmless to repeat.
+
+        The store stays usable: its next read or write connects again.
+        """
         self.readers.close_all()
         self.engine.dispose()
 
