@@ -2,7 +2,8 @@
 
 ``make test-pythons`` runs ``nox``: one session per Python version listed in
 pyproject.toml's classifiers, each in a virtualenv made afresh under ``.nox/``
-with provstore installed from a wheel (as users get it) with its test extras.
+with provstore and its test extras installed editable, as ``make test`` does
+(tests/integration/test_install.py builds and checks the wheel itself).
 ``make test-other-pythons`` (what CI runs after ``make test``) skips the
 Python running nox, on which ``make test`` already ran the full suite.
 
@@ -76,7 +77,7 @@ _expose_pyenv_versions()
 
 def tests(session: nox.Session) -> None:
     """Install provstore with its test extras, then run the SQLite half of the suite."""
-    session.install(".[test,pandas]")
+    session.install("-e", ".[test,pandas]")
     session.run("python", "--version")
     session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *session.posargs,
                 env={"PROVSTORE_TEST_BACKENDS": "sqlite"})
