@@ -201,15 +201,20 @@ class _Renewer:
         self._due: dict[LeaseKeeper, float] = {}
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._next_wake: float | None = None  # when the thread wakes by itself; None: never
 
     def add(self, keeper: LeaseKeeper) -> None:
         with self._lock:
-            self._due[keeper] = time.monotonic() + keeper.ttl / 3
+            due = self._due[keeper] = time.monotonic() + keeper.ttl / 3
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="provstore-leases",
                                                 daemon=True)
                 self._thread.start()
-        self._wake.set()
+            # Waking the thread costs a context switch: only when it would
+            # otherwise sleep past this lease's first renewal.
+            early = self._next_wake is None or due < self._next_wake
+        if early:
+            self._wake.set()
 
     def remove(self, keeper: LeaseKeeper) -> None:
         with self._lock:
@@ -223,6 +228,7 @@ class _Renewer:
                 for k in due:
                     self._due[k] = now + k.ttl / 3
                 wait = min((t - now for t in self._due.values()), default=None)
+                self._next_wake = None if wait is None else now + wait
             for keeper in due:
                 try:
                     keeper.renew()
