@@ -28,17 +28,17 @@ import pytest
 import provstore
 from provstore import locations
 
-NOBODY = 65534
-
 
 def _reader_prefix() -> list[str]:
     if os.geteuid() != 0:
         return []
     setpriv = shutil.which("setpriv")
     if setpriv is None:
-        pytest.fail("running as root, these tests need setpriv (util-linux) to read as "
-                    "nobody: root bypasses file permissions", pytrace=False)
-    return [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+        pytest.fail("running as root, these tests need setpriv (util-linux) to drop root's "
+                    "capabilities: root bypasses file permissions", pytrace=False)
+    # Root without any capability: file permissions bind it like any owner. (Not
+    # another user: this interpreter may live under /root, out of others' reach.)
+    return [setpriv, "--bounding-set=-all", "--inh-caps=-all", "--"]
 
 
 def as_reader(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -258,7 +258,13 @@ def _feed_set(tag: bytes) -> Callable[[Hasher, Any], None]:
 
 def _dtype_text(dtype: np.dtype[Any]) -> bytes:
     if getattr(type(dtype), "_legacy", True):
-        return repr(np.lib.format.dtype_to_descr(dtype)).encode()
+        if dtype.metadata is None and dtype.fields is None:
+            return repr(np.lib.format.dtype_to_descr(dtype)).encode()
+        # numpy warns that .npy files drop dtype metadata (pandas attaches some
+        # on older versions); the descriptor is the same without it.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return repr(np.lib.format.dtype_to_descr(dtype)).encode()
     # New-style dtypes (StringDType) have no .npy descriptor: their class and parameters.
     return f"{class_name(type(dtype))}:{dtype!r}".encode()
 

@@ -153,6 +153,28 @@ def _variable_name(name: Any) -> str:
 
 
 # ----------------------------------------------------------------------------- checks
+_TIMEDELTAS_OK: list[bool] = []
+
+
+def timedeltas_round_trip() -> bool:
+    """Whether the installed xarray reads back the timedeltas it writes (probed once).
+
+    Some releases (2025.6 among them) write a ``dtype`` attribute on timedelta
+    variables that their own reader then refuses; with those, datasets holding
+    timedeltas are declined (a later backend takes them) rather than stored in
+    a file that cannot be opened.
+    """
+    if not _TIMEDELTAS_OK:
+        xr = _xarray()
+        probe = xr.Dataset({"d": ("x", np.array([1], dtype="m8[s]"))})
+        try:
+            back = xr.open_dataset(probe.to_netcdf(engine=ENGINE), engine=ENGINE)
+            _TIMEDELTAS_OK.append(back["d"].dtype.kind == "m")
+        except Exception:  # the refusal itself is what is probed for
+            _TIMEDELTAS_OK.append(False)
+    return _TIMEDELTAS_OK[0]
+
+
 def _exact_dataset(xr: Any, ds: Any) -> bool:
     if any(type(k) is not str for k in ds.variables) or not _exact_attrs(ds.attrs):
         return False
@@ -174,6 +196,8 @@ def _exact_variable(variable: Any) -> bool:
         return False  # xarray writes its own units for times, and decodes "X since Y"
     if dtype.kind in "biufSU":
         return True
+    if dtype.kind == "m" and not timedeltas_round_trip():
+        return False
     if dtype.kind in "Mm":
         return np.datetime_data(dtype)[0] in _TIME_UNITS
     if dtype.kind == "O":

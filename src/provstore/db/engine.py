@@ -220,6 +220,11 @@ def _is_damage(exc: BaseException) -> bool:
     name = getattr(exc, "sqlite_errorname", None)
     if name in _DAMAGE_CODES:
         return True
+    if name is None and type(exc) is sqlite3.DatabaseError:
+        # Python 3.10's sqlite3 names no result code; it raises the bare
+        # DatabaseError for SQLITE_CORRUPT and SQLITE_NOTADB (sometimes with an
+        # empty message), and a subclass for every other failure.
+        return True
     # Text columns whose bytes are not UTF-8: the driver's own message.
     return "could not decode to utf-8" in str(exc).lower()
 
