@@ -453,6 +453,35 @@ def test_a_safe_store_refusing_a_pickled_result_frees_the_key(store_dir: Path) -
     assert scalar(ctx.store.root, "SELECT count(*) FROM leases") == 0
 
 
+@provstore.track
+def masked(n: int) -> np.ma.MaskedArray:
+    RUNS.append(n)
+    return np.ma.masked_array(np.arange(float(n)), mask=np.arange(n) % 2 == 0)
+
+
+@pytest.mark.xfail(strict=True, raises=ValueError,
+                   reason="hashing.digest cannot digest a masked array on this branch; the "
+                          "hashing rewrite (h-hashing) fixes it: remove this mark then")
+def test_a_masked_array_result_keeps_its_mask(ctx: provstore.Context) -> None:
+    # npy would drop the mask: a masked array goes to a backend that keeps it.
+    first, again = masked(4), masked(4)
+    assert RUNS == [4]
+    for value in (first, again):
+        assert isinstance(value, np.ma.MaskedArray)
+        np.testing.assert_array_equal(value.mask, [True, False, True, False])
+
+
+def test_a_safe_store_refuses_a_masked_result_rather_than_drop_its_mask(
+    store_dir: Path,
+) -> None:
+    provstore.open(store_dir)
+    ctx = provstore.open(store_dir, safe=True)
+    with pytest.raises(UnsupportedTypeError), ctx:
+        masked(3)
+    assert _statuses(ctx) == ["failed"]
+    assert scalar(ctx.store.root, "SELECT count(*) FROM leases") == 0
+
+
 # ---------------------------------------------------------------- re-entry
 @provstore.track(ignore=["depth"])
 def reenter(x: int, depth: int = 0) -> int:

@@ -175,13 +175,12 @@ def test_without_a_store_nothing_is_memoized(monkeypatch: pytest.MonkeyPatch) ->
     assert len(RUNS) == 4
 
 
-def count_and_append(x: list[Any] = []) -> int:  # noqa: B006 - the mutable default is the point
-    count = len(x)
-    x.append(None)
-    return count
-
-
 def test_a_mutated_default_is_another_argument(ctx: provstore.Context) -> None:
+    def count_and_append(x: list[Any] = []) -> int:  # noqa: B006 - mutated on purpose
+        count = len(x)
+        x.append(None)
+        return count
+
     tracked = ctx.track(count_and_append)
     assert tracked() == 0
     assert tracked() == 1  # the default is now [None]: another key
