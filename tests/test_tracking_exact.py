@@ -140,6 +140,12 @@ def test_ignoring_self_shares_results_across_instances(ctx: provstore.Context) -
     assert RUNS == [("run", 2, 4)]
 
 
+def test_a_tracked_builtin_method_is_keyed_on_its_object(ctx: provstore.Context) -> None:
+    assert ctx.track([2, 2, 3].count)(2) == 2
+    assert ctx.track([2, 3].count)(2) == 1
+    assert ctx.track([2, 2, 3].count)(2) == 2
+
+
 class Plain:
     """A class with plain attributes and no ``__provstore_hash__``."""
 

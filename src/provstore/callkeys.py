@@ -343,11 +343,21 @@ class Unbound:
         bound.apply_defaults()
         return bound.arguments
 
-    def closure(self) -> dict[str, Any]:
-        """The data the wrapped function's closure cells hold now."""
-        if not isinstance(self.base, types.FunctionType):
-            return {}
-        return closure_values(self.base)
+    def captured(self) -> dict[str, Any]:
+        """What the wrapped function holds besides its arguments, named as inputs.
+
+        A function's closure cells (``<closure>.name``, see
+        :func:`closure_values`); a builtin method's object (``<self>``:
+        ``rng.integers``, ``[1, 2].count``), which a signature does not show.
+        """
+        base = self.base
+        if isinstance(base, types.FunctionType):
+            return {f"<closure>.{k}": v for k, v in closure_values(base).items()}
+        owner = getattr(base, "__self__", None)
+        if (isinstance(base, types.BuiltinMethodType) and owner is not None
+                and not isinstance(owner, types.ModuleType)):
+            return {"<self>": owner}
+        return {}
 
 
 def _peel(func: Any, depth: int) -> tuple[Any, tuple[Any, ...], dict[str, Any], int | None]:
