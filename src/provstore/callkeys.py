@@ -313,7 +313,7 @@ class Unbound:
     in the key like any argument, recorded and linked like one.
     """
 
-    __slots__ = ("base", "keywords", "owner", "plain", "prefix", "signature")
+    __slots__ = ("base", "captures", "keywords", "owner", "plain", "prefix", "signature")
 
     def __init__(self, base: Any, prefix: tuple[Any, ...], keywords: dict[str, Any],
                  self_index: int | None, signature: inspect.Signature) -> None:
@@ -326,6 +326,9 @@ class Unbound:
             self_index = 0  # a method decorated in its class body: self comes first
         # The parameter the instance (or class) a method is bound to is passed as.
         self.owner = names[self_index] if self_index is not None and names else None
+        # Whether captured() can find anything: most functions close over nothing.
+        self.captures = (bool(base.__code__.co_freevars) if isinstance(base, types.FunctionType)
+                         else isinstance(base, types.BuiltinMethodType))
 
     @classmethod
     def of(cls, func: Any) -> Unbound:

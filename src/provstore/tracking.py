@@ -202,10 +202,11 @@ class TrackedFunction:
         owner = self._call.owner
         inputs = {name: _Input.of(store, value, instance=name == owner)
                   for name, value in arguments.items() if name not in self._ignore}
-        for name, value in self._call.captured().items():
-            # Keyed by content, never linked by identity: a captured object
-            # may outlive the stored row it was loaded from (gc).
-            inputs[name] = _Input.of(None, value, instance=name == "<self>")
+        if self._call.captures:
+            for name, value in self._call.captured().items():
+                # Keyed by content, never linked by identity: a captured object
+                # may outlive the stored row it was loaded from (gc).
+                inputs[name] = _Input.of(None, value, instance=name == "<self>")
         cv = FINGERPRINTS.current(self._func, version=self._version)
         # key = xxh3(scheme, identity, code version, sorted name=digest pairs);
         # a flat string keeps it one hashing call.
