@@ -265,6 +265,28 @@ def test_estimators_are_keyed_by_class_parameters_and_fitted_state_without_pickl
     assert key != scaled_first.key(StandardScaler(copy=False), x)
 
 
+def test_pipelines_key_their_steps_and_get_params_without_deep_works(
+    ctx: provstore.Context,
+) -> None:
+    from sklearn.pipeline import make_pipeline
+
+    x = np.array([[1.0], [2.0], [3.0]])
+    a = make_pipeline(StandardScaler(), StandardScaler(with_mean=False))
+    b = make_pipeline(StandardScaler(), StandardScaler(with_mean=True))
+    assert scaled_first.key(a, x) != scaled_first.key(b, x)  # steps hold estimators: no pickle
+    assert scaled_first.key(a, x) == scaled_first.key(
+        make_pipeline(StandardScaler(), StandardScaler(with_mean=False)), x)
+
+    class Settings:
+        def __init__(self, alpha: float) -> None:
+            self.alpha = alpha
+
+        def get_params(self) -> dict[str, float]:
+            return {"alpha": self.alpha}
+
+    assert scaled_first.key(Settings(1.0), x) != scaled_first.key(Settings(2.0), x)
+
+
 # ------------------------------------------------------------------- scheme
 def test_a_new_key_scheme_is_a_clean_miss(ctx: provstore.Context,
                                           monkeypatch: pytest.MonkeyPatch) -> None:

@@ -171,7 +171,15 @@ def _estimator(est: Any, depth: int) -> Keyed:
     with _visiting(est) as again:
         if again:
             return Keyed("cycle", function_identity(type(est)))
-        params = est.get_params(deep=True)
+        try:
+            params = est.get_params(deep=True)
+        except TypeError:  # a get_params() of its own, without scikit-learn's deep=
+            params = est.get_params()
+        if not isinstance(params, dict):
+            raise UnsupportedTypeError(
+                f"{type(est).__qualname__}.get_params() returned a "
+                f"{type(params).__qualname__}, not a dict of parameters; define "
+                "__provstore_hash__() on the class to say how it is keyed")
         fitted = {k: v for k, v in getattr(est, "__dict__", {}).items()
                   if k.endswith("_") and not k.startswith("_")}
         return Keyed("estimator", (
