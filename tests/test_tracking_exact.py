@@ -529,3 +529,19 @@ def test_a_call_reentering_its_own_key_raises_instead_of_waiting(
     assert RUNS == [0]
     assert _statuses(ctx) == ["failed"]
     assert scalar(ctx.store.root, "SELECT count(*) FROM leases") == 0
+
+
+@provstore.track(ignore=["depth"])
+async def areenter(x: int, depth: int = 0) -> int:
+    RUNS.append(depth)
+    if depth < 1:
+        return await areenter(x, depth=depth + 1)
+    return x
+
+
+def test_a_coroutine_reentering_its_own_key_raises_too(ctx: provstore.Context) -> None:
+    with pytest.raises(tracking.RecursiveCallError, match="areenter"):
+        asyncio.run(areenter(4))
+    assert _statuses(ctx) == ["failed"]
+    assert scalar(ctx.store.root, "SELECT count(*) FROM leases") == 0
+
