@@ -340,13 +340,10 @@ class Unbound:
 
     @classmethod
     def of(cls, func: Any) -> Unbound:
+        # inspect.signature(func) succeeded already: the signature of what a
+        # partial or method wraps exists and accepts what they bind.
         base, prefix, keywords, self_index = _peel(func, 0)
-        try:
-            signature = inspect.signature(base)
-            signature.bind_partial(*prefix, **keywords)
-        except (TypeError, ValueError):  # a builtin without a signature: key it as given
-            return cls(func, (), {}, None, inspect.signature(func))
-        return cls(base, prefix, keywords, self_index, signature)
+        return cls(base, prefix, keywords, self_index, inspect.signature(base))
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """Bind a call to the wrapped function's parameters, defaults applied."""

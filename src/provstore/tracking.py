@@ -74,7 +74,8 @@ class TrackedFunction:
     Attributes
     ----------
     identity : str
-        ``module:qualname``, the function's name in the store.
+        ``module:qualname``, the function's name in the store
+        (``module:qualname.<partial>`` for a ``functools.partial``).
     """
 
     def __init__(self, func: Callable[..., Any], *, context: View | None = None,
