@@ -146,6 +146,41 @@ def test_a_tracked_builtin_method_is_keyed_on_its_object(ctx: provstore.Context)
     assert ctx.track([2, 2, 3].count)(2) == 2
 
 
+def halve(x: float) -> float:
+    return x / 2
+
+
+def negate(x: float) -> float:
+    return -x
+
+
+class Scorer:
+    def __init__(self, ctx: provstore.Context, transform: Any) -> None:
+        self.ctx = ctx  # where results go: not state
+        self.transform = transform  # a choice of behaviour: state
+        self.score = ctx.track(self.score)
+
+    def score(self, x: float) -> float:
+        return float(self.transform(x))
+
+
+class Settings(dict[str, float]):
+    @provstore.track
+    def scaled(self, x: float) -> float:
+        RUNS.append(dict(self))
+        return self["factor"] * x
+
+
+def test_functions_kept_on_an_instance_and_dict_content_are_its_state(
+    ctx: provstore.Context,
+) -> None:
+    assert Scorer(ctx, halve).score(4.0) == 2.0
+    assert Scorer(ctx, negate).score(4.0) == -4.0
+    assert Settings(factor=2.0).scaled(3.0) == 6.0
+    assert Settings(factor=3.0).scaled(3.0) == 9.0
+    assert len(RUNS) == 2
+
+
 class Plain:
     """A class with plain attributes and no ``__provstore_hash__``."""
 

@@ -52,6 +52,7 @@ __all__ = [
 _MAX_DEPTH = 8  # nested callables, estimators and containers followed
 _MAX_SCAN = 1000  # container items looked at for callables or estimators inside
 _PLAIN = frozenset({type(None), bool, int, float, complex, str, bytes, np.ndarray, np.memmap})
+_BUILTIN_BASES = (dict, list, tuple, set, frozenset, str, bytes, bytearray, int, float, complex)
 _local = threading.local()
 
 
@@ -230,6 +231,10 @@ def is_state_free(value: Any) -> bool:
     if isinstance(value, (type, types.ModuleType, types.FunctionType,
                           types.BuiltinFunctionType)):
         return True
+    return _is_provstore(value)
+
+
+def _is_provstore(value: Any) -> bool:
     module = type(value).__module__
     return module == "provstore" or module.startswith("provstore.")
 
@@ -260,8 +265,10 @@ def instance_digest(obj: Any, depth: int = 0) -> str:
 
     Values with a hashing rule (``__provstore_hash__``, dataclasses, arrays,
     estimators...) are digested as such. Other objects are keyed by their
-    class (identity and code version) and their attributes, leaving out
-    provstore objects and the tracked wrappers of the object's own methods
+    class (identity and code version), their content if they subclass a
+    builtin container or scalar, and their attributes (functions kept as
+    attributes by the callable rule), leaving out provstore objects (an open
+    ``Context``) and the tracked wrappers of the object's own methods
     (``self.f = ctx.track(self.f)``), which are code.
 
     Raises
@@ -277,8 +284,12 @@ def instance_digest(obj: Any, depth: int = 0) -> str:
         if again:
             return hashing.digest(Keyed("cycle", function_identity(cls)))
         state = {}
+        if isinstance(obj, _BUILTIN_BASES):  # a dict or list subclass: its content counts
+            state["<content>"] = hashing.digest(obj)
         for name, value in sorted(vars(obj).items()):
-            if is_state_free(value) or _bound_to(value, obj):
+            # A function kept on the instance is a choice of behaviour: keyed by
+            # the callable rule, unless it is one of the object's own methods.
+            if _bound_to(value, obj) or (_is_provstore(value) and not _is_callable_kind(value)):
                 continue
             try:
                 state[name] = value_digest(value, depth + 1)
