@@ -263,6 +263,27 @@ def test_closures_over_different_values_do_not_share_results(
     assert len(RUNS) == 2  # equal closed-over values: a hit
 
 
+def test_closures_over_partials_and_functions_key_what_those_close_over(
+    ctx: provstore.Context,
+) -> None:
+    def scaled_by(weights: np.ndarray) -> Any:
+        scale = functools.partial(np.multiply, weights)
+
+        def inner(x: float) -> Any:
+            return scale(x)
+
+        def body(x: float) -> list[float]:
+            RUNS.append(x)
+            return [float(v) for v in inner(x)]
+
+        return ctx.track(body)
+
+    assert scaled_by(np.array([1.0]))(2.0) == [2.0]
+    assert scaled_by(np.array([3.0]))(2.0) == [6.0]
+    assert scaled_by(np.array([1.0]))(2.0) == [2.0]
+    assert len(RUNS) == 2
+
+
 def test_lambdas_with_other_bodies_or_captures_are_other_functions(
     ctx: provstore.Context,
 ) -> None:

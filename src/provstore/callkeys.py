@@ -45,7 +45,7 @@ from .codeversion import FINGERPRINTS, function_identity
 from .errors import UnsupportedTypeError
 
 __all__ = [
-    "Keyed", "Unbound", "closure_values", "instance_digest", "is_state_free",
+    "Keyed", "Unbound", "closure_values", "instance_digest",
     "refuse_untrackable", "value_digest",
 ]
 
@@ -221,32 +221,21 @@ def _callable_state(func: Any, depth: int) -> list[tuple[str, str]]:
     return state
 
 
-def is_state_free(value: Any) -> bool:
-    """Whether *value* is code or provstore's own machinery rather than data.
-
-    Functions, classes and modules a function reaches are in its code
-    version already; an open ``Context`` or store is where results go, not
-    what they are computed from.
-    """
-    if isinstance(value, (type, types.ModuleType, types.FunctionType,
-                          types.BuiltinFunctionType)):
-        return True
-    return _is_provstore(value)
-
-
 def _is_provstore(value: Any) -> bool:
     module = type(value).__module__
     return module == "provstore" or module.startswith("provstore.")
 
 
 def closure_values(func: types.FunctionType) -> dict[str, Any]:
-    """The data a function's closure cells hold that its code version does not key.
+    """What a function's closure cells hold that its code version does not fully key.
 
-    Code and small constants (numbers, strings, small containers of those)
-    are in the code version already, with its rules: a log list the function
-    appends to keeps the value it had when first seen. Arrays, frames,
-    estimators and other objects are data it computes from: they are keyed
-    on every call. provstore's own objects (an open Context) are left out.
+    Small constants (numbers, strings, small containers of those) are in the
+    code version already, with its rules: a log list the function appends
+    to keeps the value it had when first seen. Classes and modules are code.
+    An open ``Context`` is where results go. Everything else is keyed on
+    every call: arrays, frames, estimators, other objects by content, and
+    functions, partials and methods by the callable rule, since the code
+    version sees only the class of what they close over in turn.
     """
     values = {}
     for name, cell in zip(func.__code__.co_freevars, func.__closure__ or ()):
@@ -254,9 +243,11 @@ def closure_values(func: types.FunctionType) -> dict[str, Any]:
             value = cell.cell_contents
         except ValueError:  # not bound yet
             continue
-        if not (is_state_free(value) or _is_callable_kind(value)
-                or is_simple(value, [MAX_ITEMS])):
-            values[name] = value
+        if isinstance(value, (type, types.ModuleType)) or is_simple(value, [MAX_ITEMS]):
+            continue
+        if _is_provstore(value) and not _is_callable_kind(value):
+            continue
+        values[name] = value
     return values
 
 
