@@ -284,6 +284,26 @@ def test_closures_over_partials_and_functions_key_what_those_close_over(
     assert len(RUNS) == 2
 
 
+def test_a_closure_over_an_object_without_a_value_is_refused_or_ignored_by_name(
+    ctx: provstore.Context,
+) -> None:
+    import threading
+
+    lock = threading.Lock()
+
+    def guarded(x: int) -> int:
+        with lock:
+            return x
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # hashing may warn before pickling
+        with pytest.raises(UnsupportedTypeError, match=r"closes over <closure>\.lock"):
+            ctx.track(guarded)(1)
+    assert ctx.track(guarded, ignore=["lock"])(1) == 1
+    with pytest.raises(provstore.InvalidNameError, match="closure variables"):
+        ctx.track(guarded, ignore=["nope"])
+
+
 def test_lambdas_with_other_bodies_or_captures_are_other_functions(
     ctx: provstore.Context,
 ) -> None:

@@ -353,6 +353,11 @@ class Unbound:
         bound.apply_defaults()
         return bound.arguments
 
+    @property
+    def freevars(self) -> tuple[str, ...]:
+        """The names of the wrapped function's closure variables."""
+        return self.base.__code__.co_freevars if isinstance(self.base, types.FunctionType) else ()
+
     def captured(self) -> dict[str, Any]:
         """What the wrapped function holds besides its arguments, named as inputs.
 

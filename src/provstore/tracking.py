@@ -32,7 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from . import ambient, callkeys, leases
 from .ambient import View
 from .codeversion import FINGERPRINTS, CodeVersion, function_identity
-from .errors import InvalidNameError, ProvstoreError
+from .errors import InvalidNameError, ProvstoreError, UnsupportedTypeError
 from .files import File
 from .leases import Claim, LeaseKeeper, claim, lease_seconds
 from .lineage import InputInfo
@@ -92,11 +92,11 @@ class TrackedFunction:
         # A partial or a bound method is keyed as the call of what it wraps,
         # with its bound arguments (and instance) as arguments: they are inputs.
         self._call = callkeys.Unbound.of(func)
-        unknown = set(ignore) - set(self._call.signature.parameters)
+        unknown = set(ignore) - set(self._call.signature.parameters) - set(self._call.freevars)
         if unknown:
             raise InvalidNameError(
-                f"ignore= names {sorted(unknown)} are not parameters of "
-                f"{getattr(func, '__qualname__', func)!s}{self._call.signature}"
+                f"ignore= names {sorted(unknown)} are not parameters (or closure variables) "
+                f"of {getattr(func, '__qualname__', func)!s}{self._call.signature}"
             )
         self._ignore = frozenset(ignore)
         self.identity = function_identity(func)
@@ -204,16 +204,31 @@ class TrackedFunction:
         inputs = {name: _Input.of(store, value, instance=name == owner)
                   for name, value in arguments.items() if name not in self._ignore}
         if self._call.captures:
-            for name, value in self._call.captured().items():
-                # Keyed by content, never linked by identity: a captured object
-                # may outlive the stored row it was loaded from (gc).
-                inputs[name] = _Input.of(None, value, instance=name == "<self>")
+            inputs.update(self._captured())
         cv = FINGERPRINTS.current(self._func, version=self._version)
         # key = xxh3(scheme, identity, code version, sorted name=digest pairs);
         # a flat string keeps it one hashing call.
         text = "\n".join([CALL_SCHEME, self.identity, cv.digest,
                           *sorted(f"{name}={i.digest}" for name, i in inputs.items())])
         return xxhash.xxh3_128_hexdigest(text.encode("utf-8", "surrogatepass")), cv, inputs
+
+    def _captured(self) -> dict[str, _Input]:
+        """Inputs for what the function closes over (``ignore=`` may name closure variables)."""
+        found = {}
+        for name, value in self._call.captured().items():
+            if name.partition(".")[2] in self._ignore:
+                continue
+            try:
+                # Keyed by content, never linked by identity: a captured object
+                # may outlive the stored row it was loaded from (gc).
+                found[name] = _Input.of(None, value, instance=name == "<self>")
+            except UnsupportedTypeError as exc:
+                raise UnsupportedTypeError(
+                    f"{self.identity} closes over {name} (a {type(value).__qualname__}), "
+                    f"which has no canonical value ({exc}); if results do not depend on it, "
+                    f"list it in ignore=[{name.partition('.')[2]!r}], else pass it as an "
+                    "argument or define __provstore_hash__() on its class") from exc
+        return found
 
     # ------------------------------------------------------------ protocol
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
