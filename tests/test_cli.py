@@ -309,3 +309,49 @@ def test_dependents_lists_what_was_computed_from_an_input(study: Path) -> None:
     assert sorted(d["path"] for d in found) == ["subject=01/mask", "subject=02/mask"]
     assert found[0]["function"].endswith("threshold") and found[0]["depth"] == 1
     assert "nothing in the store" in run(study, "dependents", "template").output
+
+
+def _ls_through(study: Path, *, terminal: bool) -> str:
+    """``provstore ls`` as a real process, its stdout a pipe or a pseudo-terminal."""
+    import pty
+
+    command = [sys.executable, "-m", "provstore", "--store", str(study), "ls"]
+    env = {**os.environ, "COLUMNS": "200"}
+    if not terminal:
+        return subprocess.run(command, capture_output=True, text=True, check=True,
+                              env=env).stdout
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run(command, stdout=follower, stderr=subprocess.PIPE, env=env,
+                              check=True)
+        assert done.returncode == 0
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the pty reports EIO once drained
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks).decode()
+    finally:
+        os.close(leader)
+
+
+def test_listings_are_tab_separated_in_pipes_and_tables_on_terminals(tmp_path: Path) -> None:
+    ctx = provstore.open(tmp_path / "study")
+    long_name = "a_rather_long_name_" + "x" * 90  # once folded over two lines in a pipe
+    ctx[long_name] = 1
+    ctx["tab"] = "a\tb"
+    piped = _ls_through(tmp_path / "study", terminal=False)
+    lines = piped.splitlines()
+    assert lines[0] == "# names in the root scope"
+    assert lines[1].split("\t") == ["name", "inherited from", "version", "value", "created"]
+    names = [line.split("\t")[0] for line in lines[2:]]
+    assert long_name in names and "tab" in names
+    assert all(line.count("\t") == 4 for line in lines[1:])
+    assert "─" not in piped and "│" not in piped
+    shown = _ls_through(tmp_path / "study", terminal=True)
+    assert "│" in shown and "\t" not in shown

@@ -199,16 +199,20 @@ def test_stale_after_rebinding_an_input(ctx: Context, load: Loader) -> None:
             ) in [(s.path, s.reason) for s in ctx.stale()]
 
 
-def test_unimportable_functions_are_listed_only_on_request(ctx: Context) -> None:
+def test_unchecked_results_are_counted_and_listed_on_request(ctx: Context) -> None:
     @ctx.track
     def local(x: Any) -> Any:
         return x + 1
 
     ctx.y = local(np.arange(3))
-    assert ctx.stale() == []
+    found = ctx.stale()
+    assert found == []
+    why = f"{__name__}:{local.__qualname__} is defined inside a function"
+    assert [(u.path, u.reason) for u in found.unchecked] == [("y", why)]
+    assert found.summary() == [f"1 result not checked: {why}"]
     [s] = ctx.stale(unimportable=True)
-    assert (s.path, s.reason) == ("y", "not importable")
-    assert s.to_dict()["reasons"] == ["not importable"]
+    assert (s.path, s.reason) == ("y", f"not checked: {why}")
+    assert s.to_dict()["reasons"] == [f"not checked: {why}"]
 
 
 # -------------------------------------------------------------------- CLI
@@ -226,10 +230,14 @@ def test_cli_stale(ctx: Context, store_dir: Path, load: Loader) -> None:
     assert result.exit_code == 0
     assert result.output.splitlines() == [
         "subject=01/sigma=2.0/sm v1: input img rebound: subject=01/bold v1 → v2 (call "
-        f"{ctx.history('subject=01/sigma=2.0/sm').call.id})"]  # type: ignore[union-attr]
+        f"{ctx.history('subject=01/sigma=2.0/sm').call.id})",  # type: ignore[union-attr]
+        "  and downstream: subject=01/sigma=2.0/mask v1"]
     data = json.loads(run(store_dir, "stale", "--json").output)
-    assert [s["path"] for s in data] == ["subject=01/sigma=1.0/sm", "subject=01/sigma=2.0/sm"]
-    assert data[0]["reason"].startswith("input img rebound")
+    assert [s["path"] for s in data["stale"]] == ["subject=01/sigma=1.0/sm",
+                                                  "subject=01/sigma=2.0/sm"]
+    assert data["stale"][0]["reason"].startswith("input img rebound")
+    assert data["stale"][0]["downstream"] == ["subject=01/sigma=1.0/mask v1"]
+    assert data["unchecked"] == []
 
 
 def test_cli_diff(ctx: Context, store_dir: Path, load: Loader) -> None:
@@ -245,3 +253,94 @@ def test_cli_diff(ctx: Context, store_dir: Path, load: Loader) -> None:
     assert data["divergences"][0]["kind"] == "function"
     missing = CliRunner().invoke(cli, ["--store", str(store_dir), "diff", a, "nope"])
     assert missing.exit_code == 2 and "nope" in missing.output
+
+
+# ----------------------------------------------------- helper sources, versions
+HELPED = """
+SCALE = 2
+
+def helper(x):
+    return x + 1
+
+def smooth(x):
+    return helper(x) * SCALE
+"""
+
+
+def test_explain_and_diff_show_a_changed_helper_and_constant(ctx: Context, store_dir: Path,
+                                                             load: Loader) -> None:
+    mod = load(HELPED)
+    ctx.r = ctx.track(mod.smooth)(1)
+    mod = load(HELPED.replace("x + 1", "x + 5").replace("SCALE = 2", "SCALE = 3"))
+    smooth = ctx.track(mod.smooth)
+    explained = smooth.explain(1)  # before the call: a miss, compared with the last call
+    ctx.r = smooth(1)
+    for text in (explained, ctx.history("r").explain(),
+                 str(ctx.history("r").diff(version=1)),
+                 run(store_dir, "diff", "r@1", "r@2").output,
+                 run(store_dir, "explain", "r").output):
+        assert f"{mod.__name__}:helper diff:" in text, text
+        assert "-    return x + 1" in text and "+    return x + 5" in text
+        assert f"{mod.__name__}.SCALE diff:" in text
+        assert "    -2\n" in text and "    +3" in text
+
+
+def test_diff_two_versions_of_one_name(ctx: Context, store_dir: Path, load: Loader) -> None:
+    mod = load(HELPED)
+    for x in (1, 2, 3):
+        ctx.r = ctx.track(mod.smooth)(x)
+    h = ctx.history("r")
+    d = h.diff(version=1, other_version=3)
+    assert (d.a, d.b) == ("r@1", "r@3")
+    assert [div.text for div in d.divergences] == ["param x: 1 → 3"]
+    assert h.diff(version=2).b == "r@3"
+    assert [div.text for div in h.diff(ctx.history("r"), version=-2).divergences] == [
+        "param x: 2 → 3"]
+    with pytest.raises(NotFoundError, match=r"r has versions 1\.\.3, not 7"):
+        h.diff(version=7)
+    out = run(store_dir, "diff", "r@1", "r@2").output
+    assert out.splitlines()[0] == "r@1 vs r@2" and "param x: 1 → 2" in out
+    bad = CliRunner().invoke(cli, ["--store", str(store_dir), "diff", "r@x", "r"])
+    assert bad.exit_code == 2 and "r@x" in bad.output
+
+
+RICH = """
+import functools
+
+LEVELS = (1, 2.5, -3, "a", b"b", None, True, {"k": [1, 2]}, {4, 5})
+if True:
+    FACTOR = 2
+
+
+class Scaler:
+    '''Scales.'''
+
+    def __init__(self, by):
+        self.by = by
+
+    def apply(self, x):
+        return x * self.by
+
+
+@functools.lru_cache(maxsize=None)
+def base(n):
+    return n + len(LEVELS)
+
+
+def rich(x):
+    '''The tracked one.'''
+    return Scaler(FACTOR).apply(x) + base(1)
+"""
+
+
+def test_unchanged_code_is_never_reported_stale(ctx: Context, load: Loader) -> None:
+    """Static digests of classes, decorated helpers and literal constants match the live ones."""
+    mod = load(RICH)
+    ctx.r = ctx.track(mod.rich)(1)
+    found = ctx.stale()
+    assert found == [] and found.unchecked == []
+    load(RICH.replace("return x * self.by", "return x * self.by * 1"))
+    assert [s.reason for s in ctx.stale()] == [f"code changed: {mod.__name__}:Scaler"]
+    load(RICH.replace("FACTOR = 2", "FACTOR = 3").replace("-3,", "-4,"))
+    assert [s.reason for s in ctx.stale()] == [
+        f"code changed: {mod.__name__}.FACTOR, {mod.__name__}.LEVELS"]

@@ -23,10 +23,13 @@ NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
 
 
 class Opaque:
-    """A user type no standard backend handles."""
+    """A user type no standard backend handles (its own __reduce__: only pickle replays it)."""
 
     def __init__(self, value: int) -> None:
         self.value = value
+
+    def __reduce__(self) -> tuple[type[Opaque], tuple[int]]:
+        return (Opaque, (self.value,))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Opaque) and other.value == self.value

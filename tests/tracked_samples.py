@@ -47,3 +47,4 @@ def fragile(x: int, log: str) -> int:
     if x == 3:
         raise ValueError(f"item {x} is bad")
     return x + 100
+

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .api import open
 from .context import Context
 from .errors import (
@@ -30,6 +32,20 @@ from .tracking import TrackedFunction, track
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> Any:
+    # provstore.Memory is a joblib.Memory: importing joblib costs ~120 ms, so
+    # only code that asks for it pays.
+    if name == "Memory":
+        try:
+            from .memory import Memory
+        except ImportError as exc:
+            raise ImportError('provstore.Memory needs joblib: pip install "provstore[joblib]"'
+                              ) from exc
+        return Memory
+    raise AttributeError(f"module 'provstore' has no attribute {name!r}")
+
+
 __all__ = [
     # the door and the objects it hands out
     "open",
@@ -38,6 +54,7 @@ __all__ = [
     "TrackedFunction",
     "File",
     "History",
+    "Memory",
     "Version",
     # errors
     "BackendError",

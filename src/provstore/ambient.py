@@ -14,13 +14,15 @@ Context that uses it.
 from __future__ import annotations
 
 import contextvars
+import os
+from collections.abc import Callable
 from typing import Protocol
 
 from .store import Store
 
 __all__ = [
-    "View", "active", "current", "entered", "forget_last", "last_opened", "leave", "opened",
-    "stack",
+    "View", "active", "current", "entered", "forget_last", "last_opened", "leave", "open_view",
+    "opened", "set_opener", "stack",
 ]
 
 
@@ -44,6 +46,9 @@ _active: contextvars.ContextVar[tuple[View, ...]] = contextvars.ContextVar(
     "provstore_active", default=()
 )
 _last: list[View] = []
+# provstore.open, registered by provstore.api: services below the facade that
+# must open a store by location (provstore.Memory(location)) call it here.
+_opener: list[Callable[[str | os.PathLike[str] | None], View]] = []
 
 
 def stack() -> tuple[View, ...]:
@@ -95,3 +100,15 @@ def current() -> View | None:
     view = active()
     return view if view is not None else last_opened()
 
+
+
+def set_opener(opener: Callable[[str | os.PathLike[str] | None], View]) -> None:
+    """Register the function that opens a store by location (``provstore.open``)."""
+    _opener[:] = [opener]
+
+
+def open_view(location: str | os.PathLike[str] | None) -> View:
+    """Open the store at *location* with the registered opener (``provstore.open``)."""
+    if not _opener:
+        raise RuntimeError("import provstore first: no store opener is registered")
+    return _opener[0](location)

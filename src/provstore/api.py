@@ -8,12 +8,13 @@ from pathlib import Path
 from . import ambient
 from .ambient import last_opened
 from .context import Context
-from .errors import StoreError
+from .errors import StoreError, StoreNotFoundError
 from .fstype import check_sqlite_url
 from .locations import (
     DB_NAME,
     DEFAULT_LOCATION,
     database_url,
+    enclosing_store,
     record_database,
     reopen_store,
     store_for,
@@ -46,7 +47,8 @@ def open(
         opens of the directory need no ``db=``; passwords come from
         ``~/.pgpass`` or ``$PGPASSWORD``.
     root : path, optional
-        The object root, overriding ``location``.
+        The object root, overriding ``location``; created when missing
+        (with ``create=True``).
     mmap_mode : {"r", "c", None}
         How ``.npy`` artifacts load: read-only memmaps by default; None copies
         into memory.
@@ -55,6 +57,8 @@ def open(
         automatically.
     create : bool
         Create the store when missing; otherwise raise ``StoreNotFoundError``.
+        Never creates a store inside another store's directory, nor a new
+        database next to existing object files.
     durability : {"normal", "full"}
         ``"normal"`` (SQLite ``synchronous=NORMAL`` in WAL mode) loses no
         committed transaction when a process dies; ``"full"`` also survives
@@ -66,16 +70,22 @@ def open(
     Context
         A view of the root scope.
 
+    A store this user cannot write (an archive, a read-only mount) opens
+    read-only: every read works, and a write raises ``StoreError``.
+
     Raises
     ------
     StoreVersionError
         The store was written by a newer provstore.
+    DatabaseDamagedError
+        The database is damaged, or it is missing or empty while ``objects/``
+        holds files: restore it from a backup copy (see docs/guarantees.md).
     StoreError
         The location holds something that is not a provstore store, belongs
         to another database than *db*, or the
         SQLite database would live on a network filesystem (NFS, CIFS,
         Lustre...), where its locking is unreliable: keep the database local
-        or use PostgreSQL.
+        or use PostgreSQL; or *location* or *root* lies inside another store.
     """
     if durability not in ("normal", "full"):
         raise ValueError(f"durability must be 'normal' or 'full', not {durability!r}")
@@ -85,16 +95,37 @@ def open(
             f"{loc} is a file; provstore.open() takes the store's directory "
             f"(the database is {DB_NAME} inside it)"
         )
+    objects_root = Path(root).expanduser().absolute() if root else loc
+    _refuse_nested(loc, objects_root)
     url = database_url(loc, db, create=create)
     check_sqlite_url(url)  # SQLite on NFS/CIFS/Lustre... corrupts: refuse before creating it
+    if not create and not objects_root.is_dir():
+        raise StoreNotFoundError(f"the store's object root {objects_root} does not exist; "
+                                 "pass create=True to make it")
     loc.mkdir(parents=True, exist_ok=True)
-    store = store_for(url, str(Path(root).expanduser().absolute() if root else loc), safe=safe,
-                      durability=durability)
-    # Every open sweeps debris of crashed writers, even when this process
-    # already had the store open: listing tmp/ costs microseconds.
-    store.objects.sweep()
+    objects_root.mkdir(parents=True, exist_ok=True)
+    store = store_for(url, str(objects_root), safe=safe, durability=durability, create=create)
+    if store.readonly is None:
+        # Every open sweeps debris of crashed writers, even when this process
+        # already had the store open: listing tmp/ costs microseconds.
+        store.objects.sweep()
     if db is not None:
         record_database(loc, db)
     ctx = Context(store, (), mmap_mode=mmap_mode)
     ambient.opened(ctx)
     return ctx
+
+
+def _refuse_nested(loc: Path, root: Path) -> None:
+    for path in dict.fromkeys((loc, root)):
+        outer = enclosing_store(path)
+        if outer is not None:
+            raise StoreError(
+                f"{path} is inside the store {outer}: a store there would be damaged by "
+                f"{outer}'s own maintenance (`gc` deletes files it does not know). Open "
+                f"{outer} itself, with ctx.scope(...) to separate results, or put the new "
+                "store in a directory of its own")
+
+
+# provstore.Memory(location) and other services open stores through ambient.
+ambient.set_opener(open)

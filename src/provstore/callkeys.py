@@ -43,6 +43,7 @@ from . import hashing
 from .codesource import MAX_ITEMS, is_simple
 from .codeversion import FINGERPRINTS, function_identity
 from .errors import UnsupportedTypeError
+from .files import File
 
 __all__ = [
     "Keyed", "Unbound", "closure_values", "instance_digest",
@@ -227,15 +228,17 @@ def _is_provstore(value: Any) -> bool:
 
 
 def closure_values(func: types.FunctionType) -> dict[str, Any]:
-    """What a function's closure cells hold that its code version does not fully key.
+    """The data a function's closure cells hold that its code version does not fully key.
 
     Small constants (numbers, strings, small containers of those) are in the
     code version already, with its rules: a log list the function appends
-    to keeps the value it had when first seen. Classes and modules are code.
-    An open ``Context`` is where results go. Everything else is keyed on
-    every call: arrays, frames, estimators, other objects by content, and
-    functions, partials and methods by the callable rule, since the code
-    version sees only the class of what they close over in turn.
+    to keeps the value it had when first seen. Keyed on every call:
+    functions, partials and methods (by the callable rule: the code version
+    sees only the class of what they close over), and values with a
+    canonical content (arrays, frames, containers, dataclasses, estimators,
+    paths and files, ``__provstore_hash__``). Classes and modules are code;
+    other objects (a counter, a lock, a client, an open ``Context``) count,
+    like module-level objects, only by their class in the code version.
     """
     values = {}
     for name, cell in zip(func.__code__.co_freevars, func.__closure__ or ()):
@@ -243,12 +246,20 @@ def closure_values(func: types.FunctionType) -> dict[str, Any]:
             value = cell.cell_contents
         except ValueError:  # not bound yet
             continue
-        if isinstance(value, (type, types.ModuleType)) or is_simple(value, [MAX_ITEMS]):
-            continue
-        if _is_provstore(value) and not _is_callable_kind(value):
-            continue
-        values[name] = value
+        if _closed_over_data(value):
+            values[name] = value
     return values
+
+
+def _closed_over_data(value: Any) -> bool:
+    if isinstance(value, (type, types.ModuleType)) or is_simple(value, [MAX_ITEMS]):
+        return False
+    if _is_callable_kind(value) or isinstance(value, File):
+        return True
+    if _is_provstore(value):
+        return False
+    return (getattr(type(value), "__provstore_hash__", None) is not None
+            or _is_estimator(value) or _hashing_knows(value))
 
 
 def instance_digest(obj: Any, depth: int = 0) -> str:

@@ -4,7 +4,9 @@ Every command opens the store, calls one library function and prints the
 result as a rich table (plain text when not on a terminal) or, with
 ``--json``, as JSON for scripts. Errors are handled in one place,
 :meth:`_Group.invoke`: any :class:`~provstore.errors.ProvstoreError` becomes
-a message on stderr and exit code 2.
+a message on stderr and exit code 2, or 3 for a damaged, lost or unaccounted
+database (:class:`~provstore.errors.DatabaseDamagedError`), so that a script
+tells "could not check" (2, 3) from "checked and found damage" (1).
 """
 
 from __future__ import annotations
@@ -29,19 +31,29 @@ from rich.text import Text
 
 from . import api, maintenance
 from .context import Context
-from .db.engine import SCHEMA_HEAD, check_schema, make_engine, upgrade
-from .errors import NotFoundError, ProvstoreError, StoreNotFoundError
+from .db.engine import (
+    SCHEMA_HEAD,
+    check_schema,
+    display_url,
+    make_engine,
+    readonly_reason,
+    upgrade,
+)
+from .errors import DatabaseDamagedError, NotFoundError, ProvstoreError, StoreNotFoundError
+from .fstype import sqlite_file
 from .lineage import Version
 from .scope import display, parse_path
+from .store import check_database_file, object_count
 
 __all__ = ["cli", "main"]
 
-EXIT_OK, EXIT_NEGATIVE, EXIT_ERROR = 0, 1, 2
+EXIT_OK, EXIT_NEGATIVE, EXIT_ERROR, EXIT_DAMAGED = 0, 1, 2, 3
 EXIT_CODES = """\b
 Exit codes:
   0  success
   1  a negative answer: `verify` found damage (--strict: or orphans), `which` found nothing
-  2  an error (no store, unknown name, bad option): the message is on stderr"""
+  2  an error (no store, unknown name, bad option): the message is on stderr
+  3  the database is damaged, or lost while objects exist: nothing was checked or changed"""
 
 
 class CommandError(ProvstoreError):
@@ -49,14 +61,15 @@ class CommandError(ProvstoreError):
 
 
 class _Group(click.Group):
-    """The one error handler: ProvstoreError → message on stderr, exit code 2."""
+    """The one error handler: ProvstoreError → message on stderr, exit code 2 (3: damage)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except ProvstoreError as exc:
             click.echo(f"provstore: error: {exc}", err=True)
-            raise click.exceptions.Exit(EXIT_ERROR) from exc
+            code = EXIT_DAMAGED if isinstance(exc, DatabaseDamagedError) else EXIT_ERROR
+            raise click.exceptions.Exit(code) from exc
 
 
 class _Env:
@@ -106,23 +119,49 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # ------------------------------------------------------------------ output
+def _terminal() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 def _console() -> Console:
-    # Created per command: CliRunner swaps sys.stdout, and folding instead of
-    # cropping keeps every name in narrow or non-terminal output.
-    return Console(highlight=False, soft_wrap=False)
+    # Created per command: CliRunner swaps sys.stdout. On a terminal, tables
+    # fold long cells; in a pipe or a file nothing is wrapped, so every row
+    # of a plain listing stays one line.
+    return Console(highlight=False, soft_wrap=not _terminal())
 
 
 def _echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-def _table(title: str | None, columns: list[str], rows: list[list[Any]]) -> Table:
+def _show(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:
+    """Print a rich table on a terminal; tab-separated lines to pipes and files.
+
+    The plain form has a header line of column names, preceded by ``# title``
+    when the listing has one; tabs, newlines and backslashes inside cells are
+    written ``\\t``, ``\\n`` and ``\\\\``, so every row is one line for ``cut`` and
+    ``awk``.
+    """
+    if not _terminal():
+        lines = [f"# {title}"] if title else []
+        lines += ["\t".join(columns)]
+        lines += ["\t".join(_plain(cell) for cell in row) for row in rows]
+        click.echo("\n".join(lines))
+        return
     table = Table(title=title, title_justify="left", show_edge=False)
     for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:  # Text cells: names must never be read as rich markup
         table.add_row(*(Text("" if cell is None else str(cell)) for cell in row))
-    return table
+    _console().print(table)
+
+
+def _plain(cell: Any) -> str:
+    text = "" if cell is None else str(cell)
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
 
 
 @contextmanager
@@ -177,13 +216,12 @@ def ls_command(env: _Env, scope: str, inherited: bool, as_json: bool) -> None:
         _echo_json({"scope": view.path, "names": [_version_dict(v) for v in latest],
                     "scopes": children})
         return
-    console = _console()
     rows = [[v.name, v.scope if v.scope != view.path else "", f"v{v.number}", v.describe(),
              v.created.strftime("%Y-%m-%d %H:%M")] for v in latest]
-    console.print(_table(f"names in {display(view.path)}",
-                         ["name", "inherited from", "version", "value", "created"], rows))
+    _show(f"names in {display(view.path)}",
+          ["name", "inherited from", "version", "value", "created"], rows)
     if children:
-        console.print(_table("scopes", ["scope"], [[c] for c in children]))
+        _show("scopes", ["scope"], [[c] for c in children])
 
 
 @cli.command("show")
@@ -207,7 +245,7 @@ def show_command(env: _Env, name: str, as_json: bool) -> None:
         ["dtype", v.summary.get("dtype")], ["shape", v.summary.get("shape")],
         ["digest", v.digest], ["size", v.size], ["created", v.created], ["run", run],
         ["origin", v.origin], ["call", call]]
-    _console().print(_table(None, ["field", "value"], [r for r in rows if r[1] is not None]))
+    _show(None, ["field", "value"], [r for r in rows if r[1] is not None])
 
 
 @cli.command("history")
@@ -232,7 +270,8 @@ def history_command(env: _Env, name: str, as_json: bool) -> None:
 def runs_command(env: _Env, limit: int | None, as_json: bool) -> None:
     """List the processes that wrote to the store, newest first.
 
-    A run still marked running whose heartbeat stopped shows as crashed.
+    A run still marked running shows as crashed when its process is gone: at
+    once on this host, after five minutes without a heartbeat on another.
     """
     runs = maintenance.list_runs(env.ctx.store, limit=limit)
     if as_json:
@@ -243,8 +282,7 @@ def runs_command(env: _Env, limit: int | None, as_json: bool) -> None:
              f"{r.user or '?'}@{r.host}:{r.pid}",
              (r.git_commit or "")[:10] + ("+dirty" if r.git_dirty else ""),
              " ".join(r.argv)] for r in runs]
-    _console().print(_table("runs", ["id", "status", "started", "ended", "where", "git",
-                                     "command"], rows))
+    _show("runs", ["id", "status", "started", "ended", "where", "git", "command"], rows)
 
 
 @cli.command("verify")
@@ -255,7 +293,9 @@ def verify_command(env: _Env, strict: bool, as_json: bool) -> None:
     """Re-hash every object file and check every row; exit 1 when anything is wrong.
 
     Permissions and modification times are never trusted: every byte is read.
+    Inline values are decoded and keyed again; SQLite's integrity_check runs.
     Damaged objects are reported with the bindings and calls they affect.
+    Exits 3, having checked nothing, when the database itself cannot be read.
     """
     with _progress(not as_json) as progress:
         report = maintenance.verify(env.ctx.store, progress=progress)
@@ -277,18 +317,22 @@ def verify_command(env: _Env, strict: bool, as_json: bool) -> None:
 @click.option("--grace", type=click.FloatRange(min=0), default=3600.0, show_default=True,
               metavar="SECONDS",
               help="Keep orphan files younger than this: they may be publications in flight.")
+@click.option("--force", is_flag=True,
+              help="Remove orphans even when the database names none or few of the files.")
 @json_option
 @pass_env
-def gc_command(env: _Env, dry_run: bool, keep_versions: int | None, grace: float,
+def gc_command(env: _Env, dry_run: bool, keep_versions: int | None, grace: float, force: bool,
                as_json: bool) -> None:
     """Remove orphan object files and, with --keep-versions, old versions.
 
     A dry run by default. Never removes what a binding, a call or an
-    ingested-file record references, nor what a running call uses.
+    ingested-file record references, nor what a running call uses. Refuses
+    (exit 3) when the database does not account for the object files, as
+    after a lost or wrongly restored database, unless --force.
     """
     with _progress(not as_json) as progress:
         report = maintenance.gc(env.ctx.store, dry_run=dry_run, grace_seconds=grace,
-                                keep_versions=keep_versions, progress=progress)
+                                keep_versions=keep_versions, progress=progress, force=force)
     if as_json:
         _echo_json(report.to_dict())
     else:
@@ -347,11 +391,25 @@ def upgrade_command(env: _Env) -> None:
     location = env.location.absolute()
     try:
         url = api.database_url(location, env.db, create=False)
+        path = sqlite_file(url)
+        if path is not None:  # before connecting, which would write into an empty file
+            check_database_file(path, location, create=False)
     except StoreNotFoundError:
         raise env.missing() from None
+    reason = None if path is None else readonly_reason(path)
+    if reason is not None:
+        raise CommandError(f"cannot upgrade the store at {location}: {reason}")
     engine = make_engine(url)
     try:
         before = check_schema(engine)
+        if before is None:  # commands never create a store
+            if object_count(location):
+                raise DatabaseDamagedError(
+                    f"the database {display_url(url)} of the store at {location} is empty "
+                    "while its "
+                    "objects/ holds files: restore it from a backup copy (see "
+                    "docs/guarantees.md, 'Damaged or missing database')")
+            raise env.missing()
         if before == SCHEMA_HEAD:
             click.echo(f"the schema is already at {SCHEMA_HEAD}; nothing to do")
             return
@@ -405,25 +463,34 @@ def _render(dot: str, output: Path, fmt: str) -> None:
 @cli.command("stale")
 @click.argument("scope", required=False, default="")
 @click.option("-a", "--all", "unimportable", is_flag=True,
-              help="Also list results whose function cannot be imported here.")
+              help="Also list each result that could not be checked.")
 @json_option
 @pass_env
 def stale_command(env: _Env, scope: str, unimportable: bool, as_json: bool) -> None:
     """List results in SCOPE and below whose producing code or inputs changed since.
 
-    A result is stale when its function, importable now, has another code
-    version than the one recorded, or when an input was rebound to another
-    value. Nothing is recomputed or deleted; the exit code is 0 either way.
+    A result is stale when its code on disk (script, module, helpers and
+    literal constants, parsed and never run) differs from the code version
+    recorded, or when an input was rebound to another value. Each is followed
+    by the results computed from it, which a rerun recomputes too; results
+    that could not be checked are counted with the reason. Nothing is
+    recomputed or deleted; the exit code is 0 either way.
     """
     view = env.ctx.scope(scope) if parse_path(scope) else env.ctx
     found = view.stale(unimportable=unimportable)
     if as_json:
-        _echo_json([s.to_dict() for s in found])
-    elif found:
-        for s in found:
-            click.echo(str(s))
-    else:
-        click.echo(f"nothing is stale in {display(view.path)}")
+        _echo_json({"stale": [s.to_dict() for s in found],
+                    "unchecked": [dataclasses.asdict(u) for u in found.unchecked]})
+        return
+    for s in found:
+        click.echo(str(s))
+        for d in s.downstream:
+            click.echo(f"  and downstream: {d}")
+    if not found:
+        checked = " of what could be checked" if found.unchecked else ""
+        click.echo(f"nothing is stale in {display(view.path)}{checked}")
+    for line in found.summary():
+        click.echo(line)
 
 
 @cli.command("diff")
@@ -436,14 +503,45 @@ def stale_command(env: _Env, scope: str, unimportable: bool, as_json: bool) -> N
 def diff_command(env: _Env, a: str, b: str, depth: int, as_json: bool) -> None:
     """Compare how A and B (paths such as subject=01/mask) were made.
 
-    Reports the first differences in code version (with a diff of the
-    sources), parameters, inputs and package versions; or identical lineage.
+    Each is a name at its current version, or NAME@N for version N (x@1 x@3
+    compares two versions of one name; x@-2 is the one before the current).
+    Reports the first differences in code version (with a diff of the sources
+    of the function and of each changed helper), parameters, inputs and
+    package versions; or identical lineage.
     """
-    result = env.ctx.history(a).diff(env.ctx.history(b), depth=depth)
+    (name_a, version_a), (name_b, version_b) = _at_version(a), _at_version(b)
+    result = env.ctx.history(name_a).diff(env.ctx.history(name_b), version=version_a,
+                                          other_version=version_b, depth=depth)
     if as_json:
         _echo_json(result.to_dict())
     else:
         click.echo(str(result))
+
+
+@cli.command("explain")
+@click.argument("name")
+@pass_env
+def explain_command(env: _Env, name: str) -> None:
+    """Tell why NAME's current version was computed (what changed since).
+
+    Compares the producing call with that of the previous computed version:
+    the code (changed dependencies, and a unified diff of the function and of
+    each changed helper, class or constant), and each input; or says that the
+    result was reused, or computed for the first time.
+    """
+    click.echo(env.ctx.history(name).explain())
+
+
+def _at_version(text: str) -> tuple[str, int | None]:
+    """``"x@3"`` → ``("x", 3)``; ``"x"`` → ``("x", None)``."""
+    name, at, number = text.rpartition("@")
+    if not at:
+        return text, None
+    try:
+        return name, int(number)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: the version after @ is a number (x@3, x@-2)"
+                                 ) from None
 
 
 @cli.command("dependents")

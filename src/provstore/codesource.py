@@ -7,6 +7,7 @@ transitively and caches the result.
 from __future__ import annotations
 
 import ast
+import copy
 import functools
 import importlib.metadata
 import inspect
@@ -119,10 +120,37 @@ def is_mutable(obj: Any) -> bool:
 # -- sources and digests ------------------------------------------------------------------
 
 
+def normal_module(name: str | None) -> str:
+    """A module name, with a script's spawn-worker alias folded into ``__main__``.
+
+    ``multiprocessing`` (spawn) and Dask workers import the script as
+    ``__mp_main__``: it is the same code as the parent's ``__main__``.
+    """
+    return "__main__" if not name or name == "__mp_main__" else name
+
+
 def function_key(func: types.FunctionType) -> str:
     """``module:qualname`` of the code itself (a functools.wraps wrapper keeps its own)."""
     qualname = getattr(func.__code__, "co_qualname", func.__qualname__)
-    return f"{func.__module__ or '__main__'}:{qualname}"
+    return f"{normal_module(func.__module__)}:{qualname}"
+
+
+def script_module(globs: dict[str, Any], filename: str) -> str:
+    """The name a script's functions are listed under: what importing the script would give.
+
+    ``python -m pkg.run`` gives ``pkg.run`` (from ``__spec__``), ``python run.py``
+    gives ``run`` (the file's stem), so moving the script into an importable module
+    keeps its functions' names; notebook cells and ``exec`` keep ``__main__``.
+    """
+    spec = globs.get("__spec__")
+    name = getattr(spec, "name", None)
+    if isinstance(name, str) and name not in ("__main__", "__mp_main__"):
+        return name
+    path = globs.get("__file__") or filename
+    if not isinstance(path, str) or path.startswith("<") or "ipykernel_" in path:
+        return "__main__"
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return stem if stem.isidentifier() else "__main__"
 
 
 def unwrapped(obj: Any) -> Any:
@@ -247,16 +275,113 @@ def _fallback_source(func: types.FunctionType) -> str:
 
 
 def own_source(func: types.FunctionType, *, top: bool) -> tuple[str, str, ast.Module | None]:
-    """(own digest, normalized source, parsed tree) of one function, not transitive."""
+    """(own digest, normalized source, parsed tree) of one function, not transitive.
+
+    The tracked function itself (*top*) is digested without its decorators and
+    without its own name, so renaming it keeps its results.
+    """
     code = func.__code__
     tree = None
     if code.co_name != "<lambda>":
         tree = parse_source(code, (ast.FunctionDef, ast.AsyncFunctionDef), code.co_name)
     if tree is None:
         return code_digest(code), _fallback_source(func), None
+    return (*normalized(tree, top=top), tree)
+
+
+_DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+def normalized(tree: ast.Module, *, top: bool = False) -> tuple[str, str]:
+    """(own digest, normalized source) of a module holding one parsed definition.
+
+    Used on live functions and, by ``stale``, on definitions read from files, so
+    both give the same digest for the same code. Docstrings must already be gone.
+    """
+    node = tree.body[0]
+    if isinstance(node, ast.ClassDef):
+        source = ast.unparse(tree)
+        return digest(("class", source)), source
+    assert isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
     if top:
-        tree.body[0].decorator_list = []  # type: ignore[attr-defined]
+        node.decorator_list = []
     source = ast.unparse(tree)
-    return digest(("src", source)), source, tree
+    if not top:
+        return digest(("src", source)), source
+    name, node.name = node.name, "_"
+    try:
+        return digest(("src", ast.unparse(tree))), source
+    finally:
+        node.name = name
+
+
+def parse_text(text: str) -> ast.Module | None:
+    """Parse a module's text (None if it is not valid Python)."""
+    try:
+        with _PARSE_LOCK:
+            return ast.parse(text)
+    except (SyntaxError, ValueError):
+        return None
+
+
+def _module_level(body: list[ast.stmt]) -> Iterable[ast.stmt]:
+    """Statements run at import, in order, including those under ``if``/``try``/``with``."""
+    for stmt in body:
+        yield stmt
+        if isinstance(stmt, ast.If | ast.Try | ast.With):
+            for block in ("body", "handlers", "orelse", "finalbody"):
+                for inner in getattr(stmt, block, []):
+                    if isinstance(inner, ast.ExceptHandler):
+                        yield from _module_level(inner.body)
+                    else:
+                        yield from _module_level([inner])
+
+
+def definition(tree: ast.Module, qualname: str) -> ast.Module | None:
+    """The function or class *qualname* as defined in a parsed file, ready for :func:`normalized`.
+
+    The last definition of a name wins, as when the file runs. Returns a module
+    holding a copy of the definition with its docstrings stripped, or None.
+    """
+    body: Iterable[ast.stmt] = _module_level(tree.body)
+    node: ast.stmt | None = None
+    for part in qualname.split("."):
+        found = [n for n in body if isinstance(n, _DEFS) and n.name == part]
+        if not found:
+            return None
+        node = found[-1]
+        body = node.body
+    if node is None:
+        return None
+    module = ast.Module(body=[copy.deepcopy(node)], type_ignores=[])
+    _strip_docstrings(module)
+    return module
+
+
+def constant(tree: ast.Module, name: str) -> Any:
+    """The literal value a file binds to the module-level *name*, else MISSING.
+
+    A name last bound by something other than a literal assignment (an
+    expression, an import, a definition) gives MISSING too.
+    """
+    value: Any = MISSING
+    for stmt in _module_level(tree.body):
+        targets: list[ast.expr] = []
+        if isinstance(stmt, ast.Assign):
+            targets, expr = stmt.targets, stmt.value
+        elif isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
+            targets, expr = [stmt.target], stmt.value
+        elif isinstance(stmt, (*_DEFS, ast.Import, ast.ImportFrom)):
+            names = [getattr(stmt, "name", None)] + [
+                (a.asname or a.name).partition(".")[0] for a in getattr(stmt, "names", [])]
+            if name in names:
+                value = MISSING
+            continue
+        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+            try:
+                value = ast.literal_eval(expr)
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                value = MISSING
+    return value
 
 

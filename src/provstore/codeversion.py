@@ -33,14 +33,27 @@ from .codesource import (
     is_mutable,
     is_simple,
     module_is_user,
+    normal_module,
+    normalized,
     own_source,
     owner_of,
     parse_source,
+    script_module,
     unwrapped,
 )
 from .hashing import digest
 
-__all__ = ["FINGERPRINTS", "CodeVersion", "Fingerprinter", "code_version", "function_identity"]
+__all__ = [
+    "FINGERPRINTS",
+    "CodeVersion",
+    "Fingerprinter",
+    "code_version",
+    "defined_at",
+    "function_identity",
+    "relative_deps",
+]
+
+MAX_CONSTANT_TEXT = 2000  # characters of a constant's repr stored for explain
 
 _SELF: Any = object()  # stands for the cached function itself, so the cache holds it weakly
 
@@ -52,10 +65,13 @@ class CodeVersion:
     Attributes
     ----------
     identity : str
-        ``"module:qualname"``; scripts give ``"__main__:qualname"`` (no path).
+        ``"module:qualname"`` where the function lives (:func:`defined_at`); scripts
+        give ``"__main__:qualname"``, spawn workers' ``__mp_main__`` included.
     digest : str
-        32 hex characters (xxh3-128) over the normalized source, the pin and ``deps``;
-        with a pin, over the pin only.
+        32 hex characters (xxh3-128) over the normalized source (without the
+        function's own name), the pin and ``deps`` written relative to the
+        function's module (:func:`relative_deps`), so the digest is the same
+        wherever the code lives; with a pin, over the pin only.
     source : str
         Normalized source of the function itself (what history shows).
     pinned : str or None
@@ -64,6 +80,9 @@ class CodeVersion:
         Every transitive dependency: ``"module:qualname"`` of user functions and classes
         to their own (non-transitive) digest, ``"module.NAME"`` constants to the digest
         of their value, ``"dist:<name>"`` to the distribution's version.
+    parts : dict of str to str
+        Own digest of each function, class and constant in ``deps`` to its normalized
+        source (a constant: its ``repr``), stored so that ``explain`` can diff helpers.
     """
 
     identity: str
@@ -71,10 +90,11 @@ class CodeVersion:
     source: str
     pinned: str | None
     deps: dict[str, str] = field(default_factory=dict, hash=False)
+    parts: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
 
 
-def function_identity(func: Any) -> str:
-    """Return ``"module:qualname"`` of *func*.
+def defined_at(func: Any) -> str:
+    """Return ``"module:qualname"`` where *func* lives now (recorded on each call).
 
     Parameters
     ----------
@@ -84,13 +104,58 @@ def function_identity(func: Any) -> str:
     Returns
     -------
     str
-        For scripts ``"__main__:qualname"``: the script's path is never embedded, so
-        moving a script does not change its identity.
+        Scripts give ``"__main__:qualname"``, in spawn and Dask workers too
+        (their ``__mp_main__`` is the same script).
     """
     func = code_target(func)
-    module = getattr(func, "__module__", None) or "__main__"
     qualname = getattr(func, "__qualname__", None) or type(func).__qualname__
+    return f"{normal_module(getattr(func, '__module__', None))}:{qualname}"
+
+
+def function_identity(func: Any) -> str:
+    """Return the name *func*'s calls are listed under: ``"module:qualname"``.
+
+    Parameters
+    ----------
+    func : callable
+        A function (tracked wrappers, methods and partials are unwrapped first).
+
+    Returns
+    -------
+    str
+        A script's functions take the module name the script would have if
+        imported: ``run:score`` for ``python run.py`` (and in its spawn workers),
+        ``pkg.run:score`` for ``python -m pkg.run``; so two scripts that both
+        define ``score`` are told apart, and moving the code into ``run.py`` as a
+        module keeps the name. Notebook cells and ``exec`` give ``__main__:qualname``.
+        This is a display name: the call key does not contain it.
+    """
+    where = defined_at(func)
+    module, _, qualname = where.partition(":")
+    target = code_target(func)
+    if module == "__main__" and isinstance(target, types.FunctionType):
+        module = script_module(target.__globals__, target.__code__.co_filename)
     return f"{module}:{qualname}"
+
+
+def relative_deps(deps: dict[str, str], identity: str) -> dict[str, str]:
+    """*deps* written relative to the function *identity* (``module:qualname``).
+
+    Names from the function's own module lose the module (``":helper"``,
+    ``".SCALE"``, ``".sub:helper"`` for a submodule) and the function's own
+    closure becomes ``"<self>.<closure>.x"``: what enters the digest, so a script
+    function, the same in a spawn worker and the same moved into a module agree.
+    """
+    module = normal_module(identity.partition(":")[0])
+    own = f"{module}:{identity.partition(':')[2]}."
+    out = {}
+    for key, value in deps.items():
+        if key.startswith(own):
+            key = "<self>." + key[len(own):]
+        elif key.startswith((f"{module}:", f"{module}.")):
+            key = key[len(module):]
+        out[key] = value
+    return out
 
 
 def code_version(func: Any, *, version: str | None = None) -> CodeVersion:
@@ -202,6 +267,7 @@ class _Walk:
         self.attrs: list[tuple[Any, str, Any]] = []
         self.values: list[tuple[Any, str]] = []
         self.seen: set[int] = set()
+        self.parts: dict[str, str] = {}
         self.trees: dict[int, tuple[set[str], set[str]]] = {}  # id(tree) -> (names, globals)
 
     def add(self, key: str, value: str) -> None:
@@ -222,6 +288,7 @@ class _Walk:
         own, source, tree = own_source(func, top=top)
         if not top:
             self.add(function_key(func), own)
+            self.parts[own] = source
         if depth < MAX_DEPTH:
             self.refs(func, tree, depth)
         return own, source
@@ -239,7 +306,7 @@ class _Walk:
             read, declared = self.trees[id(tree)]
             names &= read
         globs = func.__globals__
-        module = str(globs.get("__name__", "__main__"))
+        module = normal_module(str(globs.get("__name__", "__main__")))
         for name in sorted(names):
             obj = globs.get(name, MISSING)
             self.check(globs, name, obj)
@@ -279,6 +346,7 @@ class _Walk:
         elif is_simple(obj, [MAX_ITEMS]):
             d = digest(obj)
             self.add(key, d)
+            self.parts.setdefault(d, repr(obj)[:MAX_CONSTANT_TEXT])
             if is_mutable(obj):
                 self.values.append((obj, d))
         elif (inner := unwrapped(obj)) is not MISSING:  # tracked wrappers, lru_cache...
@@ -324,11 +392,12 @@ class _Walk:
             if fns:
                 members[name] = fns
         if tree is not None:
-            own = digest(("class", ast.unparse(tree)))
+            own, source = normalized(tree)
+            self.parts[own] = source
         else:
             codes = [(n, [code_digest(f.__code__) for f in fs]) for n, fs in members.items()]
             own = digest(("class-code", codes))
-        self.add(f"{cls.__module__}:{cls.__qualname__}", own)
+        self.add(f"{normal_module(cls.__module__)}:{cls.__qualname__}", own)
         if depth >= MAX_DEPTH:
             return
         for base in cls.__bases__:
@@ -353,7 +422,7 @@ def _dists(deps: dict[str, str]) -> list[str]:
 
 
 def _compute(func: Any, version: str | None) -> tuple[CodeVersion, _Entry]:
-    identity = function_identity(func)
+    identity = defined_at(func)
     walk = _Walk()
     library = isinstance(func, types.FunctionType) and not file_is_user(
         func.__code__.co_filename
@@ -380,9 +449,14 @@ def _compute(func: Any, version: str | None) -> tuple[CodeVersion, _Entry]:
         # Installed packages a user function calls are listed in deps but not
         # hashed (DESIGN §5): upgrading numpy must not invalidate every result.
         # Their versions are recorded on each run.
-        own_deps = sorted((k, v) for k, v in deps.items() if not k.startswith("dist:"))
+        # Names are written relative to the function's module, so where the code
+        # lives (script, spawn worker, module) does not count; what it is does.
+        relative = relative_deps(deps, identity)
+        own_deps = sorted((k, v) for k, v in relative.items() if not k.startswith("dist:"))
         value = digest(("code", own, own_deps))
-    result = CodeVersion(identity, value, source, None if version is None else str(version), deps)
+    parts = {d: walk.parts[d] for d in deps.values() if d in walk.parts}
+    result = CodeVersion(identity, value, source, None if version is None else str(version), deps,
+                         parts)
     code = getattr(func, "__code__", None)
     checks = tuple((ns, n, _SELF if o is func else o) for ns, n, o in walk.checks.values())
     attrs = tuple((w, a, _SELF if o is func else o) for w, a, o in walk.attrs if w is not func)

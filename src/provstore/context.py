@@ -18,7 +18,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from . import ambient
 from .errors import (
@@ -28,7 +28,7 @@ from .errors import (
     NotFoundError,
     ReservedNameError,
 )
-from .lineage import Dependent, History, Stale
+from .lineage import Dependent, History, StaleList
 from .lineage.impact import dependents, stale
 from .locations import StoreRef
 from .parallel import map_calls
@@ -37,6 +37,9 @@ from .scope import Segment, check_name, display, format_path, parse_path, segmen
 from .store import ArtifactCollectedError, Store
 from .sweeps import Found, find, table
 from .tracking import track
+
+if TYPE_CHECKING:
+    from .memory import Memory
 
 __all__ = ["Context", "active_context"]
 
@@ -312,25 +315,32 @@ class Context:
         return dependents(self._store, h.latest.artifact_id, transitive=transitive,
                           exclude=h.path)
 
-    def stale(self, *, unimportable: bool = False) -> list[Stale]:
+    def stale(self, *, unimportable: bool = False) -> StaleList:
         """Return the results here and below whose recorded recipe changed since.
 
-        A current binding made by a tracked call is stale when the function,
-        importable now, has another code version than the call recorded
-        (``"code changed: <dependencies>"``), or when an input of the call was
+        A current binding made by a tracked call is stale when its code on
+        disk differs from the code version the call recorded (``"code changed:
+        <functions, classes, constants>"``), or when an input of the call was
         bound to a name that now holds another value (``"input x rebound:
-        scope/name v2 → v3"``). Nothing is recomputed or deleted.
+        scope/name v2 → v3"``). Scripts, modules and their helpers are checked
+        from their source files, parsed and never run: the call records where
+        the function lived and the run which script it ran. Nothing is
+        recomputed or deleted.
 
         Parameters
         ----------
         unimportable : bool
-            Also list results whose function cannot be imported here
-            (reason ``"not importable"``); by default they are skipped.
+            Also list the results that could not be checked (reason
+            ``"not checked: <why>"``); by default they are only counted in
+            ``unchecked``.
 
         Returns
         -------
-        list of Stale
-            ``path``, ``reason`` and ``call_id`` of each, sorted by path.
+        StaleList
+            A list of :class:`~provstore.lineage.Stale` (``path``, ``reason``,
+            ``call_id``, ``downstream``: the results that rerunning would
+            recompute too), sorted by path; its ``unchecked`` lists the results
+            that could not be checked and why (``summary()`` counts them).
         """
         return stale(self._store, self.path, unimportable=unimportable)
 
@@ -383,15 +393,16 @@ class Context:
         return find(self._store, self._current(), function=function, params=params)
 
     def track(self, func: Any = None, *, version: str | None = None,
-              ignore: tuple[str, ...] | list[str] = ()) -> Any:
+              ignore: tuple[str, ...] | list[str] = (), name: str | None = None) -> Any:
         """Memoize *func* and record its calls in this context's store.
 
         Like :func:`provstore.track`, but bound to this store whatever
         context is active. Usable bare (``@ctx.track``), with options
         (``@ctx.track(version="2")``) or on a library function
-        (``ctx.track(nilearn.image.smooth_img)``).
+        (``ctx.track(nilearn.image.smooth_img)``); ``name=`` names it
+        explicitly, as in :func:`provstore.track`.
         """
-        return track(func, version=version, ignore=ignore, context=self)
+        return track(func, version=version, ignore=ignore, context=self, name=name)
 
     def map(self, func: Callable[[Any], Any], iterable: Iterable[Any], *,
             executor: Executor | None = None, chunksize: int = 1,
@@ -432,6 +443,18 @@ class Context:
         """
         return map_calls(self, func, iterable, executor=executor, chunksize=chunksize,
                          progress=progress)
+
+    def memory(self, *, mmap_mode: str | None = None) -> Memory:
+        """Return a ``joblib.Memory`` that caches into this store and scope.
+
+        Pass it where scikit-learn and nilearn take ``memory=``
+        (``Pipeline(steps, memory=ctx.memory())``); every cached step becomes
+        a tracked call. See :class:`provstore.memory.Memory`.
+        """
+        # Imported on use: joblib costs ~120 ms of `import provstore` otherwise.
+        from .memory import Memory
+
+        return Memory(context=self, mmap_mode=mmap_mode)
 
     # ------------------------------------------------------------ writing
     def set(self, name: str, value: Any, *, format: str | None = None, **options: Any) -> None:

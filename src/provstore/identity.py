@@ -144,6 +144,11 @@ class CallMemo:
             if len(self._keys) > self._size:
                 self._keys.popitem(last=False)
 
+    def forget_keys(self) -> None:
+        """Forget every key → call answer (calls were forgotten in the database)."""
+        with self._lock:
+            self._keys.clear()
+
     def outputs(self, call_id: int) -> list[tuple[str, int, int]] | None:
         """The output rows of *call_id*, if this process has seen them."""
         return self._outputs.get(call_id)

@@ -246,11 +246,21 @@ def commit(store: Store, c: Claim, prepared: list[Prepared], *, kind: str, durat
 
 
 def _record_code(conn: Connection, code: CodeVersion, now: dt.datetime) -> None:
-    if conn.execute(q.CODE_BY_DIGEST, {"digest": code.digest}).first() is None:
-        conn.execute(q.INSERT_CODE, {
-            "digest": code.digest, "identity": code.identity, "source": code.source,
-            "deps": json.dumps(code.deps, sort_keys=True), "pinned": code.pinned,
-            "created": now})
+    if conn.execute(q.CODE_BY_DIGEST, {"digest": code.digest}).first() is not None:
+        return  # its parts were recorded with it
+    conn.execute(q.INSERT_CODE, {
+        "digest": code.digest, "identity": code.identity, "source": code.source,
+        "deps": json.dumps(code.deps, sort_keys=True), "pinned": code.pinned,
+        "created": now})
+    # Each helper, class and constant the key depends on gets a row of its own
+    # (keyed by its own digest), so explain and diff can show how it changed.
+    names = {d: name for name, d in sorted(code.deps.items(), reverse=True)}
+    for part, source in code.parts.items():
+        if part != code.digest and conn.execute(
+                q.CODE_BY_DIGEST, {"digest": part}).first() is None:
+            conn.execute(q.INSERT_CODE, {
+                "digest": part, "identity": names.get(part, ""), "source": source,
+                "deps": "{}", "pinned": None, "created": now})
 
 
 def _record_inputs(conn: Connection, call_id: int, inputs: list[InputRecord]) -> None:

@@ -21,11 +21,11 @@ from . import ambient
 from .db.engine import display_url
 from .errors import StoreError, StoreNotFoundError
 from .fstype import check_sqlite_url, sqlite_file
-from .store import Store
+from .store import Store, check_database_file
 
 __all__ = [
     "DB_NAME", "DB_POINTER", "DEFAULT_LOCATION", "StoreRef", "close", "database_url",
-    "open_stores", "record_database", "reopen_store", "store_for",
+    "enclosing_store", "open_stores", "record_database", "reopen_store", "store_for",
 ]
 
 DEFAULT_LOCATION = ".provstore"
@@ -50,8 +50,8 @@ def database_url(loc: Path, db: str | None, *, create: bool = True) -> str:
     if db is None:
         if recorded is None:
             if not local.exists() and not create:
-                raise StoreNotFoundError(
-                    f"no provstore store at {loc}; pass create=True to make one")
+                # A missing database next to object files is a lost one.
+                check_database_file(local, loc, create=False)
             return f"sqlite:///{local}"
         if _missing_sqlite_file(recorded):
             raise StoreNotFoundError(
@@ -115,11 +115,15 @@ def reopen_store(url: str, root: str, safe: bool, durability: str) -> Store:
             f"{socket.gethostname()}; mount the shared store directory at the same path "
             "on every worker (see docs/scaling-out.md)")
     check_sqlite_url(url)
-    return store_for(url, root, safe=safe, durability=durability)
+    return store_for(url, root, safe=safe, durability=durability, create=False)
 
 
-def store_for(url: str, root: str, *, safe: bool, durability: str = "normal") -> Store:
-    """The one Store of this process for (*url*, *root*, options), opened on first use."""
+def store_for(url: str, root: str, *, safe: bool, durability: str = "normal",
+              create: bool = True) -> Store:
+    """The one Store of this process for (*url*, *root*, options), opened on first use.
+
+    With ``create=False`` an empty database is refused rather than given a schema.
+    """
     key = (url, root, safe, durability, os.getpid())
     with _lock:
         store = _stores.get(key)
@@ -132,10 +136,25 @@ def store_for(url: str, root: str, *, safe: bool, durability: str = "normal") ->
         if store is None:
             lock_path = Path(root) / ".provstore.lock"
             store = Store(url, Path(root), safe=safe, durability=durability,
-                          lock_path=lock_path)
+                          lock_path=lock_path, create=create)
             store.file_identity = _file_identity(url)
             _stores[key] = store
         return store
+
+
+def enclosing_store(path: Path) -> Path | None:
+    """The store directory that *path* lies strictly inside, if any.
+
+    A store directory is one holding ``objects/`` next to ``provstore.db`` or
+    ``provstore.url``. A store made inside another one would be listed by
+    the outer store's ``verify`` as stray files, and its database deleted by
+    the outer store's ``gc``.
+    """
+    for parent in path.parents:
+        if (parent / "objects").is_dir() and (
+                (parent / DB_NAME).is_file() or (parent / DB_POINTER).is_file()):
+            return parent
+    return None
 
 
 def open_stores() -> list[Store]:

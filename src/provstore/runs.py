@@ -2,8 +2,9 @@
 
 A run is opened lazily on a process's first write to a store and closed by
 ``atexit`` as finished, or as failed when an uncaught exception is on its way
-out. A run still marked running whose heartbeat is old was killed: it reads
-as crashed.
+out. A run still marked running reads as crashed when its process no longer
+exists on this host (known at once), or when its heartbeat is old (a process
+on another host, which cannot be asked).
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from sqlalchemy import Engine, insert, update
 from .db.engine import retrying, write
 from .db.models import Run
 
-__all__ = ["RunRecorder", "environment", "utcnow"]
+__all__ = ["RunRecorder", "environment", "process_gone", "status_of", "utcnow"]
 
 STALE_AFTER = dt.timedelta(minutes=5)
+_HOST = socket.gethostname()  # what environment() records as a run's host
 HEARTBEAT_SECONDS = 60.0  # well inside STALE_AFTER, so a live run never reads as crashed
 _PACKAGES = ("numpy", "nibabel", "tables", "SQLAlchemy", "provstore", "pandas", "scipy")
 
@@ -154,9 +156,34 @@ class RunRecorder:
             pass
 
 
-def status_of(row_status: str, heartbeat: dt.datetime, now: dt.datetime | None = None) -> str:
-    """Return the displayed status: a running run with a stale heartbeat crashed."""
-    now = now or utcnow()
-    if row_status == "running" and now - heartbeat > STALE_AFTER:
+def status_of(row_status: str, heartbeat: dt.datetime, now: dt.datetime | None = None, *,
+              host: str | None = None, pid: int | None = None) -> str:
+    """Return the displayed status of a run row.
+
+    A run still marked running crashed when its heartbeat is stale, or at once
+    when *host* is this host and process *pid* is gone (``kill -9``, OOM).
+    """
+    if row_status != "running":
+        return row_status
+    if now is None:
+        now = utcnow()
+    if now - heartbeat > STALE_AFTER or process_gone(host, pid):
         return "crashed"
     return row_status
+
+
+def process_gone(host: str | None, pid: int | None) -> bool:
+    """Whether *pid* names a process of this host that no longer exists.
+
+    False when it cannot be told: another host, or no pid. A pid reused by a
+    new process reads as alive until the run's heartbeat goes stale.
+    """
+    if host != _HOST or pid is None or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False

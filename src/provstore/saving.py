@@ -138,7 +138,7 @@ def prepare_file(store: Store, file: File, format: str | None,
     file_digest = file.digest()
     record = {"path": stat.path, "size": stat.size, "mtime_ns": stat.mtime_ns,
               "inode": stat.inode, "algorithm": hashing.ALGORITHM, "digest": file_digest}
-    value = _read_external(backend, file)
+    value = _read_external(backend, file, store.safe)
     digest = file_digest if backend.name == "raw" else hashing.digest(value)
     prepared = Prepared(digest=digest, backend=backend, file_record=record)
     prepared.existing_id = store.existing_artifact(digest, backend)
@@ -168,11 +168,13 @@ def _cached_file(store: Store, stat: FileStat, backend: Backend) -> Prepared | N
     return Prepared(digest=row.digest, backend=backend, existing_id=row.id)
 
 
-def _read_external(backend: Backend, file: File) -> Any:
+def _read_external(backend: Backend, file: File, safe: bool) -> Any:
     if backend.name == "raw":
         return file.path
+    options = {"safe": safe} if backend.checks_trust else {}
     try:
-        return backend.load(file.path, {}, mmap_mode="r" if backend.supports_mmap else None)
+        return backend.load(file.path, {}, mmap_mode="r" if backend.supports_mmap else None,
+                            **options)
     except CorruptObjectError as exc:
         raise CorruptObjectError(
             f"{file.path} cannot be read as {backend.name}: {exc}; pass format=... "

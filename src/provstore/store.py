@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import threading
 import weakref
 from pathlib import Path
@@ -28,16 +29,21 @@ from .db.engine import (
     display_url,
     is_sqlite,
     make_engine,
+    readonly_reason,
     retrying,
     upgrade,
     write,
 )
 from .errors import (
     CorruptObjectError,
+    DatabaseDamagedError,
+    StorageError,
     StoreError,
+    StoreNotFoundError,
     StoreVersionError,
     UnsafeLoadError,
 )
+from .fstype import sqlite_file
 from .identity import CallMemo, IdentityMap, Known, rememberable
 from .objects import ObjectDir
 from .records import ArtifactRow, Prepared
@@ -45,7 +51,10 @@ from .runs import RunRecorder, utcnow
 from .scope import Segment, format_path
 
 # records re-exported for callers
-__all__ = ["ArtifactCollectedError", "ArtifactRow", "Prepared", "Store"]
+__all__ = [
+    "ArtifactCollectedError", "ArtifactRow", "Prepared", "Store", "check_database_file",
+    "object_count",
+]
 
 
 class ArtifactCollectedError(Exception):
@@ -60,27 +69,29 @@ class Store:
     """
 
     def __init__(self, url: str, root: Path, *, safe: bool = False, durability: str = "normal",
-                 lock_path: Path | None = None) -> None:
+                 lock_path: Path | None = None, create: bool = True) -> None:
         self.url = url
         self.root = root
         self.safe = safe
         self.durability = durability
-        self.engine = make_engine(url, durability=durability)
-        revision = check_schema(self.engine)
-        if revision != q.SCHEMA_HEAD:
-            # An SQLite store belongs to its directory and is upgraded on
-            # open; a server database is shared by every worker of a lab, so
-            # changing its schema is an explicit step. Creating the schema in
-            # an empty database changes nothing anyone relies on.
-            if revision is not None and not is_sqlite(url):
-                raise StoreVersionError(
-                    f"the database {display_url(url)} has schema version {revision} and this "
-                    f"provstore writes {q.SCHEMA_HEAD}; back it up, stop its workers, then run "
-                    f"`provstore --store {root} upgrade`"
-                )
-            upgrade(self.engine, lock_path=lock_path)
+        path = sqlite_file(url)
+        if path is not None:
+            check_database_file(path, root, create=create)
+        #: Why this process cannot write the store (None when it can): then
+        #: the database is opened read-only and nothing is ever written.
+        self.readonly: str | None = None if path is None else readonly_reason(path)
+        self.engine = make_engine(url, durability=durability, readonly=self.readonly is not None)
+        try:
+            self._check_schema(create, lock_path)
+        except BaseException:
+            self.engine.dispose()
+            raise
         self.file_identity: tuple[int, int] | None = None  # set by provstore.api
-        self.objects = ObjectDir(root, durable=True)
+        try:
+            self.objects = ObjectDir(root, durable=True)
+        except OSError as exc:  # e.g. a read-only store copied without its tmp/
+            self.engine.dispose()
+            raise StorageError(f"cannot use the object root {root}: {exc}") from exc
         self.runs = RunRecorder(self.engine)
         self.readers = Readers(self.engine)
         self._scopes: dict[str, int] = {}
@@ -92,6 +103,40 @@ class Store:
         self._scalars: dict[int, Any] = {}  # immutable inline values by artifact id
         self.memo = CallMemo()
         self._lock = threading.Lock()
+
+    def _check_schema(self, create: bool, lock_path: Path | None) -> None:
+        """Refuse what must not be opened; create or upgrade the schema when allowed."""
+        url, root = self.url, self.root
+        revision = check_schema(self.engine)
+        if revision is None:
+            # An empty database next to object files is a lost database, not
+            # a new store: a fresh schema would make every object an orphan.
+            # Read again after counting: a process creating the store commits
+            # its schema before it publishes any object.
+            if object_count(root) and check_schema(self.engine) is None:
+                raise _database_lost(display_url(url), "holds no provstore schema", root)
+            if not create:
+                raise StoreNotFoundError(
+                    f"no provstore store at {root}: its database {display_url(url)} is empty; "
+                    "provstore.open() in Python creates a store")
+        if revision == q.SCHEMA_HEAD:
+            return
+        if self.readonly is not None:
+            raise StoreError(
+                f"the store at {root} has schema version {revision or 'none'} and this "
+                f"provstore reads {q.SCHEMA_HEAD}, but {self.readonly}, so it cannot be "
+                "upgraded; open it once with write access, or use the provstore that wrote it")
+        # An SQLite store belongs to its directory and is upgraded on
+        # open; a server database is shared by every worker of a lab, so
+        # changing its schema is an explicit step. Creating the schema in
+        # an empty database changes nothing anyone relies on.
+        if revision is not None and not is_sqlite(url):
+            raise StoreVersionError(
+                f"the database {display_url(url)} has schema version {revision} and this "
+                f"provstore writes {q.SCHEMA_HEAD}; back it up, stop its workers, then run "
+                f"`provstore --store {root} upgrade`"
+            )
+        upgrade(self.engine, lock_path=lock_path)
 
     # ------------------------------------------------------------------ scopes
     def query(self, statement: Executable,
@@ -364,7 +409,15 @@ class Store:
                 "the store was opened with safe=True. Reopen with safe=False if you trust it"
             )
         if row.inline is not None:
-            return backend.decode(row.inline, row.meta)
+            value = backend.decode(row.inline, row.meta)
+            # An inline value has no file to re-hash: its decoded value is
+            # keyed again, as when it was stored.
+            if verify and (len(row.inline) != row.size or hashing.digest(value) != row.digest):
+                raise CorruptObjectError(
+                    f"{where}: its value kept in the database (artifact {row.id}) was changed "
+                    "after it was stored: it no longer matches its recorded digest; rebind "
+                    "the name from its source")
+            return value
         path = self.objects.path(row.digest, row.suffix)
         try:
             size = path.stat().st_size
@@ -379,8 +432,11 @@ class Store:
                 "changed or truncated after it was stored; rebind the name from its source"
             )
         mode = mmap_mode if backend.supports_mmap else None
+        options = dict(options or {})
+        if backend.checks_trust:  # set last: a caller's option cannot turn the check off
+            options["safe"] = self.safe
         try:
-            return backend.load(path, row.meta, mmap_mode=mode, **(options or {}))
+            return backend.load(path, row.meta, mmap_mode=mode, **options)
         except CorruptObjectError as exc:
             raise CorruptObjectError(f"{where}: {exc}") from exc
 
@@ -450,7 +506,83 @@ class Store:
             return computed
         return self.load(artifact_id, mmap_mode="r", call_id=call_id)
 
+    def forget_calls(self, function: str) -> int:
+        """Make the finished calls of *function* stop being hits; return how many.
+
+        Their rows, outputs and lineage stay (status ``forgotten``): history
+        still tells how each result was made, and ``gc`` may reclaim them.
+        """
+        def transaction() -> int:
+            with write(self.engine) as conn:
+                return int(conn.execute(q.FORGET_CALLS, {"p_function": function}).rowcount)
+
+        forgotten = retrying(transaction)
+        self.memo.forget_keys()
+        return forgotten
+
     def close(self) -> None:
         """Release the database connections (the store can be reopened)."""
         self.readers.close_all()
         self.engine.dispose()
+
+
+def object_count(root: Path, *, at_least: int = 1) -> int:
+    """How many entries ``root/objects`` holds, counting no further than *at_least*."""
+    found = 0
+    try:
+        shards = list(os.scandir(root / "objects"))
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    for shard in shards:
+        if not shard.is_dir(follow_symlinks=False):
+            found += 1
+        else:
+            with os.scandir(shard.path) as entries:
+                found += sum(1 for _ in entries)
+        if found >= at_least:
+            break
+    return found
+
+
+def check_database_file(path: Path, root: Path, *, create: bool) -> None:
+    """Refuse to open the SQLite file *path* when it is missing or empty but should not be.
+
+    A database that is gone or truncated to nothing while ``root/objects``
+    holds files was lost: making a new one there would turn every object
+    into an orphan for ``gc`` to delete. Nothing is written.
+
+    Raises
+    ------
+    DatabaseDamagedError
+        The file is missing or empty and object files exist.
+    StoreNotFoundError
+        The file is missing or empty, and *create* is false.
+    """
+    size = _file_size(path)
+    if size:
+        return
+    what = "is missing" if size is None else "is empty (0 bytes)"
+    # Stat again after counting: a process creating the store writes the
+    # file's first page (switching to WAL) before it publishes any object.
+    if object_count(root) and not _file_size(path):
+        raise _database_lost(str(path), what, root)
+    if not create:
+        raise StoreNotFoundError(
+            f"no provstore store at {root}: its database {path} {what}; "
+            "provstore.open() in Python creates a store")
+
+
+def _file_size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
+
+
+def _database_lost(where: str, what: str, root: Path) -> DatabaseDamagedError:
+    return DatabaseDamagedError(
+        f"the store's database {where} {what}, but {root / 'objects'} holds object files: the "
+        "database was lost or replaced, and provstore will not start a new one over them. "
+        "Restore provstore.db (with its -wal file, if any) from a backup copy. Without a "
+        "backup, move objects/ aside (for example to objects.lost) to start an empty store "
+        "there; see docs/guarantees.md, 'Damaged or missing database'.")

@@ -29,9 +29,9 @@ from typing import Any, TypeVar, overload
 import xxhash
 from sqlalchemy.exc import IntegrityError
 
-from . import ambient, callkeys, leases
+from . import ambient, callkeys, hashing, leases
 from .ambient import View
-from .codeversion import FINGERPRINTS, CodeVersion, function_identity
+from .codeversion import FINGERPRINTS, CodeVersion, defined_at, function_identity
 from .errors import InvalidNameError, ProvstoreError, UnsupportedTypeError
 from .files import File
 from .leases import Claim, LeaseKeeper, claim, lease_seconds
@@ -49,11 +49,13 @@ __all__ = [
 F = TypeVar("F", bound=Callable[..., Any])
 _HOST = socket.gethostname()
 _warned_untracked: set[str] = set()
-# The version of what goes into a call key (hashing.SCHEME_VERSION's rules
-# for values, the rules of callkeys for callables and estimators, the layout
-# of the key text below). Changing any of them changes this string, so old
-# results are a clean miss, never a collision.
+# The version of what goes into a call key besides value digests: the rules
+# of callkeys for callables, estimators and instances, and the layout of the
+# key text. The key also holds hashing.SCHEME_VERSION (the rules for values).
+# Changing either changes the key, so old results are a clean miss, never a
+# collision.
 CALL_SCHEME = "provstore-call/2"
+_HASH_SCHEME = f"hashing/{hashing.SCHEME_VERSION}"
 # Keys this thread or task is computing right now: a call that needs its own
 # key again would wait forever on its own lease.
 _computing: ContextVar[frozenset[str]] = ContextVar("provstore_computing", default=frozenset())
@@ -74,12 +76,23 @@ class TrackedFunction:
     Attributes
     ----------
     identity : str
-        ``module:qualname``, the function's name in the store
-        (``module:qualname.<partial>`` for a ``functools.partial``).
+        The function's name in the store (``calls.function``, what
+        ``ctx.find(function=...)`` matches): the ``name=`` given, else
+        ``module:qualname`` with a script's stem as its module
+        (:func:`provstore.codeversion.function_identity`), with ``.<partial>``
+        appended for a ``functools.partial``.
+    key_identity : str
+        What the call key holds besides the code version: ``name:<name>`` for a
+        named function, ``pinned:<identity>`` for a pinned one, else ``code``:
+        unnamed functions share results whenever their code and everything it
+        resolves to are equal, wherever they live and however they are launched.
+    defined_at : str
+        ``module:qualname`` where the function lives in this process, recorded on each call.
     """
 
     def __init__(self, func: Callable[..., Any], *, context: View | None = None,
-                 version: str | None = None, ignore: tuple[str, ...] | list[str] = ()) -> None:
+                 version: str | None = None, ignore: tuple[str, ...] | list[str] = (),
+                 name: str | None = None) -> None:
         callkeys.refuse_untrackable(func)
         functools.update_wrapper(self, func)
         self._func = func
@@ -99,9 +112,16 @@ class TrackedFunction:
                 f"of {getattr(func, '__qualname__', func)!s}{self._call.signature}"
             )
         self._ignore = frozenset(ignore)
-        self.identity = function_identity(func)
-        if isinstance(func, functools.partial):
+        if name is not None and (not isinstance(name, str) or not name or len(name) > 255):
+            raise InvalidNameError(f"track(name=...) takes a non-empty string of at most 255 "
+                                   f"characters (such as 'preproc.smooth'), not {name!r:.80}")
+        self._name = name
+        self.identity = name if name is not None else function_identity(func)
+        if name is None and isinstance(func, functools.partial):
             self.identity += ".<partial>"
+        self.key_identity = (f"name:{name}" if name is not None
+                             else f"pinned:{self.identity}" if version is not None else "code")
+        self.defined_at = defined_at(func)
         params = list(self._signature.parameters.values())
         # Calls passing exactly the plain positional parameters skip Signature.bind.
         simple = all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params) and self._call.plain
@@ -206,9 +226,9 @@ class TrackedFunction:
         if self._call.captures:
             inputs.update(self._captured())
         cv = FINGERPRINTS.current(self._func, version=self._version)
-        # key = xxh3(scheme, identity, code version, sorted name=digest pairs);
-        # a flat string keeps it one hashing call.
-        text = "\n".join([CALL_SCHEME, self.identity, cv.digest,
+        # key = xxh3(schemes, key identity, code version, sorted name=digest
+        # pairs); a flat string keeps it one hashing call.
+        text = "\n".join([CALL_SCHEME, _HASH_SCHEME, self.key_identity, cv.digest,
                           *sorted(f"{name}={i.digest}" for name, i in inputs.items())])
         return xxhash.xxh3_128_hexdigest(text.encode("utf-8", "surrogatepass")), cv, inputs
 
@@ -239,7 +259,7 @@ class TrackedFunction:
     def __reduce__(self) -> tuple[Any, ...]:
         func = self._func
         options = {"context": self._context, "version": self._version,
-                   "ignore": tuple(sorted(self._ignore))}
+                   "ignore": tuple(sorted(self._ignore)), "name": self._name}
         if not self._call.plain:  # a partial or bound method: by value, with what it binds
             return (functools.partial(track, **options), (func,))
         # By reference, like a plain function: the module attribute is looked up again.
@@ -309,13 +329,13 @@ class _BoundTracked:
 
 
 def _rebuild(module: str, qualname: str, context: View | None, version: str | None,
-             ignore: tuple[str, ...]) -> Any:
+             ignore: tuple[str, ...], name: str | None = None) -> Any:
     obj: Any = importlib.import_module(module)
     for part in qualname.split("."):
         obj = getattr(obj, part)
     if isinstance(obj, TrackedFunction):
         return obj
-    return track(obj, context=context, version=version, ignore=ignore)
+    return track(obj, context=context, version=version, ignore=ignore, name=name)
 
 
 class _Input:
@@ -376,7 +396,7 @@ class _Computation:
             value = self.tf._func(*args, **kwargs)
             holding.committed = self._commit_until_done(holding, value,
                                                         time.perf_counter() - started)
-        return self._loaded(holding.committed, value)
+        return self._loaded(holding, value)
 
     async def arun(self, args: tuple[Any, ...], kwargs: dict[str, Any],
                    recompute: bool) -> Any:
@@ -389,7 +409,7 @@ class _Computation:
             value = await self.tf._func(*args, **kwargs)
             holding.committed = self._commit_until_done(holding, value,
                                                         time.perf_counter() - started)
-        return self._loaded(holding.committed, value)
+        return self._loaded(holding, value)
 
     @contextmanager
     def _holding(self, c: Claim) -> Iterator[_Holding]:
@@ -406,10 +426,12 @@ class _Computation:
         finally:
             _computing.reset(token)
 
-    def _loaded(self, committed: int | None, value: Any) -> Any:
-        assert committed is not None
-        self.store.memo.note_key(self.key, committed)
-        return _load_outputs(self.store, committed, computed=value)
+    def _loaded(self, holding: _Holding, value: Any) -> Any:
+        assert holding.committed is not None
+        self.store.memo.note_key(self.key, holding.committed)
+        # Another attempt's result won (ours was refused): return what it stored.
+        computed = value if holding.ours else None
+        return _load_outputs(self.store, holding.committed, computed=computed)
 
     def _commit_until_done(self, holding: _Holding, value: Any, duration: float) -> int:
         committed = self._commit(holding.claim, value, duration)
@@ -419,6 +441,7 @@ class _Computation:
             # any: claim the key again and commit it.
             again = self._claim(recompute=False)
             if isinstance(again, int):
+                holding.ours = False
                 return again
             holding.claim = again
             committed = self._commit(again, value, duration)
@@ -426,7 +449,8 @@ class _Computation:
 
     def _call_row(self) -> dict[str, Any]:
         params = {name: _short(i) for name, i in self.inputs.items()}
-        return {"function": self.tf.identity, "code_digest": self.cv.digest,
+        return {"function": self.tf.identity, "defined_at": self.tf.defined_at,
+                "code_digest": self.cv.digest,
                 "params": json.dumps(params), "run_id": self.store.runs.run_id(),
                 "host": _HOST, "pid": os.getpid()}
 
@@ -474,11 +498,12 @@ class _Computation:
 class _Holding:
     """The claim a computation holds, and the call it committed, once it has."""
 
-    __slots__ = ("claim", "committed")
+    __slots__ = ("claim", "committed", "ours")
 
     def __init__(self, claim: Claim) -> None:
         self.claim = claim
         self.committed: int | None = None
+        self.ours = True  # False when another attempt's call finished the key instead
 
 
 def _load_outputs(store: Store, call_id: int, computed: Any = None) -> Any:
@@ -529,13 +554,14 @@ def _summary(value: Any) -> Any:
 
 @overload
 def track(func: F, *, version: str | None = ..., ignore: tuple[str, ...] | list[str] = ...,
-          context: View | None = ...) -> TrackedFunction: ...
+          context: View | None = ..., name: str | None = ...) -> TrackedFunction: ...
 @overload
 def track(func: None = ..., *, version: str | None = ...,
           ignore: tuple[str, ...] | list[str] = ...,
-          context: View | None = ...) -> Callable[[F], TrackedFunction]: ...
+          context: View | None = ..., name: str | None = ...) -> Callable[[F], TrackedFunction]: ...
 def track(func: Callable[..., Any] | None = None, *, version: str | None = None,
-          ignore: tuple[str, ...] | list[str] = (), context: View | None = None) -> Any:
+          ignore: tuple[str, ...] | list[str] = (), context: View | None = None,
+          name: str | None = None) -> Any:
     """Memoize *func* on its inputs and code, and record its lineage.
 
     Usable bare (``@provstore.track``) or with options
@@ -556,13 +582,19 @@ def track(func: Callable[..., Any] | None = None, *, version: str | None = None,
         (``with ctx:`` / ``with ctx.scope(...)``), else the store opened last
         in this process; with no store at all the function runs untracked
         (with a warning, once).
+    name : str, optional
+        Name the function explicitly (``"preproc.smooth"``): its calls are listed
+        under this name and keyed on it with the code version, so two functions
+        with equal code but different names never share results. By default the
+        key holds the code version only, and the calls are listed under
+        ``module:qualname`` (a script's stem as module).
 
     Returns
     -------
     TrackedFunction
     """
     if func is None:
-        return lambda f: track(f, context=context, version=version, ignore=ignore)
+        return lambda f: track(f, context=context, version=version, ignore=ignore, name=name)
     cls = AsyncTrackedFunction if inspect.iscoroutinefunction(func) else TrackedFunction
-    return cls(func, context=context, version=version, ignore=ignore)
+    return cls(func, context=context, version=version, ignore=ignore, name=name)
 

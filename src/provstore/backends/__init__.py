@@ -8,12 +8,18 @@ npy        numpy arrays and scalars (not object)       ``.npy``
 nifti      nibabel Nifti1/Nifti2 images                ``.nii``/``.nii.gz``
 hdf5       nested dicts/lists/tuples of arrays,        ``.h5``
            scalars and strings (PyTables)
+parquet    pandas DataFrame / Series (pyarrow)         ``.parquet``
+netcdf     xarray Dataset / DataArray (h5netcdf)       ``.nc``
+skops      scikit-learn estimators (skops)             ``.skops``
+objects    user classes whose state is storable,       ``.h5``
+           rebuilt without pickle
 raw        files of unknown type, byte for byte        original suffix
 pickle     anything else (refused with ``safe=True``)  ``.pkl``
 =========  ==========================================  ==================
 
 Importing this package is cheap: backends, and the format libraries they need
-(PyTables, nibabel), are imported on first use through :data:`registry`.
+(PyTables, nibabel, pyarrow, xarray, skops), are imported on first use through
+:data:`registry`. docs/formats.md describes every format and what opens it.
 """
 
 from __future__ import annotations

@@ -29,6 +29,10 @@ _BUILTINS: dict[str, str] = {
     "npy": "provstore.backends.npy:NpyBackend",
     "nifti": "provstore.backends.nifti:NiftiBackend",
     "hdf5": "provstore.backends.hdf5:Hdf5Backend",
+    "parquet": "provstore.backends.parquet:ParquetBackend",
+    "netcdf": "provstore.backends.netcdf:NetcdfBackend",
+    "skops": "provstore.backends.skops:SkopsBackend",
+    "objects": "provstore.backends.objects:ObjectsBackend",
     "raw": "provstore.backends.raw:RawBackend",
     "pickle": "provstore.backends.pickle:PickleBackend",
 }
@@ -58,6 +62,12 @@ class Backend(ABC):
         Whether loading may execute code (pickle). Refused with ``safe=True``.
     auto : bool
         Whether automatic format choice may pick this backend.
+    checks_trust : bool
+        Whether the file names code to import (classes) that the backend
+        itself checks against an allow-list: :meth:`load` then takes
+        ``safe=`` (the store's flag) and raises
+        :class:`~provstore.errors.UnsafeLoadError` for untrusted content
+        when it is true (skops, objects).
     """
 
     name: ClassVar[str] = ""
@@ -66,6 +76,7 @@ class Backend(ABC):
     inline: ClassVar[bool] = False
     unsafe: ClassVar[bool] = False
     auto: ClassVar[bool] = True
+    checks_trust: ClassVar[bool] = False
 
     @abstractmethod
     def can_save(self, obj: Any) -> bool:
@@ -106,8 +117,10 @@ class Backend(ABC):
         """Read the value stored at *path*.
 
         ``options`` come from ``ctx.get(name, **options)`` (hdf5:
-        ``lazy=True``). Raise :class:`~provstore.errors.CorruptObjectError`
-        when the file is truncated or not in this format.
+        ``lazy=True``); backends with :attr:`checks_trust` also get
+        ``safe=``, set by the store after the caller's options. Raise
+        :class:`~provstore.errors.CorruptObjectError` when the file is
+        truncated or not in this format.
         """
         raise BackendError(f"backend {self.name!r} does not read files")
 

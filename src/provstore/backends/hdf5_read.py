@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import contextvars
 import json
+import os
 import pickle
 import re
 import threading
@@ -24,7 +25,8 @@ from typing import Any
 import numpy as np
 from numpy.lib import format as npformat
 
-from ..errors import BackendError, CorruptObjectError, UnsafeLoadError
+from ..errors import BackendError, CorruptObjectError, ProvstoreError, UnsafeLoadError
+from . import limits
 
 __all__ = ["H5Array", "H5Group", "H5List", "no_unpickling"]
 
@@ -109,7 +111,10 @@ def reading(path: Any, *, strict: bool = True) -> Iterator[None]:
 
     failures: tuple[type[BaseException], ...] = (tables.HDF5ExtError, OSError)
     if strict:
-        failures += (EOFError, ValueError, SyntaxError, tables.NoSuchNodeError)
+        # Damaged metadata also surfaces as SystemError (a negative size in
+        # PyTables' C code), OverflowError, KeyError, TypeError or MemoryError.
+        failures += (EOFError, ValueError, SyntaxError, tables.NoSuchNodeError, SystemError,
+                     OverflowError, KeyError, TypeError, MemoryError, RecursionError)
     try:
         with quiet(), no_unpickling():
             yield
@@ -120,6 +125,8 @@ def reading(path: Any, *, strict: bool = True) -> Iterator[None]:
             f"{path} stores attributes pickled (PyTables 1.x files do), and provstore never "
             "unpickles; convert it with `ptrepack` from a trusted environment"
         ) from exc
+    except ProvstoreError:
+        raise  # already says what is wrong (a limit, a corrupt node)
     except failures as exc:
         missing = _MISSING_FILTER.search(str(exc))
         if missing:  # a compression plugin (lzo, szip...) is absent: the file is fine
@@ -234,12 +241,27 @@ def _read_leaf(node: Any, tag: str | None, key: Any) -> Any:
     if isinstance(node, tables.Table) and _nested_gaps(node.dtype):
         raise BackendError(f"{node._v_pathname} is a table whose nested records have gaps, "
                            "which PyTables reads past its buffer (memory corruption)")
+    if key is None:
+        _check_declared(node)
     raw = np.asarray(node.read() if key is None else node[key])
     if tag not in (None, "ndarray", "numpy_scalar"):
         return _python_scalar(raw, tag, node)
     arr = _restore(raw, node)
     # Indexing down to one element gives a numpy scalar, as it would in memory.
     return arr[()] if tag == "numpy_scalar" or (key is not None and arr.ndim == 0) else arr
+
+
+def _check_declared(node: Any) -> None:
+    """Refuse to read a dataset whose declared size the file cannot plausibly hold.
+
+    Chunked datasets may be compressed, or not written at all (HDF5 then
+    returns the fill value): a few bytes can declare terabytes.
+    """
+    filename = node._v_file.filename
+    declared = limits.declared_bytes(node.shape, node.dtype.itemsize)
+    chunked = getattr(node, "chunkshape", None) is not None
+    limits.check_declared(f"{filename}:{node._v_pathname}", declared, what="array data",
+                          compressed_size=os.path.getsize(filename) if chunked else None)
 
 
 def _nested_gaps(dt: np.dtype[Any]) -> bool:

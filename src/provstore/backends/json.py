@@ -17,6 +17,9 @@ MAX_ITEMS = 1 << 26
 """Most items (scalars and containers) a value may hold to be stored as JSON."""
 
 _SCALARS = (type(None), bool, int, float, str)
+# json.loads recurses once per nesting level and stops at the interpreter's
+# recursion limit; this backend never writes values that deep (see _dumps).
+_TOO_DEEP = "nests lists/objects deeper than Python's recursion limit, which no stored value does"
 
 
 class JsonBackend(Backend):
@@ -80,6 +83,8 @@ class JsonBackend(Backend):
             return json.loads(data)
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError both are
             raise CorruptObjectError(f"inline JSON value is not valid JSON: {exc}") from exc
+        except RecursionError as exc:
+            raise CorruptObjectError(f"inline JSON value {_TOO_DEEP}") from exc
 
     def load(self, path: Path, metadata: dict[str, Any], *, mmap_mode: str | None,
              **options: Any) -> Any:
@@ -98,6 +103,8 @@ class JsonBackend(Backend):
             return json.loads(data)
         except ValueError as exc:
             raise CorruptObjectError(f"{path} is not valid JSON: {exc}") from exc
+        except RecursionError as exc:
+            raise CorruptObjectError(f"{path} {_TOO_DEEP}") from exc
 
     def describe(self, obj: Any) -> dict[str, Any]:
         """Return ``{"type": ...}`` plus ``len`` for strings and containers."""

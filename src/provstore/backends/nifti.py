@@ -6,12 +6,13 @@ import os
 import struct
 import sys
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from ..errors import BackendError, CorruptObjectError, UnsupportedTypeError
+from ..errors import BackendError, CorruptObjectError, ProvstoreError, UnsupportedTypeError
+from . import limits
 from .base import Backend
 
 __all__ = ["NiftiBackend"]
@@ -38,6 +39,12 @@ class NiftiBackend(Backend):
     :class:`~provstore.errors.CorruptObjectError` at load; for ``.nii.gz``
     files written by this backend the gzip trailer's recorded length is
     checked as well (``metadata["gzip_isize"]``), which costs O(1).
+
+    Hostile headers are refused before anything is allocated: declared data
+    beyond :data:`provstore.backends.limits.MAX_DATA_BYTES`, or more than a
+    ``.nii.gz`` can expand to (:data:`~provstore.backends.limits.MAX_EXPANSION`).
+    Errors met later, when the lazy proxy reads damaged compressed data, are
+    raised as :class:`~provstore.errors.CorruptObjectError` naming the file.
     """
 
     name = "nifti"
@@ -120,9 +127,12 @@ class NiftiBackend(Backend):
         try:
             img = nib.load(path, mmap=_MMAP[mmap_mode])
             _check_size(Path(path), img, metadata)
+        except ProvstoreError:
+            raise
         except (ImageFileError, HeaderDataError, OSError, EOFError, ValueError,
-                zlib.error, struct.error) as exc:
+                zlib.error, struct.error, OverflowError) as exc:
             raise CorruptObjectError(f"{path} is not a readable NIfTI file: {exc}") from exc
+        _guard(img)
         return img
 
     def describe(self, obj: Any) -> dict[str, Any]:
@@ -154,12 +164,80 @@ def _check_size(path: Path, img: Any, metadata: dict[str, Any]) -> None:
     proxy = img.dataobj
     if not hasattr(proxy, "offset"):
         return  # not file-backed (never the case right after nib.load)
-    needed = int(proxy.offset) + int(np.prod(proxy.shape, dtype=np.int64)) * proxy.dtype.itemsize
+    declared = limits.declared_bytes(proxy.shape, proxy.dtype.itemsize)
+    size = path.stat().st_size
     if str(path).endswith(".gz"):
+        # Before anything is inflated: no more than the compressed bytes can hold.
+        limits.check_declared(path, declared, what="image data", compressed_size=size)
         recorded = metadata.get("gzip_isize")
         if recorded is not None and _gzip_isize(path) != recorded:
             raise ValueError("gzip stream truncated or altered (trailer length changed)")
         return
-    size = path.stat().st_size
+    needed = int(proxy.offset) + declared
     if size < needed:
-        raise ValueError(f"file has {size} bytes, its header needs {needed}")
+        raise ValueError(f"file has {size} bytes, its header needs {needed:,}")
+    limits.check_declared(path, declared, what="image data")
+
+
+# ----------------------------------------------------------------------------- lazy proxy
+_DATA_ERRORS = (OSError, EOFError, zlib.error, struct.error)
+_guarded: dict[str, type] = {}
+
+
+@contextmanager
+def _translated(file_like: Any) -> Iterator[None]:
+    """Turn a decoder failure while reading image data into CorruptObjectError."""
+    try:
+        yield
+    except _DATA_ERRORS as exc:
+        # gzip.BadGzipFile (a CRC or header error), EOFError (a truncated
+        # stream), zlib.error (a damaged block), OSError (fewer bytes than
+        # the header declares): the file is damaged, whatever the reader.
+        raise CorruptObjectError(
+            f"{file_like} is damaged: reading its image data failed ({exc!r}); "
+            "restore the file from its source"
+        ) from exc
+
+
+def _guarded_proxy_class() -> type:
+    """nibabel's ArrayProxy, translating read errors (created on first use)."""
+    if "ArrayProxy" in _guarded:
+        return _guarded["ArrayProxy"]
+    from nibabel.arrayproxy import ArrayProxy  # nibabel is imported lazily here (see can_save)
+
+    class GuardedArrayProxy(ArrayProxy):
+        """An ArrayProxy whose reads raise CorruptObjectError for damaged files."""
+
+        __slots__ = ()
+
+        def __array__(self, dtype: Any = None) -> Any:
+            with _translated(self.file_like):
+                return super().__array__(dtype)
+
+        def __getitem__(self, slicer: Any) -> Any:
+            with _translated(self.file_like):
+                return super().__getitem__(slicer)
+
+        def get_unscaled(self) -> Any:
+            with _translated(self.file_like):
+                return super().get_unscaled()
+
+    # Importable as provstore.backends.nifti.GuardedArrayProxy, so loaded images pickle.
+    GuardedArrayProxy.__module__ = __name__
+    GuardedArrayProxy.__qualname__ = "GuardedArrayProxy"
+    return _guarded.setdefault("ArrayProxy", GuardedArrayProxy)
+
+
+def _guard(img: Any) -> None:
+    from nibabel.arrayproxy import ArrayProxy  # already imported by nib.load
+
+    proxy = img.dataobj
+    if type(proxy) is ArrayProxy:
+        proxy.__class__ = _guarded_proxy_class()
+
+
+def __getattr__(name: str) -> Any:
+    # Unpickling a loaded image looks the proxy class up here.
+    if name == "GuardedArrayProxy":
+        return _guarded_proxy_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,6 +6,7 @@ import importlib
 import io
 import os
 from pathlib import Path
+from tokenize import TokenError
 from typing import Any, BinaryIO, Literal, cast
 
 import numpy as np
@@ -123,7 +124,10 @@ class NpyBackend(Backend):
                                max_header_size=_MAX_HEADER)
             # numpy cannot map a zero-length data segment; a plain read costs nothing here.
             arr = np.load(path, allow_pickle=False, max_header_size=_MAX_HEADER)
-        except (ValueError, OSError, EOFError, SyntaxError) as exc:
+        except (ValueError, OSError, EOFError, SyntaxError, TokenError, OverflowError,
+                TypeError, MemoryError, RecursionError) as exc:
+            # numpy parses the header with tokenize and literal_eval: a damaged one
+            # fails with any of these (TokenError, OverflowError for absurd shapes...).
             raise CorruptObjectError(f"{path} is not a readable .npy file: {exc}") from exc
         if mmap_mode == "r":
             arr.flags.writeable = False

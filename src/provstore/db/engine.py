@@ -19,6 +19,14 @@ time, by different means:
 
 Reads are single statements in autocommit mode: they never block writers
 and hold no snapshot between statements.
+
+A damaged SQLite file never surfaces as a raw driver error: every statement's
+failure that SQLite reports as corruption (``SQLITE_CORRUPT``,
+``SQLITE_NOTADB``, text that is not UTF-8) becomes a
+:class:`~provstore.errors.DatabaseDamagedError` naming the file and what to
+do. A store this user cannot write (an archive, a read-only mount) is opened
+read-only: ``mode=ro`` while a writer's ``-wal`` file exists, else
+``immutable=1``, which needs no ``-shm`` file in a directory it cannot write.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import fcntl
 import logging
 import os
 import random
+import sqlite3
 import threading
 import time
 import weakref
@@ -36,22 +45,29 @@ from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, make_url, text
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DatabaseError, DBAPIError, IntegrityError
 
-from ..errors import LockTimeoutError, StoreError, StoreVersionError
+from ..errors import DatabaseDamagedError, LockTimeoutError, StoreError, StoreVersionError
+from ..fstype import sqlite_file
 
 __all__ = [
     "Readers",
     "SCHEMA_HEAD",
     "SCHEMA_REVISIONS",
     "check_schema",
+    "damaged",
     "db_now",
     "display_url",
+    "integrity_check",
+    "is_readonly",
     "is_sqlite",
     "make_engine",
     "migrations_dir",
+    "readonly_reason",
     "retrying",
     "upgrade",
     "write",
@@ -92,27 +108,49 @@ def display_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def make_engine(url: str, *, durability: str = "normal") -> Engine:
-    """Create an engine for *url* with provstore's connection settings."""
+def make_engine(url: str, *, durability: str = "normal", readonly: bool = False) -> Engine:
+    """Create an engine for *url* with provstore's connection settings.
+
+    ``readonly=True`` (SQLite) opens the file read-only, never creating or
+    changing anything next to it; :func:`write` then refuses with a
+    :class:`~provstore.errors.StoreError`.
+    """
     if not is_sqlite(url):
         return _server_engine(url)
+    path = sqlite_file(url)
     synchronous = "FULL" if durability == "full" else "NORMAL"
+    options: dict[str, Any] = {}
+    if readonly and path is not None:
+        uri = _readonly_uri(path)
+        options["creator"] = lambda: sqlite3.connect(uri, uri=True, check_same_thread=False)
     engine = create_engine(
-        url, pool_size=4, max_overflow=64, connect_args={"check_same_thread": False}
+        url, pool_size=4, max_overflow=64, connect_args={"check_same_thread": False}, **options
     )
     _ENGINES.add(engine)
+    if readonly:
+        _READONLY.add(engine)
+    where = str(path) if path is not None else url
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
-        cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        cur.execute("PRAGMA foreign_keys=ON")
-        mode = cur.execute("PRAGMA journal_mode=WAL").fetchone()
-        cur.execute(f"PRAGMA synchronous={synchronous}")
-        cur.close()
-        if mode and str(mode[0]).lower() != "wal":
+        try:
+            mode = _configure(dbapi_conn, synchronous, readonly)
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+            # Raised in this hook, a driver error would bypass handle_error.
+            dbapi_conn.close()
+            if isinstance(exc, UnicodeDecodeError) or _is_damage(exc):
+                raise damaged(where, exc) from exc
+            raise
+        if not readonly and mode and str(mode[0]).lower() != "wal":
             raise StoreError(f"SQLite refused WAL mode (got {mode[0]!r}) for {url}")
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context: ExceptionContext) -> BaseException | None:
+        exc = context.original_exception
+        if isinstance(exc, UnicodeDecodeError) or _is_damage(exc):
+            return damaged(where, exc)
+        return None
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
@@ -122,6 +160,103 @@ def make_engine(url: str, *, durability: str = "normal") -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _configure(dbapi_conn: Any, synchronous: str, readonly: bool) -> Any:
+    cur = dbapi_conn.cursor()
+    cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    if readonly:
+        # query_only: even a bug cannot write through this connection.
+        cur.execute("PRAGMA query_only=ON")
+        mode = None
+    else:
+        cur.execute("PRAGMA foreign_keys=ON")
+        mode = cur.execute("PRAGMA journal_mode=WAL").fetchone()
+        cur.execute(f"PRAGMA synchronous={synchronous}")
+    cur.close()
+    return mode
+
+
+def _readonly_uri(path: Path) -> str:
+    # While a writer is connected (or one was killed) its -wal file holds
+    # commits not yet in the main file: mode=ro reads them through the -shm
+    # index that SQLite left. Without a -wal everything is in the main file,
+    # and immutable=1 reads it with no -shm file and no locks, which is the
+    # only way into a WAL database in a directory this user cannot write.
+    # (A writer that starts later is not seen by such a reader.)
+    wal = Path(f"{path}-wal")
+    mode = "mode=ro" if wal.exists() else "mode=ro&immutable=1"
+    return f"file:{quote(str(path))}?{mode}"
+
+
+def readonly_reason(path: Path) -> str | None:
+    """Why this process cannot write the SQLite file *path*, or None when it can.
+
+    A missing file is writable when its directory is (it is being created).
+    """
+    directory = path.parent
+    if path.exists() and not os.access(path, os.W_OK):
+        return f"{path} is not writable by this user"
+    if directory.exists() and not os.access(directory, os.W_OK):
+        # SQLite creates its -wal and -shm files there.
+        return f"its directory {directory} is not writable by this user"
+    return None
+
+
+def is_readonly(engine: Engine) -> bool:
+    """Whether *engine* was opened read-only by :func:`make_engine`."""
+    return engine in _READONLY
+
+
+# SQLite result codes that mean the file's bytes are not a sound database.
+_DAMAGE_CODES = frozenset({"SQLITE_CORRUPT", "SQLITE_CORRUPT_INDEX", "SQLITE_CORRUPT_SEQUENCE",
+                           "SQLITE_CORRUPT_VTAB", "SQLITE_NOTADB"})
+
+
+def _is_damage(exc: BaseException) -> bool:
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return False
+    name = getattr(exc, "sqlite_errorname", None)
+    if name in _DAMAGE_CODES:
+        return True
+    # Text columns whose bytes are not UTF-8: the driver's own message.
+    return "could not decode to utf-8" in str(exc).lower()
+
+
+def damaged(where: str | os.PathLike[str], exc: BaseException | str,
+            findings: list[str] | None = None) -> DatabaseDamagedError:
+    """The error for the damaged SQLite database *where*: what was found, what to do."""
+    detail = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    lines = [f"the store's database {where} is damaged or not a provstore database ({detail})."]
+    if findings:
+        shown = findings[:5] + ([f"... and {len(findings) - 5} more"] if len(findings) > 5 else [])
+        lines.append("PRAGMA integrity_check reports: " + "; ".join(shown) + ".")
+    lines.append(
+        "Nothing was changed. Restore provstore.db (with its -wal file, if any) from a backup "
+        "copy; the object files are intact and are named by its rows. See docs/guarantees.md, "
+        "'Damaged or missing database', for the steps without a backup.")
+    return DatabaseDamagedError(" ".join(lines))
+
+
+def integrity_check(path: str | os.PathLike[str], *, limit: int = 100) -> list[str]:
+    """``PRAGMA integrity_check`` of the SQLite file *path*, read-only: the problems found.
+
+    An empty list means the file is sound; a file SQLite cannot read at all
+    gives one line saying why.
+    """
+    wal = Path(f"{path}-wal").exists()
+    uri = f"file:{quote(str(path))}?mode=ro" + ("" if wal else "&immutable=1")
+    try:
+        conn = sqlite3.connect(uri, uri=True)
+    except sqlite3.Error as exc:
+        return [f"cannot open: {exc}"]
+    try:
+        rows = conn.execute(f"PRAGMA integrity_check({int(limit)})").fetchall()
+    except (sqlite3.Error, UnicodeDecodeError) as exc:
+        return [f"cannot check: {exc}"]
+    finally:
+        conn.close()
+    return [str(r[0]) for r in rows if r[0] != "ok"]
 
 
 def _server_engine(url: str) -> Engine:
@@ -168,6 +303,7 @@ def _drop_inherited_connections() -> None:
 
 
 _ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+_READONLY: weakref.WeakSet[Engine] = weakref.WeakSet()
 os.register_at_fork(after_in_child=_drop_inherited_connections)
 
 
@@ -226,7 +362,17 @@ def write(engine: Engine) -> Iterator[Connection]:
     """Open a write transaction; commit on success, roll back on error.
 
     ``BEGIN IMMEDIATE`` on SQLite, ``SERIALIZABLE`` on a server database.
+
+    Raises
+    ------
+    StoreError
+        The store was opened read-only (this user cannot write it).
     """
+    if engine in _READONLY:
+        raise StoreError(
+            f"the store's database {engine.url.database} is read-only for this user (opened "
+            "read-only because it or its directory is not writable): provstore can read it but "
+            "not write to it; copy the store, or ask its owner for write access")
     options: dict[str, Any] = (
         {_WRITE_OPTION: True} if engine.dialect.name == "sqlite"
         else {"isolation_level": "SERIALIZABLE"}
@@ -301,15 +447,22 @@ def check_schema(engine: Engine) -> str | None:
     ------
     StoreVersionError
         The store was written by a newer provstore.
+    DatabaseDamagedError
+        The SQLite file is damaged (with ``PRAGMA integrity_check``'s findings).
     StoreError
         The file is not an SQLite database, or not a provstore one.
     """
     try:
-        conn = engine.connect()
+        with engine.connect() as conn:
+            return _checked_revision(conn, engine)
+    except DatabaseDamagedError as exc:
+        path = sqlite_file(str(engine.url))
+        if path is None:
+            raise
+        cause = exc.__cause__ if exc.__cause__ is not None else str(exc)
+        raise damaged(path, cause, integrity_check(path)) from exc
     except DatabaseError as exc:
         raise _not_a_store(engine, exc) from exc
-    with conn:
-        return _checked_revision(conn, engine)
 
 
 def _not_a_store(engine: Engine, exc: DatabaseError) -> StoreError:

@@ -32,6 +32,9 @@ CALLS_BY_IDS = (
         code_versions.c.source,
         code_versions.c.deps,
         code_versions.c.pinned,
+        code_versions.c.identity.label("code_identity"),
+        _lineage_runs.c.argv.label("run_argv"),
+        _lineage_runs.c.cwd.label("run_cwd"),
         _lineage_runs.c.host.label("run_host"),
         _lineage_runs.c.pid.label("run_pid"),
         _lineage_runs.c.user.label("run_user"),
@@ -45,6 +48,12 @@ CALLS_BY_IDS = (
         )
     )
     .where(calls.c.id.in_(bindparam("ids", expanding=True)))
+)
+
+# The stored normalized source of code versions and their parts (helpers,
+# classes, constants), by digest: what explain and diff show as a unified diff.
+CODE_SOURCES_BY_DIGESTS = select(code_versions.c.digest, code_versions.c.source).where(
+    code_versions.c.digest.in_(bindparam("ids", expanding=True))
 )
 
 CALL_INPUTS_BY_CALLS = select(call_inputs).where(

@@ -277,3 +277,11 @@ CURRENT_BELOW = (
     )
     .order_by(scopes.c.path, bindings.c.name)
 )
+
+# ------------------------------------------------------------------ memory
+# joblib's MemorizedFunc.clear(): a function's finished calls stop being hits.
+FORGET_CALLS = (
+    update(calls)
+    .where(calls.c.function == bindparam("p_function"), calls.c.status == "done")
+    .values(status="forgotten")
+)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .diff import Diff, Divergence
 from .history import History
-from .impact import Dependent, Stale
+from .impact import Dependent, Stale, StaleList, Unchecked
 from .model import (
     BoundName,
     CallInfo,
@@ -28,6 +28,7 @@ from .reader import LineageReader
 
 __all__ = [
     "BoundName", "CallInfo", "Dependent", "Diff", "Divergence", "Edge", "History", "InputInfo",
-    "LineageGraph", "LineageReader", "Node", "RunInfo", "Stale", "Version",
+    "LineageGraph", "LineageReader", "Node", "RunInfo", "Stale", "StaleList", "Unchecked",
+    "Version",
     "describe_artifact", "format_size",
 ]

@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .explain import changed_items, code_changes
+from .explain import Sources, changed_items, code_changes
 from .model import CallInfo, InputInfo, LineageGraph, Node, Version
 from .render import leaf_text
 
@@ -105,7 +105,8 @@ def diff(va: Version, vb: Version, *, depth: int = 1) -> Diff:
         result.value = f"value: differs, {(va.digest or '')[:12]} → {(vb.digest or '')[:12]}"
     ga, gb = va.upstream(depth=depth + 1), vb.upstream(depth=depth + 1)
     pa, pb = ga.producer(ga.root.id), gb.producer(gb.root.id)
-    _compare_made(result, ga, pa, ga.root, gb, pb, gb.root, "", 0, depth)
+    sources = va.lineage.code_sources if va.lineage is not None else None
+    _compare_made(result, ga, pa, ga.root, gb, pb, gb.root, "", (0, depth, sources))
     ca, cb = (pa.call if pa else None), (pb.call if pb else None)
     runs = [c.run.id if c and c.run else v.run.id if v.run else None
             for c, v in ((ca, va), (cb, vb))]
@@ -114,8 +115,12 @@ def diff(va: Version, vb: Version, *, depth: int = 1) -> Diff:
     return result
 
 
+# How deep a comparison is, how deep it may go, and where stored sources are read.
+_Walk = tuple[int, int, Sources | None]
+
+
 def _compare_made(out: Diff, ga: LineageGraph, pa: Node | None, na: Node, gb: LineageGraph,
-                  pb: Node | None, nb: Node, where: str, level: int, depth: int) -> None:
+                  pb: Node | None, nb: Node, where: str, walk: _Walk) -> None:
     """Compare how two artifacts were made: by calls *pa*/*pb*, or not tracked."""
     if pa is None or pb is None or pa.call is None or pb.call is None:
         if pa is None and pb is None:
@@ -127,11 +132,12 @@ def _compare_made(out: Diff, ga: LineageGraph, pa: Node | None, na: Node, gb: Li
                 for p, g, n in ((pa, ga, na), (pb, gb, nb))]
         out.divergences.append(Divergence("origin", where, f"made by: {made[0]} → {made[1]}"))
         return
-    _compare_calls(out, ga, pa, gb, pb, where, level, depth)
+    _compare_calls(out, ga, pa, gb, pb, where, walk)
 
 
 def _compare_calls(out: Diff, ga: LineageGraph, pa: Node, gb: LineageGraph, pb: Node,
-                   where: str, level: int, depth: int) -> None:
+                   where: str, walk: _Walk) -> None:
+    level, depth, sources = walk
     ca, cb = pa.call, pb.call
     assert ca is not None and cb is not None
     at = f"{where}: " if where else ""
@@ -147,7 +153,7 @@ def _compare_calls(out: Diff, ga: LineageGraph, pa: Node, gb: LineageGraph, pb: 
     else:
         out.divergences.append(Divergence(
             "code", where, f"code: {ca.function} changed, {ca.code_digest[:12]} → "
-                           f"{cb.code_digest[:12]}", tuple(code_changes(ca, cb))))
+                           f"{cb.code_digest[:12]}", tuple(code_changes(ca, cb, sources))))
     same_inputs = []
     for name in [*ca.inputs, *(n for n in cb.inputs if n not in ca.inputs)]:
         ia, ib = ca.inputs.get(name), cb.inputs.get(name)
@@ -168,7 +174,7 @@ def _compare_calls(out: Diff, ga: LineageGraph, pa: Node, gb: LineageGraph, pb: 
             if na in ga and nb in gb:
                 _compare_made(out, ga, ga.producer(na, pa.id), ga[na], gb,
                               gb.producer(nb, pb.id), gb[nb],
-                              f"{where}/{name}" if where else name, level + 1, depth)
+                              f"{where}/{name}" if where else name, (level + 1, depth, sources))
     if same_inputs:
         out.same.append(f"{at}inputs: same ({', '.join(same_inputs)})")
 

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..codeversion import CodeVersion
+from ..codeversion import CodeVersion, relative_deps
 from ..store import Store
 from .model import InputInfo
 from .reader import LineageReader
 
-__all__ = ["changed_items", "code_changes", "differences", "explain_call"]
+__all__ = ["Sources", "changed_items", "code_changes", "differences", "explain_call"]
+
+# Reads stored sources by digest (LineageReader.code_sources, CallSource.code_sources).
+Sources = Callable[[Iterable[str]], dict[str, str]]
 
 class _Recipe(Protocol):
     """What a call's key is made of: a recorded call, or one about to be made."""
@@ -36,6 +39,8 @@ class _Recipe(Protocol):
     def pinned(self) -> str | None: ...
     @property
     def inputs(self) -> dict[str, InputInfo]: ...
+    @property
+    def code_identity(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ class _Prospect:
     deps: dict[str, str]
     pinned: str | None
     inputs: dict[str, InputInfo]
+    code_identity: str | None
 
 
 def explain_call(store: Store, function: str, key: str, code: CodeVersion,
@@ -77,13 +83,26 @@ def explain_call(store: Store, function: str, key: str, code: CodeVersion,
     if old is None:
         return f"{head}\nmiss: first computation: no finished call of {function} yet"
     new = _Prospect(function, key, code.digest, code.source, dict(code.deps), code.pinned,
-                    reader.with_names(inputs))
+                    reader.with_names(inputs), code.identity)
     return "\n".join([head, f"miss: compared with the newest finished call, {old}:",
-                      *differences(old, new)])
+                      *differences(old, new, _with_parts(reader.code_sources, code))])
 
 
-def differences(old: _Recipe, new: _Recipe) -> list[str]:
-    """Lines telling what differs between two calls' code and inputs."""
+def _with_parts(stored: Sources, code: CodeVersion) -> Sources:
+    """Stored sources, and those of a code version not recorded yet."""
+    def sources(digests: Iterable[str]) -> dict[str, str]:
+        wanted = set(digests)
+        return {**stored(wanted - code.parts.keys()),
+                **{d: text for d, text in code.parts.items() if d in wanted}}
+    return sources
+
+
+def differences(old: _Recipe, new: _Recipe, sources: Sources | None = None) -> list[str]:
+    """Lines telling what differs between two calls' code and inputs.
+
+    With *sources*, a changed helper, class or constant is shown as a unified
+    diff of its stored sources.
+    """
     lines = []
     if old.function != new.function:
         lines.append(f"function: {old.function} → {new.function}")
@@ -93,7 +112,7 @@ def differences(old: _Recipe, new: _Recipe) -> list[str]:
         lines.append(f"code: unchanged ({new.code_digest[:12]})")
     else:
         lines.append(f"code: changed, {old.code_digest[:12]} → {new.code_digest[:12]}")
-        lines.extend(code_changes(old, new))
+        lines.extend(code_changes(old, new, sources))
     changed, same = [], []
     for name in [*new.inputs, *(n for n in old.inputs if n not in new.inputs)]:
         o, n = old.inputs.get(name), new.inputs.get(name)
@@ -116,21 +135,34 @@ def differences(old: _Recipe, new: _Recipe) -> list[str]:
     return lines
 
 
-def code_changes(old: _Recipe, new: _Recipe) -> list[str]:
-    """Lines telling how the code versions of two calls differ: pin, dependencies, source."""
+def code_changes(old: _Recipe, new: _Recipe, sources: Sources | None = None) -> list[str]:
+    """Lines telling how the code versions of two calls differ: pin, dependencies, source.
+
+    With *sources*, each changed helper, class or constant whose old and new
+    sources were stored gets a unified diff.
+    """
     lines = []
     if old.pinned != new.pinned:
         lines.append(f"  pinned version: {old.pinned!r} → {new.pinned!r}")
-    deps = []
-    for dep, a, b in changed_items(old.deps, new.deps):
+    deps, changed = [], []
+    for dep, a, b in changed_items(*_comparable(old, new)):
         if a is None:
             deps.append(f"    + {dep} {_short(b)}")
         elif b is None:
             deps.append(f"    - {dep} {_short(a)}")
         else:
             deps.append(f"    {dep}: {_short(a)} → {_short(b)}")
+            if not dep.startswith("dist:"):
+                changed.append((dep, a, b))
     if deps:
         lines += ["  dependencies changed:", *deps]
+    found = sources([d for _, a, b in changed for d in (a, b)]) if sources and changed else {}
+    for dep, a, b in changed:
+        if a in found and b in found:
+            diff = difflib.unified_diff(found[a].splitlines(), found[b].splitlines(),
+                                        lineterm="", fromfile=f"{dep} {a[:12]}",
+                                        tofile=f"{dep} {b[:12]}")
+            lines += [f"  {dep} diff:", *(f"    {line}" for line in diff)]
     if old.source is None or new.source is None:
         lines.append("  (the source of one version was not recorded)")
     elif old.source == new.source:
@@ -142,6 +174,15 @@ def code_changes(old: _Recipe, new: _Recipe) -> list[str]:
             tofile=f"{new.function} {new.code_digest[:12]}")
         lines += ["  source diff:", *(f"    {line}" for line in diff)]
     return lines
+
+
+def _comparable(old: _Recipe, new: _Recipe) -> tuple[dict[str, str], dict[str, str]]:
+    """Both dependency maps, relative to their function's module when it moved."""
+    homes = [(r.code_identity or r.function).partition(":")[0] for r in (old, new)]
+    if homes[0] == homes[1]:
+        return old.deps, new.deps
+    return (relative_deps(old.deps, old.code_identity or old.function),
+            relative_deps(new.deps, new.code_identity or new.function))
 
 
 def changed_items(old: Mapping[str, Any],

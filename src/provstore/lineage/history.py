@@ -105,10 +105,15 @@ class History:
         """
         return _explain(self)
 
-    def diff(self, other: History, *, depth: int = 1) -> Diff:
-        """Compare the lineage of the current version with that of *other*'s.
+    def diff(self, other: History | None = None, *, version: int | None = None,
+             other_version: int | None = None, depth: int = 1) -> Diff:
+        """Compare the lineage of a version with that of another version.
 
-        Walks both upstream graphs from their current versions and reports
+        ``h.diff(other)`` compares the current versions of two names;
+        ``h.diff(version=1)`` version 1 of this name with its current one;
+        ``h.diff(other, version=2, other_version=5)`` any two versions. Versions
+        are looked up by number (:meth:`version`: gaps are named, never filled).
+        Walks both upstream graphs and reports
         the first divergences: the producing function, its code version
         (changed dependencies and a unified diff of the stored sources), the
         parameters (``sigma: 1.0 → 2.0``), the inputs (same artifact or not;
@@ -117,8 +122,12 @@ class History:
 
         Parameters
         ----------
-        other : History
-            The history to compare with (its current version).
+        other : History, optional
+            The history to compare with; by default this one.
+        version : int, optional
+            The version of this name to compare (default: the current one).
+        other_version : int, optional
+            The version of *other* (default: its current one).
         depth : int
             How many call levels to follow into differing inputs.
 
@@ -126,9 +135,21 @@ class History:
         -------
         Diff
             ``str(diff)`` reads in plain language (``identical lineage`` when
-            nothing differs); ``diff.to_dict()`` is JSON-ready.
+            nothing differs); ``diff.to_dict()`` is JSON-ready. Its ``a`` and
+            ``b`` name the versions (``x@1``) when a version was asked for.
+
+        Raises
+        ------
+        NotFoundError
+            A version number that does not exist (the message lists those that do).
         """
-        return diff(self.latest, other.latest, depth=depth)
+        other = self if other is None else other
+        va = self.latest if version is None else self.version(version)
+        vb = other.latest if other_version is None else other.version(other_version)
+        result = diff(va, vb, depth=depth)
+        if version is not None or other_version is not None:
+            result.a, result.b = f"{va.path}@{va.number}", f"{vb.path}@{vb.number}"
+        return result
 
     def version(self, number: int) -> Version:
         """Return version *number* (1 is the first ever bound; -1 the latest, -2 the one before).
@@ -208,7 +229,8 @@ def _explain(h: History) -> str:
     lines = [head, f"compared with v{before.number}: {old}"]
     if new.id < old.id:
         lines.append(f"(call {new.id} is older than call {old.id}: a cached result was reused)")
-    return "\n".join(lines + differences(old, new))
+    sources = v.lineage.code_sources if v.lineage is not None else None
+    return "\n".join(lines + differences(old, new, sources))
 
 
 def number_ranges(numbers: list[int]) -> str:

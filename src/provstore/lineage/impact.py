@@ -7,16 +7,23 @@ to the store.
 
 from __future__ import annotations
 
-import importlib
+import ast
+import os
+import sys
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from importlib.machinery import PathFinder
 from typing import Any
 
-from ..codeversion import FINGERPRINTS, CodeVersion
+from ..codesource import MISSING, constant, definition, distribution_of, normalized, parse_text
+from ..codeversion import relative_deps
+from ..hashing import digest
 from ..store import Store
 from .model import CallInfo
 from .reader import LineageReader
 
-__all__ = ["MAX_DEPTH", "Dependent", "Stale", "dependents", "stale"]
+__all__ = ["MAX_DEPTH", "Dependent", "Stale", "StaleList", "Unchecked", "dependents", "stale"]
 
 MAX_DEPTH = 100  # call levels the downstream walk follows
 
@@ -100,10 +107,14 @@ class Stale:
     call_id : int
         The recorded producing call.
     function : str
-        ``module:qualname`` of that call.
+        The name that call is listed under (``calls.function``).
     reasons : tuple of str
-        Why: ``"code changed: ..."``, ``"input x rebound: scope/name v2 → v3"``
-        or ``"not importable"``.
+        Why: ``"code changed: ..."`` (the changed functions, classes and
+        constants), ``"input x rebound: scope/name v2 → v3"``, or, with
+        ``unimportable=True``, ``"not checked: ..."``.
+    downstream : tuple of str
+        ``scope/name vN`` of the current results computed from this one, directly
+        or not: rerunning would recompute them too.
     """
 
     path: str
@@ -111,6 +122,7 @@ class Stale:
     call_id: int
     function: str
     reasons: tuple[str, ...]
+    downstream: tuple[str, ...] = ()
 
     @property
     def reason(self) -> str:
@@ -119,13 +131,58 @@ class Stale:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of the fields and ``reason``."""
-        return {**asdict(self), "reasons": list(self.reasons), "reason": self.reason}
+        return {**asdict(self), "reasons": list(self.reasons), "reason": self.reason,
+                "downstream": list(self.downstream)}
 
     def __str__(self) -> str:
         return f"{self.path} v{self.version}: {self.reason} (call {self.call_id})"
 
 
-def stale(store: Store, scope: str, *, unimportable: bool = False) -> list[Stale]:
+@dataclass(frozen=True)
+class Unchecked:
+    """A current result whose code could not be compared with the code on disk.
+
+    Attributes
+    ----------
+    path : str
+        ``scope/name`` of the binding.
+    call_id : int
+        Its producing call.
+    function : str
+        The name that call is listed under.
+    reason : str
+        Why (``"defined in a notebook whose source is not on disk"``,
+        ``"/path/run.py is gone"``...).
+    """
+
+    path: str
+    call_id: int
+    function: str
+    reason: str
+
+
+class StaleList(list[Stale]):
+    """The stale results (a plain list of :class:`Stale`), and what could not be checked.
+
+    Attributes
+    ----------
+    unchecked : list of Unchecked
+        The results whose code could not be checked, with the reason of each.
+    """
+
+    def __init__(self, found: Iterable[Stale] = (),
+                 unchecked: Iterable[Unchecked] = ()) -> None:
+        super().__init__(found)
+        self.unchecked = list(unchecked)
+
+    def summary(self) -> list[str]:
+        """One line per reason: ``"12 results not checked: <reason>"``, most first."""
+        counts = Counter(u.reason for u in self.unchecked)
+        return [f"{n} result{'s' if n != 1 else ''} not checked: {reason}"
+                for reason, n in sorted(counts.items(), key=lambda c: (-c[1], c[0]))]
+
+
+def stale(store: Store, scope: str, *, unimportable: bool = False) -> StaleList:
     """Return the stale current bindings at and below *scope*; see :meth:`Context.stale`."""
     reader = LineageReader(store)
     rows = reader.called_bindings_below(scope)
@@ -135,46 +192,183 @@ def stale(store: Store, scope: str, *, unimportable: bool = False) -> list[Stale
     names: dict[int, list[Any]] = {}
     for r in reader.bindings_of_artifacts(inputs):
         names.setdefault(r.artifact_id, []).append(r)
-    code: dict[tuple[str, str | None], Any] = {}
-    found = []
+    checker = _Checker()
+    found, unchecked = [], []
     for r in rows:
         call = calls.get(r.call_id)
         if call is None:
             continue
-        reasons = []
-        key = (call.function, call.pinned)
-        if key not in code:
-            code[key] = _current_code(call.function, call.pinned)
-        current = code[key]
-        if current is None:
+        path = f"{r.path}/{r.name}" if r.path else r.name
+        changed, why_not = checker.check(call)
+        reasons = [f"code changed: {', '.join(changed)}"] if changed else []
+        if why_not is not None and not changed:
+            unchecked.append(Unchecked(path, call.id, call.function, why_not))
             if unimportable:
-                reasons.append("not importable")
-        elif current.digest != call.code_digest:
-            reasons.append(_code_reason(call, current.deps))
+                reasons.append(f"not checked: {why_not}")
         reasons.extend(_rebound(call, r.path, names))
         if reasons:
-            path = f"{r.path}/{r.name}" if r.path else r.name
-            found.append(Stale(path, int(r.version), call.id, call.function, tuple(reasons)))
-    return sorted(found, key=lambda s: s.path)
+            later = tuple(f"{d.path} v{d.version}" for d in
+                          dependents(store, int(r.artifact_id), exclude=path))
+            found.append(Stale(path, int(r.version), call.id, call.function, tuple(reasons),
+                               later))
+    return StaleList(sorted(found, key=lambda s: s.path), unchecked)
 
 
-def _current_code(function: str, pinned: str | None) -> CodeVersion | None:
-    """The code version of *function* as importable now, or None."""
-    module, _, qualname = function.partition(":")
-    if "<" in qualname or module == "__main__":
-        return None
-    try:
-        obj: Any = importlib.import_module(module)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-        return FINGERPRINTS.current(getattr(obj, "__wrapped__", obj), version=pinned)
-    except Exception:  # anything the import or the source lookup raises: not importable
-        return None
+class _Unchecked(Exception):
+    """Raised with the reason a call's code cannot be compared with the files."""
 
 
-def _code_reason(call: CallInfo, deps: dict[str, str]) -> str:
-    changed = sorted(d for d in call.deps.keys() | deps.keys() if call.deps.get(d) != deps.get(d))
-    return f"code changed: {', '.join(changed)}" if changed else "code changed"
+class _Checker:
+    """Compares recorded code versions with the source files as they are now.
+
+    Nothing is imported or run: files are parsed with :mod:`ast` and each
+    recorded part (the function, its helpers and classes, literal constants) is
+    normalized as :mod:`provstore.codesource` does at call time.
+    """
+
+    def __init__(self) -> None:
+        self._trees: dict[str, ast.Module | str] = {}
+        self._done: dict[tuple[Any, ...], tuple[list[str], str | None]] = {}
+
+    def check(self, call: CallInfo) -> tuple[list[str], str | None]:
+        """(changed parts, reason the rest could not be checked or None)."""
+        run = call.run
+        script = _script(run.argv, run.cwd) if run is not None else "no run recorded"
+        cwd = run.cwd if run is not None else None
+        where = call.defined_at or call.function
+        key = (call.code_digest, where, call.code_identity, script, cwd)
+        if key not in self._done:
+            self._done[key] = self._check(call, where, script, cwd)
+        return self._done[key]
+
+    def _check(self, call: CallInfo, where: str, script: str,
+               cwd: str | None) -> tuple[list[str], str | None]:
+        module, _, qualname = where.partition(":")
+        if call.source is None:
+            return [], "its code version was not recorded"
+        if call.pinned is not None:
+            return [], "its code version is pinned by hand (version=)"
+        if call.source.startswith("# ") and "(installed:" in call.source:
+            return self._library(call), None
+        roots = [os.path.dirname(script)] if os.path.isabs(script) else []
+        roots += [cwd] if cwd else []
+        files = _Files(self, module, script, roots)
+        changed: list[str] = []
+        try:
+            tree = files.tree(module)
+            found = definition(tree, qualname) if "<" not in qualname else None
+            if found is None:
+                raise _Unchecked(f"{where} is no longer defined in {files.path(module)}"
+                                 if "<" not in qualname else
+                                 f"{where} is defined inside a function")
+            stored = parse_text(call.source)
+            if stored is None or len(stored.body) != 1:
+                raise _Unchecked("its source was not recorded")
+            if normalized(stored, top=True)[0] != normalized(found, top=True)[0]:
+                changed.append(where)
+        except _Unchecked as e:
+            return changed, str(e)
+        why_not = None
+        deps = relative_deps(call.deps, call.code_identity or where)
+        for dep, recorded in sorted(deps.items()):
+            try:
+                name = self._dependency(files, module, dep, recorded)
+            except _Unchecked as e:
+                why_not = why_not or str(e)
+                continue
+            if name is not None:
+                changed.append(name)
+        return changed, why_not
+
+    def _dependency(self, files: _Files, home: str, dep: str, recorded: str) -> str | None:
+        """The dependency's name if it changed, None if not; raises if it cannot tell."""
+        if dep.startswith("dist:"):
+            return None  # installed packages are recorded on runs, not keyed (DESIGN §5)
+        if dep.startswith("<self>") or "<" in dep or "#" in dep:
+            raise _Unchecked("it reads values of an enclosing function or a lambda")
+        if dep.startswith((":", ".")):
+            dep = home + dep
+        if ":" in dep:
+            module, _, qualname = dep.partition(":")
+            found = definition(files.tree(module), qualname)
+            if found is None:
+                return f"{dep} (removed)"
+            return None if normalized(found)[0] == recorded else dep
+        module, _, attr = dep.rpartition(".")
+        value = constant(files.tree(module), attr)
+        if value is MISSING:
+            raise _Unchecked(f"{dep} is not a literal in {files.path(module)}")
+        return None if digest(value) == recorded else dep
+
+    def _library(self, call: CallInfo) -> list[str]:
+        changed = []
+        for dep, version in sorted(call.deps.items()):
+            name = dep.partition(":")[2]
+            found = distribution_of(name) if dep.startswith("dist:") and name else None
+            if found is not None and found[1] != version:
+                changed.append(f"{name} {version} → {found[1]}")
+        return changed
+
+    def parsed(self, path: str) -> ast.Module | str:
+        """The parsed file, or the reason it cannot be read."""
+        if path not in self._trees:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    tree = parse_text(f.read())
+                self._trees[path] = tree if tree is not None else f"{path} does not parse"
+            except FileNotFoundError:
+                self._trees[path] = f"{path} is gone"
+            except (OSError, UnicodeDecodeError) as e:
+                self._trees[path] = f"{path} cannot be read ({e})"
+        return self._trees[path]
+
+
+class _Files:
+    """The source files of one call's modules: its script for ``__main__``, else by path search."""
+
+    def __init__(self, checker: _Checker, home: str, script: str, roots: list[str]) -> None:
+        self._checker, self._home, self._script = checker, home, script
+        self._roots = [*roots, *sys.path]
+        self._paths: dict[str, str] = {}
+
+    def path(self, module: str) -> str:
+        if module not in self._paths:
+            self._paths[module] = self._find(module)
+        return self._paths[module]
+
+    def tree(self, module: str) -> ast.Module:
+        found = self._checker.parsed(self.path(module))
+        if isinstance(found, str):
+            raise _Unchecked(found)
+        return found
+
+    def _find(self, module: str) -> str:
+        if module == "__main__":
+            if not os.path.isabs(self._script):
+                raise _Unchecked(self._script)
+            return self._script
+        # PathFinder looks files up without importing anything, parents included.
+        spec, search = None, self._roots
+        parts = module.split(".")
+        for n in range(1, len(parts) + 1):
+            spec = PathFinder.find_spec(".".join(parts[:n]), search)
+            if spec is None:
+                raise _Unchecked(f"module {module} is not found")
+            search = list(spec.submodule_search_locations or [])
+        origin = getattr(spec, "origin", None)
+        if not origin or not origin.endswith(".py"):
+            raise _Unchecked(f"module {module} has no Python source")
+        return str(origin)
+
+
+def _script(argv: tuple[str, ...], cwd: str | None) -> str:
+    """The script file a run ran (absolute), or why there is none."""
+    first = argv[0] if argv else ""
+    if not first or first == "-c":
+        return "defined in an interactive session or python -c (no source on disk)"
+    if "ipykernel" in first:
+        return "defined in a notebook whose source is not on disk"
+    return os.path.normpath(os.path.join(cwd or "", first))
 
 
 def _rebound(call: CallInfo, scope: str, names: dict[int, list[Any]]) -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -31,6 +31,8 @@ class CallSource(Protocol):
 
     def run_packages(self, run_ids: list[int]) -> dict[int, dict[str, str] | None]: ...
 
+    def code_sources(self, digests: Iterable[str]) -> dict[str, str]: ...
+
 
 @dataclass(frozen=True)
 class RunInfo:
@@ -42,6 +44,8 @@ class RunInfo:
     user: str | None
     started: dt.datetime
     status: str
+    argv: tuple[str, ...] = ()
+    cwd: str | None = None
 
     def __str__(self) -> str:
         return f"run {self.id} ({self.user or '?'}@{self.host} pid {self.pid}, {self.status})"
@@ -141,6 +145,12 @@ class CallInfo:
         Where the call ran.
     takeover_of : str or None
         The owner of an expired lease this call took over.
+    defined_at : str or None
+        ``module:qualname`` where the function lived when it was called
+        (``__main__:f`` for a script); None for calls recorded before schema 0004.
+    code_identity : str or None
+        ``module:qualname`` of the function whose call first recorded this code
+        version (its ``deps`` are named from there).
     """
 
     id: int
@@ -163,6 +173,8 @@ class CallInfo:
     host: str
     pid: int
     takeover_of: str | None
+    defined_at: str | None = None
+    code_identity: str | None = None
 
     @property
     def label(self) -> str:

@@ -140,6 +140,10 @@ class LineageReader:
         """Every binding of the artifacts, with the current head of its name."""
         return self._rows(lq.BINDINGS_OF_ARTIFACTS, artifact_ids)
 
+    def code_sources(self, digests: Iterable[str]) -> dict[str, str]:
+        """The stored normalized source of each code version or part, by digest."""
+        return {r.digest: r.source for r in self._rows(lq.CODE_SOURCES_BY_DIGESTS, digests)}
+
     def run_packages(self, run_ids: list[int]) -> dict[int, dict[str, str] | None]:
         """The recorded package versions of each run."""
         return {r.id: json.loads(r.packages) if r.packages else None
@@ -251,7 +255,8 @@ def _call(r: Any, inputs: list[Any], outputs: list[int],
     run = None
     if r.run_id is not None and r.run_host is not None:
         run = RunInfo(r.run_id, r.run_host, r.run_pid, r.run_user, r.run_started,
-                      status_of(r.run_status, r.run_heartbeat))
+                      status_of(r.run_status, r.run_heartbeat, host=r.run_host, pid=r.run_pid),
+                      tuple(json.loads(r.run_argv)) if r.run_argv else (), r.run_cwd)
     params = json.loads(r.params) if r.params else {}
     # Arguments in the function's parameter order, which params (a JSON object
     # written in signature order) preserves.
@@ -264,7 +269,8 @@ def _call(r: Any, inputs: list[Any], outputs: list[int],
         params=params, inputs=infos, outputs=tuple(outputs), output_kind=r.output_kind,
         source=r.source, deps=json.loads(r.deps) if r.deps else {}, pinned=r.pinned, run=run,
         started=r.started, finished=r.finished, duration=r.duration, error=r.error,
-        host=r.host, pid=r.pid, takeover_of=r.takeover_of,
+        host=r.host, pid=r.pid, takeover_of=r.takeover_of, defined_at=r.defined_at,
+        code_identity=r.code_identity,
     )
 
 
@@ -316,13 +322,17 @@ class VersionCalls:
         """See :meth:`LineageReader.run_packages`."""
         return self.reader.run_packages(run_ids)
 
+    def code_sources(self, digests: Iterable[str]) -> dict[str, str]:
+        """See :meth:`LineageReader.code_sources`."""
+        return self.reader.code_sources(digests)
+
 
 def version_from_row(scope: str, name: str, r: Any, source: CallSource | None) -> Version:
     """A :class:`Version` from a :data:`provstore.db.queries.VERSIONS` row."""
     run = None
     if r.run_id is not None:
         run = RunInfo(r.run_id, r.host, r.pid, r.user, r.run_started,
-                      status_of(r.run_status, r.run_heartbeat))
+                      status_of(r.run_status, r.run_heartbeat, host=r.host, pid=r.pid))
     return Version(
         number=r.version, scope=scope, name=name, artifact_id=r.artifact_id, digest=r.digest,
         format=r.format, size=r.size, summary=json.loads(r.summary) if r.summary else {},

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from sqlalchemy import Connection, delete, func, select
 
 from ..db import queries as q
-from ..db.engine import db_now, retrying, write
-from ..errors import StoreError
+from ..db.engine import db_now, display_url, retrying, write
+from ..errors import DatabaseDamagedError, StoreError
 from ..lineage import format_size
 
 if TYPE_CHECKING:
@@ -77,7 +77,8 @@ class GcReport:
 
 
 def gc(store: Store, *, dry_run: bool = True, grace_seconds: float = 3600.0,
-       keep_versions: int | None = None, progress: Progress | None = None) -> GcReport:
+       keep_versions: int | None = None, progress: Progress | None = None,
+       force: bool = False) -> GcReport:
     """Remove orphan object files and, with a retention rule, old versions.
 
     Parameters
@@ -96,10 +97,21 @@ def gc(store: Store, *, dry_run: bool = True, grace_seconds: float = 3600.0,
         deleted with their files. Call outputs stay, so memoized calls still hit.
     progress : callable, optional
         ``progress(phase, done, total)``.
+    force : bool
+        Delete orphans even when the database does not account for the
+        object directory (see Raises).
 
     Returns
     -------
     GcReport
+
+    Raises
+    ------
+    DatabaseDamagedError
+        Without *force*, when the database names none of the object files
+        old enough to delete, or fewer of them than it would delete as orphans
+        (at least 20): it was lost, replaced or restored from an old copy, and
+        those files may be all that is left. Nothing is deleted.
     """
     if keep_versions is not None and keep_versions < 1:
         raise ValueError(f"keep_versions must be at least 1, not {keep_versions}")
@@ -108,6 +120,8 @@ def gc(store: Store, *, dry_run: bool = True, grace_seconds: float = 3600.0,
     report = GcReport(dry_run, grace_seconds, keep_versions)
     started = time.time()
     on_disk = scan_objects(store)  # before rows are read, as in verify
+    if not force:
+        refuse_unaccounted(store, on_disk, started - grace_seconds)
     if dry_run:
         with store.engine.connect() as conn:
             doomed = _plan(conn, report, keep_versions)[1]
@@ -132,6 +146,33 @@ def gc(store: Store, *, dry_run: bool = True, grace_seconds: float = 3600.0,
             report.restored.append(rel)
         tick(progress, "checking files" if dry_run else "removing files", done, len(victims))
     return report
+
+
+#: Orphans tolerated beyond the files the database names before gc stops;
+#: crash debris is a handful of files, never most of the store.
+ORPHAN_FLOOR = 20
+
+
+def refuse_unaccounted(store: Store, on_disk: dict[Path, os.stat_result],
+                       before: float) -> None:
+    """Raise when the database does not account for the object files (git gc's rule).
+
+    Orphans are the files without a row older than *before* (a timestamp),
+    which gc would delete.
+    """
+    if not any(st.st_mtime <= before for st in on_disk.values()):
+        return
+    named = _referenced_paths(store)
+    accounted = sum(p in named for p in on_disk)
+    orphans = sum(p not in named and st.st_mtime <= before for p, st in on_disk.items())
+    if orphans and (not accounted or (orphans > accounted and orphans >= ORPHAN_FLOOR)):
+        raise DatabaseDamagedError(
+            f"gc refused: the database {display_url(store.url)} names "
+            f"{accounted} of the {len(on_disk)} files under {store.objects.objects}, and {orphans} "
+            "would be deleted as orphans. The database may have been lost, replaced or "
+            "restored from an old copy, and these files may be all that is left: restore "
+            "the right provstore.db and run `provstore verify`. Nothing was deleted. If the "
+            "files really are debris, `provstore gc --force` deletes them.")
 
 
 def _versions_to_prune(keep: int) -> Any:

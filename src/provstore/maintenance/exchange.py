@@ -200,9 +200,9 @@ def list_runs(store: Store, *, limit: int | None = None) -> list[RunSummary]:
     """The runs of *store*, newest first (at most *limit*)."""
     r = q.runs
     stmt = select(r).order_by(r.c.id.desc()).limit(limit)
-    return [RunSummary(row.id, status_of(row.status, row.heartbeat), row.started, row.ended,
-                       row.heartbeat, row.host, row.pid, row.user, json.loads(row.argv or "[]"),
-                       row.git_commit, row.git_dirty)
+    return [RunSummary(row.id, status_of(row.status, row.heartbeat, host=row.host, pid=row.pid),
+                       row.started, row.ended, row.heartbeat, row.host, row.pid, row.user,
+                       json.loads(row.argv or "[]"), row.git_commit, row.git_dirty)
             for row in store.query(stmt)]
 
 

@@ -13,8 +13,9 @@ from sqlalchemy import Connection, select
 from .. import hashing
 from ..backends.base import registry
 from ..db import queries as q
-from ..db.engine import is_sqlite
-from ..errors import CorruptObjectError
+from ..db.engine import damaged, integrity_check, is_sqlite
+from ..errors import CorruptObjectError, DatabaseDamagedError
+from ..fstype import sqlite_file
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -38,8 +39,9 @@ def verify(store: Store, *, progress: Progress | None = None) -> VerifyReport:
     """Check every object file and row of *store*.
 
     Every file's bytes are hashed and compared with ``artifacts.file_digest``
-    and ``size``. Inline values are decoded. Files under ``objects/`` that
-    have no row are listed. On SQLite, ``PRAGMA quick_check`` and
+    and ``size``. Inline values are decoded and keyed again, and compared
+    with their recorded digest. Files under ``objects/`` that have no row are
+    listed. On SQLite, ``PRAGMA integrity_check`` and
     ``PRAGMA foreign_key_check`` also run.
 
     Parameters
@@ -53,7 +55,24 @@ def verify(store: Store, *, progress: Progress | None = None) -> VerifyReport:
     -------
     VerifyReport
         Each damaged artifact lists the bindings and calls it affects.
+
+    Raises
+    ------
+    DatabaseDamagedError
+        The SQLite database is too damaged to read its rows: nothing could be
+        checked. The message carries ``PRAGMA integrity_check``'s findings.
     """
+    try:
+        return _verify(store, progress)
+    except DatabaseDamagedError as exc:
+        path = sqlite_file(store.url)
+        if path is None:
+            raise
+        cause = exc.__cause__ if exc.__cause__ is not None else str(exc)
+        raise damaged(path, cause, integrity_check(path)) from exc
+
+
+def _verify(store: Store, progress: Progress | None) -> VerifyReport:
     report = VerifyReport()
     # Listed before rows are read: a file committed meanwhile has both.
     on_disk = scan_objects(store)
@@ -109,26 +128,43 @@ def _check_file(store: Store, r: Any, report: VerifyReport) -> Problem | None:
 def _check_inline(store: Store, conn: Connection, report: VerifyReport,
                   progress: Progress | None, total: int) -> None:
     a = q.artifacts
-    stmt = select(a.c.id, a.c.format, a.c.size, a.c.inline, a.c.meta).where(a.c.inline.is_not(None))
+    stmt = select(a.c.id, a.c.format, a.c.size, a.c.inline, a.c.meta, a.c.digest,
+                  a.c.algorithm).where(a.c.inline.is_not(None))
     for r in conn.execute(stmt):  # streamed: inline values may add up to gigabytes
         report.inline += 1
-        where = f"inline value of artifact {r.id} ({r.format})"
-        try:
-            backend = registry.get(r.format)
-            if len(r.inline) != r.size:
-                raise CorruptObjectError(f"{len(r.inline)} bytes, recorded {r.size}")
-            if not (backend.unsafe and store.safe):  # safe mode never unpickles, even here
-                backend.decode(r.inline, json.loads(r.meta))
-        except Exception as exc:  # any failure to decode is what this check reports
-            report.problems.append(Problem("inline", f"{where} does not decode: {exc}",
-                                           None, r.id))
+        problem = _inline_problem(store, r)
+        if problem is not None:
+            report.problems.append(Problem("inline", problem, None, r.id))
         tick(progress, "decoding inline values", report.inline, total)
+
+
+def _inline_problem(store: Store, r: Any) -> str | None:
+    """What is wrong with one inline value, or None: it decodes to what was keyed."""
+    where = f"inline value of artifact {r.id} ({r.format})"
+    try:
+        backend = registry.get(r.format)
+        if len(r.inline) != r.size:
+            raise CorruptObjectError(f"{len(r.inline)} bytes, recorded {r.size}")
+        if backend.unsafe and store.safe:  # safe mode never unpickles, even here
+            return None
+        value = backend.decode(r.inline, json.loads(r.meta))
+    except Exception as exc:  # any failure to decode is what this check reports
+        return f"{where} does not decode: {exc}"
+    # Keyed by the algorithm it was stored with; a row of another (older)
+    # scheme cannot be compared by this provstore.
+    if r.algorithm == hashing.ALGORITHM and hashing.digest(value) != r.digest:
+        return (f"{where} changed: it decodes, but no longer to the value that was stored "
+                "(its digest differs from the recorded one)")
+    return None
 
 
 def _sqlite_checks(conn: Connection) -> list[Problem]:
     # Constant PRAGMA statements: no user text reaches the SQL.
-    found = [Problem("database", f"quick_check: {row[0]}")
-             for row in conn.exec_driver_sql("PRAGMA quick_check").all() if row[0] != "ok"]
+    # integrity_check, not quick_check: it also finds indexes that disagree
+    # with their tables, which quick_check skips.
+    found = [Problem("database", f"integrity_check: {row[0]}")
+             for row in conn.exec_driver_sql("PRAGMA integrity_check(100)").all()
+             if row[0] != "ok"]
     found += [Problem("database", f"foreign_key_check: {row[0]} row {row[1]} points at a "
                       f"missing {row[2]} row")
               for row in conn.exec_driver_sql("PRAGMA foreign_key_check").all()]
