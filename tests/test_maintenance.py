@@ -335,6 +335,11 @@ WRITER = textwrap.dedent(
         ctx[f"x{i}"] = np.full(2000, i, dtype=np.int64)
         ctx[f"y{i}"] = double(ctx[f"x{i}"])
         ctx.counter = np.array([i])
+        # Results bound nowhere, which --keep-calls and --max-bytes drop
+        # meanwhile; asking again hits this process's memo of a dropped call.
+        scratch = double(np.full(500, i, dtype=np.int64))
+        again = double(np.full(500, max(i - 1, 0), dtype=np.int64))
+        assert int(scratch[0]) == 2 * i and int(again[0]) == 2 * max(i - 1, 0)
     print("done", flush=True)
     """
 )
@@ -352,11 +357,13 @@ def test_gc_never_removes_reachable_objects_while_a_writer_binds(
     while writer.poll() is None or sweeps == 0:
         if sweeps % 3 == 2:  # the real command, in its own process
             done = subprocess.run([sys.executable, "-m", "provstore", "--store", str(store_dir),
-                                   "gc", "--apply", "--keep-versions", "2"],
+                                   "gc", "--apply", "--keep-versions", "2", "--keep-calls", "1"],
                                   capture_output=True, text=True, timeout=120)
             assert done.returncode == 0, done.stderr
+        elif sweeps % 3 == 1:
+            m.gc(ctx.store, dry_run=False, keep_versions=2, max_bytes=0)
         else:
-            m.gc(ctx.store, dry_run=False, keep_versions=2)
+            m.gc(ctx.store, dry_run=False, keep_versions=2, keep_calls=1, older_than="0s")
         sweeps += 1
     out, err = writer.communicate(timeout=120)
     assert writer.returncode == 0 and out.strip() == "done", err

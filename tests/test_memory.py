@@ -122,3 +122,15 @@ def test_memory_pickles_by_reference(ctx: provstore.Context) -> None:
     memory = pickle.loads(pickle.dumps(view.memory()))
     assert isinstance(memory, Memory)
     assert memory.context.path == view.path and memory.context.store is ctx.store
+
+
+def test_reduce_size_runs_the_stores_retention_rules(ctx: provstore.Context) -> None:
+    memory = ctx.memory()
+    cumsum = memory.cache(np.cumsum)
+    for n in range(2, 6):
+        cumsum(np.arange(n * 1000))  # four results, bound to no name
+    files = len(list((ctx.store.root / "objects").rglob("*.npy")))
+    memory.reduce_size(items_limit=1)  # joblib's "at most this many items", per function
+    assert len(list((ctx.store.root / "objects").rglob("*.npy"))) < files
+    assert cumsum.check_call_in_cache(np.arange(5000))  # the newest stays
+    assert not cumsum.check_call_in_cache(np.arange(2000))

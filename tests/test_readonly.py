@@ -131,7 +131,7 @@ READER = textwrap.dedent("""
         "smoothed": float(ctx.scope(subject="01").smoothed.sum()),
         "names": ctx.names(),
         "history": str(ctx.history("subject=01/smoothed")),
-        "readonly": ctx.store.readonly,
+        "unwritable": ctx.store.unwritable, "readonly": ctx.store.readonly,
     }
     print(json.dumps(out))
 """)
@@ -146,7 +146,7 @@ def test_reading_a_store_without_write_permission(archived: Path) -> None:
     assert out["smoothed"] == pytest.approx(np.convolve(np.arange(10.0), np.ones(3) / 3,
                                                         mode="same").sum())
     assert out["names"] == ["params", "raw"] and "smooth" in out["history"]
-    assert "not writable" in out["readonly"]
+    assert "not writable" in out["unwritable"] and out["readonly"] is True
     assert snapshot(archived) == before  # no run, no sweep, no lock, no -wal or -shm
 
 

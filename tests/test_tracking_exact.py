@@ -252,7 +252,8 @@ def _closing_over(ctx: provstore.Context, value: Any) -> Any:
     lambda v: np.array([v, v]),
     lambda v: pd.Series([v, v]),
     lambda v: [v],
-], ids=["array", "series", "list"])
+    lambda v: (np.array(v, dtype=np.float64),),
+], ids=["array", "series", "list", "tuple-of-arrays"])
 def test_closures_over_different_values_do_not_share_results(
     ctx: provstore.Context, make: Any,
 ) -> None:
@@ -307,7 +308,7 @@ def test_closed_over_objects_count_by_class_and_data_can_be_ignored_by_name(
     with pytest.raises(provstore.InvalidNameError, match="closure variables"):
         ctx.track(guarded, ignore=["nope"])
 
-    held = [threading.Lock()]  # data that holds an object without a value: refused
+    held = (threading.Lock(),)  # data that holds an object without a value: refused
 
     def holding(x: int) -> int:
         return len(held) + x

@@ -32,6 +32,7 @@ def open(
     safe: bool = False,
     create: bool = True,
     durability: str = "normal",
+    readonly: bool = False,
 ) -> Context:
     """Open (or create) a store and return a Context at its root scope.
 
@@ -64,6 +65,11 @@ def open(
         committed transaction when a process dies; ``"full"`` also survives
         power loss, at the cost of an fsync per commit. Object files are
         always fsynced before their rows commit.
+    readonly : bool
+        Open as a consumer that never writes: loads and tracked-call hits
+        work; a tracked call that misses raises ``NotCachedError`` instead of
+        computing, and binding, deleting or pinning raises ``StoreError``.
+        Nothing is written, not even reuse times or a run record.
 
     Returns
     -------
@@ -104,8 +110,9 @@ def open(
                                  "pass create=True to make it")
     loc.mkdir(parents=True, exist_ok=True)
     objects_root.mkdir(parents=True, exist_ok=True)
-    store = store_for(url, str(objects_root), safe=safe, durability=durability, create=create)
-    if store.readonly is None:
+    store = store_for(url, str(objects_root), safe=safe, durability=durability, create=create,
+                      readonly=readonly)
+    if not store.readonly:
         # Every open sweeps debris of crashed writers, even when this process
         # already had the store open: listing tmp/ costs microseconds.
         store.objects.sweep()

@@ -235,10 +235,11 @@ def closure_values(func: types.FunctionType) -> dict[str, Any]:
     to keeps the value it had when first seen. Keyed on every call:
     functions, partials and methods (by the callable rule: the code version
     sees only the class of what they close over), and values with a
-    canonical content (arrays, frames, containers, dataclasses, estimators,
+    canonical content (arrays, frames, tuples, dataclasses, estimators,
     paths and files, ``__provstore_hash__``). Classes and modules are code;
-    other objects (a counter, a lock, a client, an open ``Context``) count,
-    like module-level objects, only by their class in the code version.
+    other objects (a counter, a lock, a client, an open ``Context``) and
+    larger lists, dicts and sets (logs, caches) count, like module-level
+    ones, only by their class in the code version.
     """
     values = {}
     for name, cell in zip(func.__code__.co_freevars, func.__closure__ or ()):
@@ -253,6 +254,11 @@ def closure_values(func: types.FunctionType) -> dict[str, Any]:
 
 def _closed_over_data(value: Any) -> bool:
     if isinstance(value, (type, types.ModuleType)) or is_simple(value, [MAX_ITEMS]):
+        return False
+    if type(value) in (list, dict, set):
+        # A mutable container a nested function closes over is mostly a log,
+        # a cache or a registry it fills: like a module-level one, it counts
+        # only when it is a small constant (above), with the value first seen.
         return False
     if _is_callable_kind(value) or isinstance(value, File):
         return True

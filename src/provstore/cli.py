@@ -272,6 +272,9 @@ def runs_command(env: _Env, limit: int | None, as_json: bool) -> None:
 
     A run still marked running shows as crashed when its process is gone: at
     once on this host, after five minutes without a heartbeat on another.
+    Each run shows its tracked calls found in the store (hits), those it
+    computed (misses), and the compute time the hits saved: the recorded
+    duration of the calls they reused.
     """
     runs = maintenance.list_runs(env.ctx.store, limit=limit)
     if as_json:
@@ -281,8 +284,15 @@ def runs_command(env: _Env, limit: int | None, as_json: bool) -> None:
              r.ended.strftime("%Y-%m-%d %H:%M:%S") if r.ended else "",
              f"{r.user or '?'}@{r.host}:{r.pid}",
              (r.git_commit or "")[:10] + ("+dirty" if r.git_dirty else ""),
-             " ".join(r.argv)] for r in runs]
-    _show("runs", ["id", "status", "started", "ended", "where", "git", "command"], rows)
+             _reuse(r.hits, r.misses, r.saved_seconds), " ".join(r.argv)] for r in runs]
+    _show("runs", ["id", "status", "started", "ended", "where", "git", "hits/misses (saved)",
+                   "command"], rows)
+
+
+def _reuse(hits: int | None, misses: int | None, saved: float | None) -> str:
+    if hits is None and misses is None:
+        return ""
+    return f"{hits or 0}/{misses or 0} ({saved or 0.0:.3g} s)"
 
 
 @cli.command("verify")
@@ -314,6 +324,15 @@ def verify_command(env: _Env, strict: bool, as_json: bool) -> None:
 @click.option("--keep-versions", type=click.IntRange(min=1), metavar="N",
               help="Delete binding versions older than the newest N of each name, and the "
                    "artifacts nothing references any more.")
+@click.option("--keep-calls", type=click.IntRange(min=1), metavar="N",
+              help="Keep the newest N calls of each function in each scope; drop older "
+                   "ones with the inputs and outputs nothing else needs.")
+@click.option("--older-than", metavar="AGE|DATE",
+              help="Drop calls last used before this: an age (30d, 12h, 90m) or a date "
+                   "(2026-01-31). With --keep-calls, a call either keeps stays.")
+@click.option("--max-bytes", metavar="SIZE",
+              help="Then drop the least recently used calls until the stored values fit in "
+                   "SIZE (10G, 500MB, 1.5GiB).")
 @click.option("--grace", type=click.FloatRange(min=0), default=3600.0, show_default=True,
               metavar="SECONDS",
               help="Keep orphan files younger than this: they may be publications in flight.")
@@ -321,22 +340,100 @@ def verify_command(env: _Env, strict: bool, as_json: bool) -> None:
               help="Remove orphans even when the database names none or few of the files.")
 @json_option
 @pass_env
-def gc_command(env: _Env, dry_run: bool, keep_versions: int | None, grace: float, force: bool,
+def gc_command(env: _Env, dry_run: bool, keep_versions: int | None, keep_calls: int | None,
+               older_than: str | None, max_bytes: str | None, grace: float, force: bool,
                as_json: bool) -> None:
-    """Remove orphan object files and, with --keep-versions, old versions.
+    """Free space: orphan files and, with retention rules, old versions and calls.
 
-    A dry run by default. Never removes what a binding, a call or an
-    ingested-file record references, nor what a running call uses. Refuses
-    (exit 3) when the database does not account for the object files, as
-    after a lost or wrongly restored database, unless --force.
+    A dry run by default: it prints what --apply would free (files, bytes,
+    rows per table). Never removes the current version of a name, any
+    version of a pinned name (`provstore pin`), what those were computed
+    from, what a kept call reads or returns, nor what a running call uses.
+    After a code change, `provstore gc --keep-versions 1 --keep-calls 1
+    --apply` brings the store back to its current results. Refuses (exit 3)
+    when the database does not account for the object files, as after a lost
+    or wrongly restored database, unless --force.
     """
-    with _progress(not as_json) as progress:
-        report = maintenance.gc(env.ctx.store, dry_run=dry_run, grace_seconds=grace,
-                                keep_versions=keep_versions, progress=progress, force=force)
+    try:
+        with _progress(not as_json) as progress:
+            report = maintenance.gc(env.ctx.store, dry_run=dry_run, grace_seconds=grace,
+                                    keep_versions=keep_versions, keep_calls=keep_calls,
+                                    older_than=older_than, max_bytes=max_bytes,
+                                    progress=progress, force=force)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
     if as_json:
         _echo_json(report.to_dict())
     else:
         click.echo(str(report))
+
+
+@cli.command("pin")
+@click.argument("names", nargs=-1)
+@click.option("-l", "--list", "listing", is_flag=True, help="List the pinned names.")
+@json_option
+@pass_env
+def pin_command(env: _Env, names: tuple[str, ...], listing: bool, as_json: bool) -> None:
+    """Pin NAMES: gc keeps every version of each and all it was made from.
+
+    NAMES are paths such as subject=01/mask. Without NAMES (or with --list),
+    list the pins.
+    """
+    for name in names:
+        env.ctx.pin(name)
+        if not as_json:
+            click.echo(f"pinned {name}")
+    if listing or not names:
+        pins = env.ctx.pins()
+        if as_json:
+            _echo_json(pins)
+        else:
+            click.echo("\n".join(pins) if pins else "nothing is pinned")
+
+
+@cli.command("unpin")
+@click.argument("names", nargs=-1, required=True)
+@pass_env
+def unpin_command(env: _Env, names: tuple[str, ...]) -> None:
+    """Unpin NAMES: gc rules apply to their old versions again."""
+    for name in names:
+        env.ctx.unpin(name)
+        click.echo(f"unpinned {name}")
+
+
+@cli.command("calls")
+@click.option("-f", "--function", metavar="NAME",
+              help="Only calls of this function (module:qualname, or the qualname alone).")
+@click.option("-s", "--status", type=click.Choice(maintenance.calls.STATUSES),
+              help="Only calls in this state.")
+@click.option("-r", "--run", type=int, metavar="ID", help="Only calls of this run.")
+@click.option("-n", "--limit", type=click.IntRange(min=1), metavar="N",
+              help="Only the newest N calls.")
+@json_option
+@pass_env
+def calls_command(env: _Env, function: str | None, status: str | None, run: int | None,
+                  limit: int | None, as_json: bool) -> None:
+    """List tracked calls, newest first: function, scope, status, duration and run.
+
+    Failed calls show their error; running calls the host and pid holding
+    their lease. The scope is that of the bindings made from a call.
+    """
+    found = env.ctx.calls(function, status=status, run=run, limit=limit)
+    if as_json:
+        _echo_json([c.to_dict() for c in found])
+        return
+    rows = [[c.id, c.function, "" if c.scope is None else (c.scope or "/"), c.status,
+             "" if c.duration is None else f"{c.duration:.3g} s", c.run_id,
+             _call_note(c)] for c in found]
+    _show("calls", ["id", "function", "scope", "status", "duration", "run", "note"], rows)
+
+
+def _call_note(c: maintenance.CallSummary) -> str:
+    if c.error:
+        return c.error.strip().splitlines()[-1]
+    if c.status == "running" and c.lease_host is not None:
+        return f"lease held by {c.lease_host}:{c.lease_pid}"
+    return ""
 
 
 @cli.command("which")

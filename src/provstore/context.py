@@ -31,6 +31,7 @@ from .errors import (
 from .lineage import Dependent, History, StaleList
 from .lineage.impact import dependents, stale
 from .locations import StoreRef
+from .maintenance.calls import CallSummary, list_calls
 from .parallel import map_calls
 from .saving import prepare
 from .scope import Segment, check_name, display, format_path, parse_path, segment_for_param
@@ -477,6 +478,7 @@ class Context:
              origin: str | None) -> None:
         segments = self._current()
         check_name(name, where=f" in {display(format_path(segments))}")
+        self._store.check_writable(f"bind {name!r}")  # before any file is written
         prepared = prepare(self._store, value, format=format, **options)
         sid = self._store.scope_id(segments, create=True)
         assert sid is not None
@@ -503,6 +505,7 @@ class Context:
         segments = self._current()
         where = f" in {display(format_path(segments))}"
         check_name(name, where=where)
+        self._store.check_writable(f"delete {name!r}")
         sid = self._store.scope_id(segments, create=False)
         if sid is None or self._store.resolve([sid], name) is None:
             raise MissingKeyError(f"{name!r} is not bound{where}; nothing to delete")
@@ -517,6 +520,72 @@ class Context:
 
     def __delitem__(self, name: str) -> None:
         self.delete(name)
+
+    # ------------------------------------------------------------ retention
+    def pin(self, name: str) -> None:
+        """Keep every version of *name*, and all it was computed from, through any ``gc``.
+
+        Parameters
+        ----------
+        name : str
+            A name or a path relative to this scope (``"subject=01/mask"``),
+            pinned in the scope that binds it (as :meth:`history` finds it).
+
+        Raises
+        ------
+        NotFoundError
+            No visible scope binds *name*.
+        """
+        self._store.pin(*self._pinned(name))
+
+    def unpin(self, name: str) -> None:
+        """Let ``gc`` rules apply to *name* again (its current version is always kept).
+
+        Raises
+        ------
+        NotFoundError
+            *name* is not pinned.
+        """
+        sid, bare = self._pinned(name)
+        if not self._store.unpin(sid, bare):
+            raise MissingKeyError(f"{_where(self._split(name, attr=False)[0], bare)} is not "
+                                  "pinned; `provstore pin --list` lists the pins")
+
+    def pins(self) -> list[str]:
+        """Return the pinned names of the store as paths (``"subject=01/mask"``), sorted."""
+        return [f"{r.path}/{r.name}" if r.path else r.name for r in self._store.pins()]
+
+    def _pinned(self, name: str) -> tuple[int, str]:
+        segments, bare = self._split(name, attr=False)
+        chain = self._store.chain(segments)
+        bound = self._store.bound_scopes(chain, bare) if chain else []
+        if not bound:
+            raise self._missing(segments, chain, bare, attr=False)
+        return bound[0], bare
+
+    def calls(self, function: Any = None, *, status: str | None = None,
+              run: int | None = None, limit: int | None = None) -> list[CallSummary]:
+        """Return the store's tracked calls, newest first.
+
+        Parameters
+        ----------
+        function : callable or str, optional
+            Only calls of this function: a tracked or plain function, its
+            ``"module:qualname"``, or its qualname alone.
+        status : {"done", "failed", "running", "orphaned", "expired"}, optional
+            Only calls in this state.
+        run : int, optional
+            Only calls of this run (``provstore runs`` lists them).
+        limit : int, optional
+            At most this many.
+
+        Returns
+        -------
+        list of provstore.maintenance.CallSummary
+            Function, scope (of the bindings made from it), status, duration,
+            run, error of a failure, and lease owner of a running call.
+        """
+        return list_calls(self._store, function=function, status=status, run=run, limit=limit)
 
     # ------------------------------------------------------------ plumbing
     def _split(self, name: str, *, attr: bool) -> tuple[tuple[Segment, ...], str]:
@@ -546,8 +615,8 @@ class Context:
         # runs none never connects to the database or the object root.
         handle = self._handle
         ref = handle if type(handle) is StoreRef else StoreRef(
-            handle.url, str(handle.root), handle.safe, handle.durability)
-        return (_reopen, (*ref.args[:3], self.path, self._mmap_mode, ref.args[3]))
+            handle.url, str(handle.root), handle.safe, handle.durability, handle.readonly)
+        return (_reopen, (*ref.args[:3], self.path, self._mmap_mode, *ref.args[3:]))
 
     def __eq__(self, other: object) -> bool:
         return (isinstance(other, Context) and other._store is self._store
@@ -558,8 +627,8 @@ class Context:
 
 
 def _reopen(url: str, root: str, safe: bool, path: str, mmap_mode: str | None,
-            durability: str = "normal") -> Context:
-    return Context(StoreRef(url, root, safe, durability), tuple(parse_path(path)),
+            durability: str = "normal", readonly: bool = False) -> Context:
+    return Context(StoreRef(url, root, safe, durability, readonly), tuple(parse_path(path)),
                    mmap_mode=mmap_mode)
 
 
@@ -590,5 +659,6 @@ def _caller() -> str | None:
 # Method names, present and planned, that attribute assignment must not shadow.
 RESERVED = frozenset(
     {n for n in dir(Context) if not n.startswith("_")}
-    | {"track", "dependents", "stale", "find", "table", "map", "explain", "close"}
+    | {"track", "dependents", "stale", "find", "table", "map", "explain", "close", "pin",
+       "unpin", "pins", "calls"}
 )

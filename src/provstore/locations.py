@@ -33,7 +33,7 @@ DB_NAME = "provstore.db"
 # Written into a store directory opened with db=: later opens (other workers,
 # the command line) find the database from the directory alone.
 DB_POINTER = "provstore.url"
-_stores: dict[tuple[str, str, bool, str, int], Store] = {}
+_stores: dict[tuple[str, str, bool, str, bool, int], Store] = {}
 _lock = threading.Lock()
 
 
@@ -94,7 +94,8 @@ def record_database(loc: Path, db: str) -> None:
     os.replace(tmp, pointer)
 
 
-def reopen_store(url: str, root: str, safe: bool, durability: str) -> Store:
+def reopen_store(url: str, root: str, safe: bool, durability: str,
+                 readonly: bool = False) -> Store:
     """Open, in this process, the store a pickled Context names.
 
     Unlike :func:`provstore.open` it never creates anything: a worker whose
@@ -115,16 +116,17 @@ def reopen_store(url: str, root: str, safe: bool, durability: str) -> Store:
             f"{socket.gethostname()}; mount the shared store directory at the same path "
             "on every worker (see docs/scaling-out.md)")
     check_sqlite_url(url)
-    return store_for(url, root, safe=safe, durability=durability, create=False)
+    return store_for(url, root, safe=safe, durability=durability, create=False,
+                     readonly=readonly)
 
 
 def store_for(url: str, root: str, *, safe: bool, durability: str = "normal",
-              create: bool = True) -> Store:
+              create: bool = True, readonly: bool = False) -> Store:
     """The one Store of this process for (*url*, *root*, options), opened on first use.
 
     With ``create=False`` an empty database is refused rather than given a schema.
     """
-    key = (url, root, safe, durability, os.getpid())
+    key = (url, root, safe, durability, readonly, os.getpid())
     with _lock:
         store = _stores.get(key)
         if store is not None and store.file_identity != _file_identity(url):
@@ -136,7 +138,7 @@ def store_for(url: str, root: str, *, safe: bool, durability: str = "normal",
         if store is None:
             lock_path = Path(root) / ".provstore.lock"
             store = Store(url, Path(root), safe=safe, durability=durability,
-                          lock_path=lock_path, create=create)
+                          lock_path=lock_path, create=create, readonly=readonly)
             store.file_identity = _file_identity(url)
             _stores[key] = store
         return store
@@ -189,8 +191,9 @@ class StoreRef:
 
     __slots__ = ("args",)
 
-    def __init__(self, url: str, root: str, safe: bool, durability: str) -> None:
-        self.args = (url, root, safe, durability)
+    def __init__(self, url: str, root: str, safe: bool, durability: str,
+                 readonly: bool = False) -> None:
+        self.args = (url, root, safe, durability, readonly)
 
     def open(self) -> Store:
         """Open the store, which must exist: a worker never creates one."""

@@ -18,11 +18,12 @@ What differs from joblib, by choice:
   back as fresh in-memory copies, so a caller may modify them.
 - ``clear()`` forgets the results of the functions cached through this object
   (their calls are no longer hits; their history stays); it never deletes
-  files. ``gc`` reclaims space (``reduce_size`` runs it).
+  files. ``reduce_size`` runs the store's ``gc`` with retention rules.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import os
 from collections.abc import Callable
@@ -31,7 +32,7 @@ from typing import Any
 import joblib
 import numpy as np
 
-from . import ambient
+from . import ambient, maintenance
 from .ambient import View
 from .tracking import TrackedFunction
 
@@ -102,11 +103,20 @@ class Memory(joblib.Memory):
             cached.clear(warn=False)
 
     def reduce_size(self, bytes_limit: int | str | None = None, items_limit: int | None = None,
-                    age_limit: Any = None) -> None:
-        """Not supported yet: use ``provstore gc`` (see docs/sklearn-nilearn.md)."""
-        raise NotImplementedError(
-            "Memory.reduce_size is not available yet; run `provstore gc` on "
-            f"{self.location} to reclaim space")
+                    age_limit: dt.timedelta | None = None) -> None:
+        """Run the store's ``gc`` with the matching retention rules, and apply it.
+
+        ``bytes_limit`` is ``gc --max-bytes`` (least recently used calls go
+        first), ``age_limit`` is ``--older-than`` and ``items_limit`` is
+        ``--keep-calls`` (the newest N calls of each function in each scope).
+        As every gc, it never drops current or pinned results, nor what they
+        were computed from: the whole store is collected, not only this
+        Memory's functions.
+        """
+        if bytes_limit is None and items_limit is None and age_limit is None:
+            return
+        maintenance.gc(self.context.store, dry_run=False, max_bytes=bytes_limit,
+                       keep_calls=items_limit, older_than=age_limit)
 
     def __repr__(self) -> str:
         return f"provstore.Memory(location={self.location!r}, scope={self.context.path!r})"

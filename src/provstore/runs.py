@@ -18,19 +18,29 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
+import weakref
+from collections import Counter
 from typing import Any
 
 from sqlalchemy import Engine, insert, update
+from sqlalchemy.exc import SQLAlchemyError
 
+from .db import queries as q
 from .db.engine import retrying, write
 from .db.models import Run
+from .errors import ProvstoreError
 
-__all__ = ["RunRecorder", "environment", "process_gone", "status_of", "utcnow"]
+__all__ = [
+    "HIT_FLUSH_SECONDS", "ReuseLog", "RunRecorder", "environment", "process_gone", "status_of",
+    "utcnow",
+]
 
 STALE_AFTER = dt.timedelta(minutes=5)
 _HOST = socket.gethostname()  # what environment() records as a run's host
 HEARTBEAT_SECONDS = 60.0  # well inside STALE_AFTER, so a live run never reads as crashed
+HIT_FLUSH_SECONDS = 5.0  # reuse times are written at most once per this many seconds
 _PACKAGES = ("numpy", "nibabel", "tables", "SQLAlchemy", "provstore", "pandas", "scipy")
 
 
@@ -99,6 +109,62 @@ class RunRecorder:
         self._id: int | None = None
         self._interval = heartbeat
         self._stop = threading.Event()
+        # Hits and misses of tracked calls, counted in memory and written with
+        # the heartbeat and at close; hits wait by call id until the durations
+        # they saved are read, one query per write.
+        self._pending: Counter[int] = Counter()
+        self._hits = self._misses = 0
+        self._saved = 0.0
+        self._counted_in = os.getpid()
+
+    def _same_process(self) -> None:
+        # Call with the lock held: a forked child counts its own calls only.
+        if self._counted_in != os.getpid():
+            self._pending, self._hits, self._misses, self._saved = Counter(), 0, 0, 0.0
+            self._counted_in = os.getpid()
+
+    def count_hit(self, call_id: int) -> None:
+        """Count a tracked call answered from the store (the result of *call_id*)."""
+        with self._lock:
+            self._same_process()
+            self._hits += 1
+            self._pending[call_id] += 1
+
+    def count_miss(self) -> None:
+        """Count a tracked call computed by this process."""
+        with self._lock:
+            self._same_process()
+            self._misses += 1
+
+    def counts(self) -> dict[str, Any]:
+        """``hits``, ``misses`` and ``saved_seconds`` so far (reads the pending durations)."""
+        with self._lock:
+            self._same_process()
+            pending, self._pending = self._pending, Counter()
+        saved = 0.0
+        if pending:
+            with self._engine.connect() as conn:
+                ids = sorted(pending)
+                for i in range(0, len(ids), 500):
+                    for r in conn.execute(q.CALL_DURATIONS, {"ids": ids[i:i + 500]}):
+                        saved += (r.duration or 0.0) * pending[r.id]
+        with self._lock:
+            self._saved += saved
+            return {"hits": self._hits, "misses": self._misses, "saved_seconds": self._saved}
+
+    def record_counts(self) -> None:
+        """Write the counts now; a process that only hit opens (and closes) its run for them."""
+        with self._lock:
+            self._same_process()
+            if not (self._hits or self._misses):
+                return
+        if self._id is None or self._pid != os.getpid():
+            self.run_id()
+            self._close()
+            return
+        counts = self.counts()
+        with write(self._engine) as conn:
+            conn.execute(q.RUN_COUNTS, {"run_id": self._id, **counts})
 
     def run_id(self) -> int:
         """Return this process's run id in the store, opening the run if needed."""
@@ -117,8 +183,10 @@ class RunRecorder:
     def _beat(self, run_id: int, stop: threading.Event) -> None:
         while not stop.wait(self._interval):
             try:
+                counts = self.counts()
                 with write(self._engine) as conn:
-                    conn.execute(update(Run).where(Run.id == run_id).values(heartbeat=utcnow()))
+                    conn.execute(update(Run).where(Run.id == run_id)
+                                 .values(heartbeat=utcnow(), **counts))
             except Exception:
                 continue
 
@@ -146,14 +214,84 @@ class RunRecorder:
         status = "failed" if failed else "finished"
         now = utcnow()
         try:
+            counts = self.counts()
             with write(self._engine) as conn:
                 conn.execute(
                     update(Run)
                     .where(Run.id == self._id)
-                    .values(status=status, ended=now, heartbeat=now)
+                    .values(status=status, ended=now, heartbeat=now, **counts)
                 )
         except Exception:
             pass
+
+
+class ReuseLog:
+    """The calls this process reused, for the run's counts and ``calls.last_hit``.
+
+    A hit only adds its call id to a set; the ids are written in one UPDATE
+    at most every :data:`HIT_FLUSH_SECONDS`, when the store closes and at
+    exit, never once per hit. A process killed before a flush loses at most
+    those seconds of reuse times, which only order ``gc --max-bytes``.
+    """
+
+    def __init__(self, engine: Engine, runs: RunRecorder, *, enabled: bool = True) -> None:
+        self._engine = engine
+        self._runs = runs
+        self._enabled = enabled  # a read-only store writes nothing, not even reuse
+        self._lock = threading.Lock()
+        self._ids: set[int] = set()
+        self._flushed = time.monotonic()
+        self._pid = os.getpid()
+        if enabled:
+            # By weak reference: a process that opens many stores keeps none alive.
+            atexit.register(_flush_at_exit, weakref.ref(self))
+
+    def note(self, call_id: int) -> None:
+        """Record a hit on *call_id*; write the batch if the interval has passed."""
+        if not self._enabled:
+            return
+        self._runs.count_hit(call_id)
+        with self._lock:
+            self._ids.add(call_id)
+            due = time.monotonic() - self._flushed >= HIT_FLUSH_SECONDS
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write ``last_hit`` of the calls hit since the last flush, in one transaction."""
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child: the parent writes its own
+                self._ids, self._pid = set(), os.getpid()
+            ids, self._ids = self._ids, set()
+            self._flushed = time.monotonic()
+        if not ids:
+            return
+        now = utcnow()
+
+        def transaction() -> None:
+            with write(self._engine) as conn:
+                ordered = sorted(ids)
+                for i in range(0, len(ordered), 500):  # far below SQLite's parameter limit
+                    conn.execute(q.TOUCH_CALLS, {"ids": ordered[i:i + 500], "now": now})
+
+        try:
+            retrying(transaction)
+        except (ProvstoreError, SQLAlchemyError):
+            # A busy or vanished database must not fail a hit; the ids wait
+            # for the next flush.
+            with self._lock:
+                self._ids |= ids
+
+
+def _flush_at_exit(ref: weakref.ref[ReuseLog]) -> None:
+    log = ref()
+    if log is None:
+        return
+    try:
+        log.flush()
+        log._runs.record_counts()
+    except Exception:  # at interpreter exit nothing can be reported any more
+        pass
 
 
 def status_of(row_status: str, heartbeat: dt.datetime, now: dt.datetime | None = None, *,

@@ -14,6 +14,7 @@ import json
 import os
 import threading
 import weakref
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,8 @@ from .errors import (
 from .fstype import sqlite_file
 from .identity import CallMemo, IdentityMap, Known, rememberable
 from .objects import ObjectDir
-from .records import ArtifactRow, Prepared
-from .runs import RunRecorder, utcnow
+from .records import ArtifactRow, InputRecord, Prepared
+from .runs import ReuseLog, RunRecorder, utcnow
 from .scope import Segment, format_path
 
 # records re-exported for callers
@@ -69,7 +70,8 @@ class Store:
     """
 
     def __init__(self, url: str, root: Path, *, safe: bool = False, durability: str = "normal",
-                 lock_path: Path | None = None, create: bool = True) -> None:
+                 lock_path: Path | None = None, create: bool = True,
+                 readonly: bool = False) -> None:
         self.url = url
         self.root = root
         self.safe = safe
@@ -79,8 +81,11 @@ class Store:
             check_database_file(path, root, create=create)
         #: Why this process cannot write the store (None when it can): then
         #: the database is opened read-only and nothing is ever written.
-        self.readonly: str | None = None if path is None else readonly_reason(path)
-        self.engine = make_engine(url, durability=durability, readonly=self.readonly is not None)
+        self.unwritable: str | None = None if path is None else readonly_reason(path)
+        #: Opened with readonly=True, or unwritable: hits load, nothing is written.
+        self.readonly = readonly or self.unwritable is not None
+        self.engine = make_engine(url, durability=durability,
+                                  readonly=self.unwritable is not None)
         try:
             self._check_schema(create, lock_path)
         except BaseException:
@@ -103,6 +108,7 @@ class Store:
         self._scalars: dict[int, Any] = {}  # immutable inline values by artifact id
         self.memo = CallMemo()
         self._lock = threading.Lock()
+        self.reuse = ReuseLog(self.engine, self.runs, enabled=not self.readonly)
 
     def _check_schema(self, create: bool, lock_path: Path | None) -> None:
         """Refuse what must not be opened; create or upgrade the schema when allowed."""
@@ -121,10 +127,11 @@ class Store:
                     "provstore.open() in Python creates a store")
         if revision == q.SCHEMA_HEAD:
             return
-        if self.readonly is not None:
+        if self.readonly:
+            why = self.unwritable or "it was opened with readonly=True"
             raise StoreError(
                 f"the store at {root} has schema version {revision or 'none'} and this "
-                f"provstore reads {q.SCHEMA_HEAD}, but {self.readonly}, so it cannot be "
+                f"provstore reads {q.SCHEMA_HEAD}, but {why}, so it cannot be "
                 "upgraded; open it once with write access, or use the provstore that wrote it")
         # An SQLite store belongs to its directory and is upgraded on
         # open; a server database is shared by every worker of a lab, so
@@ -261,6 +268,7 @@ class Store:
         the name already holds adds no version (a rerun of a script changes
         nothing). Returns the version number and the artifact id.
         """
+        self.check_writable(f"bind {name!r}")
         run_id = self.runs.run_id()
 
         def transaction() -> tuple[int, int | None]:
@@ -297,11 +305,28 @@ class Store:
         """
         ids = [p.existing_id for p in prepared if p.existing_id is not None]
         gone = any(self.query(q.ARTIFACT_BY_ID, {"id": i}).first() is None for i in ids)
+        # gc --keep-calls may also have deleted the call a loaded value came from.
+        calls = {p.call_id for p in prepared if p.call_id is not None}
+        gone = gone or any(self.query(select(q.calls.c.id).where(q.calls.c.id == c)).first()
+                           is None for c in calls)
         if gone:
             self.identity.clear()
             for i in ids:
                 self._artifacts.pop(i, None)
         return gone
+
+    def relinked(self, inputs: list[InputRecord]) -> list[InputRecord]:
+        """*inputs*, with links to artifacts ``gc`` deleted meanwhile dropped.
+
+        A call's argument is linked to the stored artifact this process
+        knew it as; the commit links an unlinked one by its digest again.
+        """
+        ids = {i.artifact_id for i in inputs if i.artifact_id is not None}
+        gone = {a for a in ids if self.query(q.ARTIFACT_BY_ID, {"id": a}).first() is None}
+        if not gone:
+            return inputs
+        self.identity.clear()
+        return [replace(i, artifact_id=None) if i.artifact_id in gone else i for i in inputs]
 
     def commit_artifact(self, conn: Connection, p: Prepared, run_id: int,
                         now: dt.datetime) -> int:
@@ -520,8 +545,69 @@ class Store:
         self.memo.forget_keys()
         return forgotten
 
+    # ------------------------------------------------------------- reuse
+    def check_writable(self, what: str) -> None:
+        """Raise when the store is read-only (opened so, or not writable by this user)."""
+        if self.unwritable is not None:
+            raise StoreError(f"cannot {what}: the store {self.root} is read-only here "
+                             f"({self.unwritable})")
+        if self.readonly:
+            raise StoreError(
+                f"cannot {what}: the store {self.root} was opened with readonly=True; "
+                "open it without readonly= to write")
+
+    def note_hit(self, call_id: int) -> None:
+        """Count a reused call for this run and for ``gc --max-bytes`` (batched)."""
+        self.reuse.note(call_id)
+
+    def flush_hits(self) -> None:
+        """Write ``last_hit`` of the calls hit since the last flush, in one UPDATE."""
+        self.reuse.flush()
+
+    def forget_if_collected(self, call_id: int) -> bool:
+        """Whether ``gc`` deleted call *call_id*; if so, forget every remembered call.
+
+        This process may remember a call (and its outputs) that a ``gc``
+        elsewhere has dropped since; its hit then finds no rows or files.
+        """
+        if self.query(select(q.calls.c.id).where(q.calls.c.id == call_id)).first() is not None:
+            return False
+        self.memo = CallMemo()
+        self.identity.clear()
+        return True
+
+    def pin(self, scope_id: int, name: str) -> bool:
+        """Pin (scope, name); return False when it was pinned already."""
+        self.check_writable(f"pin {name!r}")
+
+        def transaction() -> bool:
+            with write(self.engine) as conn:
+                if conn.execute(q.PIN_BY_NAME, {"scope_id": scope_id, "name": name}).first():
+                    return False
+                conn.execute(q.INSERT_PIN, {"scope_id": scope_id, "name": name,
+                                            "created": utcnow()})
+                return True
+
+        return retrying(transaction)
+
+    def unpin(self, scope_id: int, name: str) -> bool:
+        """Unpin (scope, name); return False when it was not pinned."""
+        self.check_writable(f"unpin {name!r}")
+
+        def transaction() -> bool:
+            with write(self.engine) as conn:
+                params = {"scope_id": scope_id, "name": name}
+                return bool(conn.execute(q.DELETE_PIN, params).rowcount)
+
+        return retrying(transaction)
+
+    def pins(self) -> list[Any]:
+        """Every pin: ``path`` (of its scope), ``name``, ``created``."""
+        return list(self.query(q.PINS).all())
+
     def close(self) -> None:
         """Release the database connections (the store can be reopened)."""
+        self.reuse.flush()
         self.readers.close_all()
         self.engine.dispose()
 

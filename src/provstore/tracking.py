@@ -32,7 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from . import ambient, callkeys, hashing, leases
 from .ambient import View
 from .codeversion import FINGERPRINTS, CodeVersion, defined_at, function_identity
-from .errors import InvalidNameError, ProvstoreError, UnsupportedTypeError
+from .errors import InvalidNameError, NotCachedError, ProvstoreError, UnsupportedTypeError
 from .files import File
 from .leases import Claim, LeaseKeeper, claim, lease_seconds
 from .lineage import InputInfo
@@ -211,7 +211,20 @@ class TrackedFunction:
                 hit = store.finished_call(key)
             if hit is not None:
                 store.memo.note_key(key, hit)
-                return _Hit(_load_outputs(store, hit))
+                try:
+                    value = _load_outputs(store, hit)
+                except Exception:
+                    # gc may have dropped the call since this process saw it: compute again.
+                    if not store.forget_if_collected(hit):
+                        raise
+                else:
+                    store.note_hit(hit)
+                    return _Hit(value)
+        if store.readonly:
+            raise NotCachedError(
+                f"{self.identity}{_args_text(inputs)} is not in the store {store.root}, which "
+                "was opened with readonly=True: nothing is computed. Open it without readonly= "
+                "to compute it")
         return _Computation(self, store, key, cv, inputs)
 
     def _key(self, store: Store | None, args: tuple[Any, ...],
@@ -389,8 +402,10 @@ class _Computation:
 
     def run(self, args: tuple[Any, ...], kwargs: dict[str, Any], recompute: bool) -> Any:
         c = self._claim(recompute)
-        if isinstance(c, int):
+        if isinstance(c, int):  # another process computed it meanwhile
+            self.store.note_hit(c)
             return _load_outputs(self.store, c)
+        self.store.runs.count_miss()
         with self._holding(c) as holding:
             started = time.perf_counter()
             value = self.tf._func(*args, **kwargs)
@@ -402,8 +417,10 @@ class _Computation:
                    recompute: bool) -> Any:
         """:meth:`run` for a coroutine function: waits and computes without blocking the loop."""
         c = await self._aclaim(recompute)
-        if isinstance(c, int):
+        if isinstance(c, int):  # another task or process computed it meanwhile
+            self.store.note_hit(c)
             return _load_outputs(self.store, c)
+        self.store.runs.count_miss()
         with self._holding(c) as holding:
             started = time.perf_counter()
             value = await self.tf._func(*args, **kwargs)
@@ -486,9 +503,11 @@ class _Computation:
             committed = leases.commit(self.store, c, prepared, kind=kind, duration=duration,
                                       code=self.cv, inputs=inputs)
         except IntegrityError:
-            if not self.store.collected(prepared):
+            relinked = self.store.relinked(inputs)
+            if not self.store.collected(prepared) and relinked == inputs:
                 raise
-            # gc removed a stored copy an output was linked to: store them again.
+            # gc removed a stored copy an output or input was linked to: store them again.
+            inputs = relinked
             prepared = [prepare(self.store, v) for v in elements]
             committed = leases.commit(self.store, c, prepared, kind=kind, duration=duration,
                                       code=self.cv, inputs=inputs)
@@ -528,6 +547,11 @@ def _element(computed: Any, kind: str, position: int) -> Any:
     if computed is None:
         return None
     return computed[position] if kind == "tuple" else computed
+
+
+def _args_text(inputs: dict[str, _Input]) -> str:
+    text = ", ".join(f"{name}={_short(i)!r}" for name, i in inputs.items())
+    return f"({text[:197]}...)" if len(text) > 200 else f"({text})"
 
 
 def _short(i: _Input) -> Any:

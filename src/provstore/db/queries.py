@@ -285,3 +285,93 @@ FORGET_CALLS = (
     .where(calls.c.function == bindparam("p_function"), calls.c.status == "done")
     .values(status="forgotten")
 )
+
+# ---------------------------------------------------------------- retention
+# What gc reads to plan (provstore.maintenance.retention): the whole
+# reference graph, in one transaction, as narrow rows.
+GC_CALLS = select(
+    calls.c.id, calls.c.function, calls.c.status, calls.c.code_digest, calls.c.started,
+    calls.c.finished, calls.c.last_hit,
+)
+GC_CALL_OUTPUTS = select(call_outputs.c.call_id, call_outputs.c.artifact_id)
+GC_CALL_INPUTS = select(call_inputs.c.call_id, call_inputs.c.artifact_id)
+GC_BINDINGS = select(
+    bindings.c.id, bindings.c.scope_id, bindings.c.name, bindings.c.version,
+    bindings.c.artifact_id, bindings.c.call_id, bindings.c.created,
+)
+GC_PINS = select(pins.c.scope_id, pins.c.name)
+GC_FILED = select(files.c.artifact_id).where(files.c.artifact_id.is_not(None)).distinct()
+GC_ARTIFACTS = select(
+    artifacts.c.id, artifacts.c.digest, artifacts.c.suffix, artifacts.c.size,
+    artifacts.c.inline.is_not(None).label("is_inline"),
+)
+GC_CODE_VERSIONS = select(code_versions.c.id, code_versions.c.digest)
+GC_LIVE_PARAMS = (
+    select(calls.c.params)
+    .join(leases, leases.c.call_id == calls.c.id)
+    .where(calls.c.status == "running", leases.c.expires > bindparam("now"))
+)
+
+# ---------------------------------------------------------------------- pins
+PIN_BY_NAME = select(pins.c.id).where(
+    pins.c.scope_id == bindparam("scope_id"), pins.c.name == bindparam("name"))
+INSERT_PIN = insert(pins)
+DELETE_PIN = delete(pins).where(
+    pins.c.scope_id == bindparam("scope_id"), pins.c.name == bindparam("name"))
+PINS = (
+    select(scopes.c.path, pins.c.name, pins.c.created)
+    .join(scopes, scopes.c.id == pins.c.scope_id)
+    .order_by(scopes.c.path, pins.c.name)
+)
+
+# ------------------------------------------------------------ hits, run counts
+# The newest reuse of each call, written for a batch of calls at once.
+TOUCH_CALLS = (
+    update(calls)
+    .where(calls.c.id.in_(bindparam("ids", expanding=True)))
+    .values(last_hit=bindparam("now"))
+)
+CALL_DURATIONS = select(calls.c.id, calls.c.duration).where(
+    calls.c.id.in_(bindparam("ids", expanding=True)))
+RUN_COUNTS = (
+    update(runs)
+    .where(runs.c.id == bindparam("run_id"))
+    .values(hits=bindparam("hits"), misses=bindparam("misses"),
+            saved_seconds=bindparam("saved_seconds"))
+)
+
+# --------------------------------------------------------------------- calls
+# `provstore calls`: each call with the scope of a binding made from it and
+# the owner of its lease, newest first; filters are NULL when not given
+# (CAST as above). The caller adds a LIMIT.
+_cl_function = bindparam("function", type_=String)
+_cl_status = bindparam("status", type_=String)
+_cl_run = bindparam("run_id", type_=Integer)
+_cl_scope = (
+    select(scopes.c.path)
+    .join(_b2, _b2.c.scope_id == scopes.c.id)
+    .where(_b2.c.call_id == calls.c.id)
+    .order_by(_b2.c.id)
+    .limit(1)
+    .scalar_subquery()
+)
+CALLS_LISTING = (
+    select(
+        calls.c.id, calls.c.function, calls.c.status, calls.c.started, calls.c.finished,
+        calls.c.duration, calls.c.run_id, calls.c.host, calls.c.pid, calls.c.error,
+        calls.c.last_hit, calls.c.params, _cl_scope.label("scope"),
+        leases.c.host.label("lease_host"), leases.c.pid.label("lease_pid"),
+        leases.c.expires.label("lease_expires"),
+    )
+    .select_from(calls.outerjoin(leases, leases.c.call_id == calls.c.id))
+    .where(
+        # The exact module:qualname, or LIKE patterns given by the caller
+        # ("%:name" and "%.name": a qualname, or its last part).
+        or_(sql_cast(_cl_function, String).is_(None), calls.c.function == _cl_function,
+            calls.c.function.like(bindparam("pattern", type_=String), escape="\\"),
+            calls.c.function.like(bindparam("dotted", type_=String), escape="\\")),
+        or_(sql_cast(_cl_status, String).is_(None), calls.c.status == _cl_status),
+        or_(sql_cast(_cl_run, Integer).is_(None), calls.c.run_id == _cl_run),
+    )
+    .order_by(calls.c.id.desc())
+)

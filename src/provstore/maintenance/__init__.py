@@ -17,12 +17,14 @@ still cache the old row under that id.
 
 from __future__ import annotations
 
+from .calls import CallSummary, list_calls
 from .collect import GcReport, Removal, gc
 from .common import BindingRef, CallRef, Problem, Progress, VerifyReport
 from .exchange import Match, RunSummary, export, list_runs, which
 from .verify import verify
 
 __all__ = [
-    "BindingRef", "CallRef", "GcReport", "Match", "Problem", "Progress", "Removal",
-    "RunSummary", "VerifyReport", "export", "gc", "list_runs", "verify", "which",
+    "BindingRef", "CallRef", "CallSummary", "GcReport", "Match", "Problem", "Progress",
+    "Removal", "RunSummary", "VerifyReport", "export", "gc", "list_calls", "list_runs", "verify",
+    "which",
 ]

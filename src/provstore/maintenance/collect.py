@@ -1,27 +1,34 @@
-"""Garbage collection: orphan files and, on request, old versions."""
+"""Garbage collection: orphan files and, with retention rules, old versions and calls."""
 
 from __future__ import annotations
 
-import json
+import datetime as dt
 import os
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import Connection, delete, func, select
+from sqlalchemy import Connection, delete, func, select, update
 
 from ..db import queries as q
 from ..db.engine import db_now, display_url, retrying, write
 from ..errors import DatabaseDamagedError, StoreError
 from ..lineage import format_size
+from ..runs import utcnow
+from .common import (
+    Progress,
+    chunks,
+    parse_moment,
+    parse_size,
+    scan_objects,
+    tick,
+    valid_object_name,
+)
+from .retention import Graph, Plan, Rules, plan, read_graph
 
 if TYPE_CHECKING:
     from ..store import Store
-
-
-from .common import Progress, chunks, scan_objects, tick, valid_object_name
 
 
 # ----------------------------------------------------------------------- gc
@@ -36,18 +43,41 @@ class Removal:
 
 @dataclass
 class GcReport:
-    """What :func:`gc` removed, or would remove in a dry run."""
+    """What :func:`gc` removed, or would remove in a dry run.
+
+    ``rows`` counts the rows deleted per table; ``bytes`` the bytes freed
+    (object files plus inline values); ``kept_bytes`` what the values still
+    referenced afterwards take.
+    """
 
     dry_run: bool
     grace_seconds: float
     keep_versions: int | None
+    keep_calls: int | None = None
+    older_than: dt.datetime | None = None
+    max_bytes: int | None = None
     files: list[Removal] = field(default_factory=list)
-    bindings: int = 0
-    artifacts: int = 0
+    rows: dict[str, int] = field(default_factory=dict)
     inline_bytes: int = 0
+    kept_bytes: int = 0
     young: list[str] = field(default_factory=list)
     protected: int = 0
     restored: list[str] = field(default_factory=list)
+
+    @property
+    def bindings(self) -> int:
+        """Binding versions deleted."""
+        return self.rows.get("bindings", 0)
+
+    @property
+    def artifacts(self) -> int:
+        """Artifact rows deleted."""
+        return self.rows.get("artifacts", 0)
+
+    @property
+    def calls(self) -> int:
+        """Call rows deleted."""
+        return self.rows.get("calls", 0)
 
     @property
     def bytes(self) -> int:
@@ -56,14 +86,23 @@ class GcReport:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able form."""
-        return {**asdict(self), "bytes": self.bytes}
+        return {**asdict(self), "bytes": self.bytes, "bindings": self.bindings,
+                "artifacts": self.artifacts, "calls": self.calls}
 
     def __str__(self) -> str:
         verb = "would remove" if self.dry_run else "removed"
-        orphans = [f for f in self.files if f.reason == "orphan"]
-        lines = [f"{verb} {len(orphans)} orphan files, {self.bindings} old binding versions, "
-                 f"{self.artifacts} unreferenced artifacts ({len(self.files) - len(orphans)} "
-                 f"files): {format_size(self.bytes)}"]
+        orphans = sum(f.reason == "orphan" for f in self.files)
+        lines = [f"{verb} {orphans} orphan files, {self.bindings} old binding versions, "
+                 f"{self.calls} calls, {self.artifacts} unreferenced artifacts "
+                 f"({len(self.files) - orphans} files): {format_size(self.bytes)}",
+                 f"{'would free' if self.dry_run else 'freed'} {format_size(self.bytes)}; "
+                 f"the values kept take {format_size(self.kept_bytes)}"]
+        rows = ", ".join(f"{t} {n}" for t, n in self.rows.items() if n)
+        lines.append(f"rows {'to delete' if self.dry_run else 'deleted'}: {rows or 'none'}")
+        if self.max_bytes is not None and self.kept_bytes > self.max_bytes:
+            lines.append(f"the store still holds {format_size(self.kept_bytes)}, over the "
+                         f"{format_size(self.max_bytes)} limit: the rest is pinned, bound "
+                         "or in use")
         if self.young:
             lines.append(f"kept {len(self.young)} orphan files younger than "
                          f"{self.grace_seconds:g} s (possibly still being published)")
@@ -71,15 +110,23 @@ class GcReport:
             lines.append(f"kept {self.protected} artifacts used by running calls")
         if self.restored:
             lines.append(f"kept {len(self.restored)} files a writer republished during gc")
-        if self.dry_run and (self.files or self.bindings):
+        if self.dry_run and (self.files or any(self.rows.values())):
             lines.append("dry run: nothing was deleted (`provstore gc --apply` deletes)")
         return "\n".join(lines)
 
 
 def gc(store: Store, *, dry_run: bool = True, grace_seconds: float = 3600.0,
-       keep_versions: int | None = None, progress: Progress | None = None,
+       keep_versions: int | None = None, keep_calls: int | None = None,
+       older_than: dt.datetime | dt.timedelta | str | None = None,
+       max_bytes: int | str | None = None, progress: Progress | None = None,
        force: bool = False) -> GcReport:
-    """Remove orphan object files and, with a retention rule, old versions.
+    """Remove orphan object files and, with retention rules, old versions and calls.
+
+    Without a rule, only what nothing references goes: orphan files, and
+    artifacts no binding, call or ingested-file record names. Every rule
+    keeps the current version of every name, every version of a pinned
+    name (:meth:`provstore.Context.pin`), and all these were computed from
+    (their calls, the calls' inputs, and upstream), and running calls.
 
     Parameters
     ----------
@@ -92,9 +139,22 @@ def gc(store: Store, *, dry_run: bool = True, grace_seconds: float = 3600.0,
         commit. 0 is safe only while no process writes to the store.
     keep_versions : int, optional
         Keep the newest N versions of every (scope, name) and delete older
-        ones (never the current one). Artifacts that then nothing references
-        (no binding, call input or output, or ingested-file record) are
-        deleted with their files. Call outputs stay, so memoized calls still hit.
+        ones (never the current one).
+    keep_calls : int, optional
+        Keep the newest N finished calls (and N failed attempts) of each
+        function in each scope (the scope of the bindings made from them);
+        drop the older ones with their inputs and outputs when nothing else
+        needs them. Without any call rule every call stays, so memoized
+        calls still hit.
+    older_than : datetime, timedelta or str, optional
+        Drop calls last used (hit, else finished) before this: a date
+        (``"2026-01-31"``), an age (``"30d"``, ``"12h"``) or a timedelta.
+        With ``keep_calls`` too, a call either rule keeps stays.
+    max_bytes : int or str, optional
+        Then drop the least recently used calls left (``calls.last_hit``,
+        else when they finished) until the values still referenced take at
+        most this many bytes (``"10G"``, ``"500MB"``). Pinned and current
+        results are never dropped, even over the limit.
     progress : callable, optional
         ``progress(phase, done, total)``.
     force : bool
@@ -104,6 +164,7 @@ def gc(store: Store, *, dry_run: bool = True, grace_seconds: float = 3600.0,
     Returns
     -------
     GcReport
+        What was (or would be) freed: files, bytes and rows per table.
 
     Raises
     ------
@@ -115,18 +176,26 @@ def gc(store: Store, *, dry_run: bool = True, grace_seconds: float = 3600.0,
     """
     if keep_versions is not None and keep_versions < 1:
         raise ValueError(f"keep_versions must be at least 1, not {keep_versions}")
+    if keep_calls is not None and keep_calls < 1:
+        raise ValueError(f"keep_calls must be at least 1, not {keep_calls}")
     if grace_seconds < 0:
         raise ValueError(f"grace_seconds must be >= 0, not {grace_seconds}")
-    report = GcReport(dry_run, grace_seconds, keep_versions)
+    if not dry_run:
+        store.check_writable("collect garbage")
+    cutoff = None if older_than is None else parse_moment(older_than, utcnow())
+    limit = None if max_bytes is None else parse_size(max_bytes)
+    rules = Rules(keep_versions, keep_calls, cutoff, limit)
+    report = GcReport(dry_run, grace_seconds, keep_versions, keep_calls, cutoff, limit)
+    store.flush_hits()  # this process's recent hits count as uses
     started = time.time()
     on_disk = scan_objects(store)  # before rows are read, as in verify
     if not force:
         refuse_unaccounted(store, on_disk, started - grace_seconds)
     if dry_run:
         with store.engine.connect() as conn:
-            doomed = _plan(conn, report, keep_versions)[1]
+            doomed = _plan(conn, report, rules)[1].files
     else:
-        doomed = retrying(lambda: _delete_rows(store, report, keep_versions))
+        doomed = retrying(lambda: _delete_rows(store, report, rules))
     doomed_paths = {store.objects.path(d, s): n for d, s, n in doomed}
     referenced = _referenced_paths(store) - set(doomed_paths)
     victims: list[tuple[Path, Literal["orphan", "unreferenced"]]] = []
@@ -175,81 +244,53 @@ def refuse_unaccounted(store: Store, on_disk: dict[Path, os.stat_result],
             "files really are debris, `provstore gc --force` deletes them.")
 
 
-def _versions_to_prune(keep: int) -> Any:
-    b, b2 = q.bindings, q.bindings.alias("gc_b2")
-    latest = (select(func.max(b2.c.version))
-              .where(b2.c.scope_id == b.c.scope_id, b2.c.name == b.c.name).scalar_subquery())
-    return b.c.version <= latest - keep  # the current version is never below latest - keep
+def _plan(conn: Connection, report: GcReport, rules: Rules) -> tuple[Graph, Plan]:
+    """Plan the row phase in *conn* and count it into *report*."""
+    g = read_graph(conn, db_now(conn))
+    p = plan(g, rules)
+    report.protected = p.protected
+    report.kept_bytes = p.kept_bytes
+    report.inline_bytes = sum(g.artifacts[a].size for a in p.artifacts
+                              if g.artifacts[a].is_inline)
+    report.rows = {
+        "bindings": len(p.bindings),
+        "calls": len(p.calls),
+        "call_inputs": sum(g.input_rows[c] for c in p.calls),
+        "call_outputs": sum(len(g.outputs.get(c, ())) for c in p.calls),
+        "artifacts": len(p.artifacts),
+        "files": 0 if not p.artifacts else _count_file_rows(conn, p.artifacts),
+        "code_versions": len(p.code_versions),
+    }
+    return g, p
 
 
-def _unreferenced_artifacts(keep: int | None) -> Any:
-    a, b = q.artifacts, q.bindings
-    kept = select(b.c.artifact_id).where(b.c.artifact_id.is_not(None))
-    if keep is not None:
-        kept = kept.where(~_versions_to_prune(keep))
-    # NOT IN over subqueries: each is built once as an index; NULLs are filtered
-    # out because one NULL would make every NOT IN false.
-    return select(a.c.id, a.c.digest, a.c.suffix, a.c.size,
-                  a.c.inline.is_not(None).label("is_inline")).where(
-        a.c.id.not_in(kept),
-        a.c.id.not_in(select(q.call_inputs.c.artifact_id).where(q.call_inputs.c.artifact_id.is_not(None))),
-        a.c.id.not_in(select(q.call_outputs.c.artifact_id)),
-        a.c.id.not_in(select(q.files.c.artifact_id).where(q.files.c.artifact_id.is_not(None))),
-        a.c.id < select(func.max(a.c.id)).scalar_subquery(),
-    )
+def _count_file_rows(conn: Connection, artifacts: list[int]) -> int:
+    f = q.files
+    return sum(conn.execute(select(func.count()).select_from(f)
+                            .where(f.c.artifact_id.in_(chunk))).scalar_one()
+               for chunk in chunks(artifacts))
 
 
-def _live_call_artifacts(conn: Connection) -> set[int]:
-    # A running call records its inputs only when it commits; until then its
-    # params name the stored artifacts it was called with.
-    rows = conn.execute(select(q.calls.c.params).join(q.leases, q.leases.c.call_id == q.calls.c.id)
-                        .where(q.calls.c.status == "running", q.leases.c.expires > db_now(conn)))
-    found: set[int] = set()
-    for (params,) in rows:
-        for value in json.loads(params or "{}").values():
-            if isinstance(value, dict) and isinstance(value.get("artifact"), int):
-                found.add(value["artifact"])
-    return found
-
-
-def _plan(conn: Connection, report: GcReport,
-          keep: int | None) -> tuple[list[int], list[tuple[str, str, int]]]:
-    """Count what the row phase deletes; return the artifact ids and their (digest, suffix,
-    size) files that no other row names."""
-    if keep is not None:
-        report.bindings = conn.execute(select(func.count()).select_from(q.bindings)
-                                       .where(_versions_to_prune(keep))).scalar_one()
-    protected = _live_call_artifacts(conn)
-    rows = conn.execute(_unreferenced_artifacts(keep)).all()
-    report.protected = sum(r.id in protected for r in rows)
-    rows = [r for r in rows if r.id not in protected]
-    report.artifacts = len(rows)
-    report.inline_bytes = sum(r.size for r in rows if r.is_inline)
-    return [r.id for r in rows], _unshared_files(conn, rows)
-
-
-def _delete_rows(store: Store, report: GcReport, keep: int | None) -> list[tuple[str, str, int]]:
+def _delete_rows(store: Store, report: GcReport, rules: Rules) -> list[tuple[str, str, int]]:
     # One BEGIN IMMEDIATE transaction: no writer commits between the plan and
     # the deletions, so the plan stays exact.
     with write(store.engine) as conn:
-        ids, doomed = _plan(conn, report, keep)
-        if keep is not None:
-            conn.execute(delete(q.bindings).where(_versions_to_prune(keep)))
-        for chunk in chunks(ids):
+        _, p = _plan(conn, report, rules)
+        # Children before parents: every foreign key stays satisfied.
+        for chunk in chunks(p.bindings):
+            conn.execute(delete(q.bindings).where(q.bindings.c.id.in_(chunk)))
+        for chunk in chunks(p.calls):
+            conn.execute(update(q.leases).where(q.leases.c.call_id.in_(chunk))
+                         .values(call_id=None))
+            conn.execute(delete(q.call_inputs).where(q.call_inputs.c.call_id.in_(chunk)))
+            conn.execute(delete(q.call_outputs).where(q.call_outputs.c.call_id.in_(chunk)))
+            conn.execute(delete(q.calls).where(q.calls.c.id.in_(chunk)))
+        for chunk in chunks(p.artifacts):
+            conn.execute(delete(q.files).where(q.files.c.artifact_id.in_(chunk)))
             conn.execute(delete(q.artifacts).where(q.artifacts.c.id.in_(chunk)))
-    return doomed
-
-
-def _unshared_files(conn: Connection, rows: Sequence[Any]) -> list[tuple[str, str, int]]:
-    """Files of *rows* that no other artifact row names (same digest, other format)."""
-    ids = {r.id for r in rows}
-    files = {(r.digest, r.suffix): r.size for r in rows if not r.is_inline}
-    a = q.artifacts
-    for chunk in chunks(d for d, _ in files):
-        for r in conn.execute(select(a.c.id, a.c.digest, a.c.suffix).where(a.c.digest.in_(chunk))):
-            if r.id not in ids:
-                files.pop((r.digest, r.suffix), None)
-    return [(d, s, n) for (d, s), n in files.items()]
+        for chunk in chunks(p.code_versions):
+            conn.execute(delete(q.code_versions).where(q.code_versions.c.id.in_(chunk)))
+    return p.files
 
 
 def _referenced_paths(store: Store) -> set[Path]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -168,6 +170,60 @@ def tick(progress: Progress | None, phase: str, done: int, total: int) -> None:
         progress(phase, done, total)
 
 
+
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+          "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+_SPANS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes from ``500000``, ``"500k"``, ``"10G"``, ``"1.5GiB"`` (k, M, G, T: powers of 1000).
+
+    Raises
+    ------
+    ValueError
+        Not a size.
+    """
+    if isinstance(size, int):
+        number = size
+    else:
+        found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*", size, re.IGNORECASE)
+        if found is None:
+            raise ValueError(f"{size!r} is not a size: write bytes or 500MB, 10G, 1.5GiB")
+        number = int(float(found.group(1)) * _UNITS[(found.group(2) or "").lower()])
+    if number < 0:
+        raise ValueError(f"a size cannot be negative: {size!r}")
+    return number
+
+
+def parse_moment(when: dt.datetime | dt.timedelta | str, now: dt.datetime) -> dt.datetime:
+    """A naive-UTC moment from a datetime, an age before *now*, or text.
+
+    Text is an age (``"90s"``, ``"30m"``, ``"12h"``, ``"7d"``, ``"2w"``) or an
+    ISO date or time (``"2026-01-31"``, ``"2026-01-31T12:00"``; UTC unless an
+    offset is given).
+
+    Raises
+    ------
+    ValueError
+        Neither an age nor a date.
+    """
+    if isinstance(when, dt.timedelta):
+        return now - when
+    if isinstance(when, str):
+        found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", when, re.IGNORECASE)
+        if found is not None:
+            return now - dt.timedelta(seconds=float(found.group(1))
+                                      * _SPANS[found.group(2).lower()])
+        try:
+            when = dt.datetime.fromisoformat(when.strip())
+        except ValueError:
+            raise ValueError(f"{when!r} is neither an age (30d, 12h, 90m) nor a date "
+                             "(2026-01-31)") from None
+    if when.tzinfo is not None:  # stored times are naive UTC
+        when = when.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return when
 
 
 def bindings_of(store: Store, artifact_ids: Iterable[int]) -> dict[int, list[BindingRef]]:

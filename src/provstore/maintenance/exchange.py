@@ -194,6 +194,9 @@ class RunSummary:
     argv: list[str]
     git_commit: str | None
     git_dirty: bool | None
+    hits: int | None = None  # tracked calls found in the store
+    misses: int | None = None  # tracked calls computed
+    saved_seconds: float | None = None  # the recorded compute time of the hits
 
 
 def list_runs(store: Store, *, limit: int | None = None) -> list[RunSummary]:
@@ -202,7 +205,8 @@ def list_runs(store: Store, *, limit: int | None = None) -> list[RunSummary]:
     stmt = select(r).order_by(r.c.id.desc()).limit(limit)
     return [RunSummary(row.id, status_of(row.status, row.heartbeat, host=row.host, pid=row.pid),
                        row.started, row.ended, row.heartbeat, row.host, row.pid, row.user,
-                       json.loads(row.argv or "[]"), row.git_commit, row.git_dirty)
+                       json.loads(row.argv or "[]"), row.git_commit, row.git_dirty, row.hits,
+                       row.misses, row.saved_seconds)
             for row in store.query(stmt)]
 
 
