@@ -65,8 +65,12 @@ def _forget_stores() -> None:
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[distributed.Client]:
+    # The scheduler starts an HTTP server even without a dashboard, on port
+    # 8787 unless told otherwise; another suite on the machine may hold that
+    # port, and distributed's warning about moving is an error here.
     with distributed.LocalCluster(processes=True, n_workers=2, threads_per_worker=1,
-                                  dashboard_address=None) as cluster, \
+                                  dashboard_address=":0", scheduler_kwargs={"dashboard": False},
+                                  ) as cluster, \
             distributed.Client(cluster) as client:
         yield client
 

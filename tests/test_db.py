@@ -47,6 +47,7 @@ def test_sqlite_runs_in_wal_with_foreign_keys(tmp_path: Path) -> None:
     ctx.x = 1
     con = sqlite3.connect(store_dir / "provstore.db")
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    con.close()
     with ctx.store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 30_000

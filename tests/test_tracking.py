@@ -8,6 +8,8 @@ import pickle
 import shutil
 import sys
 import textwrap
+import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -462,3 +464,26 @@ def test_an_overlong_version_pin_is_refused_when_decorating() -> None:
     # failure at commit time would throw away the computed result.
     with pytest.raises(ValueError, match="at most 255 characters"):
         provstore.track(version="x" * 256)(lambda a: a)
+
+
+def test_a_long_call_keeps_its_lease_renewed(ctx: provstore.Context, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # A 0.6 s lease and a 2 s body: without renewal, the second caller would take
+    # the expired lease over and run the body again.
+    monkeypatch.setenv("PROVSTORE_LEASE_SECONDS", "0.6")
+    log = tmp_path / "log"
+
+    @ctx.track
+    def slow(x: int) -> int:
+        with open(log, "a") as f:
+            f.write("x")
+        time.sleep(2.0)
+        return x + 1
+
+    results: list[int] = []
+    first = threading.Thread(target=lambda: results.append(slow(1)))
+    first.start()
+    time.sleep(0.3)
+    results.append(slow(1))  # waits for the holder, whose lease stays alive
+    first.join()
+    assert results == [2, 2] and log.read_text() == "x"

@@ -27,6 +27,7 @@ import json
 import os
 import socket
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -160,44 +161,96 @@ def _held(c: Claim) -> dict[str, Any]:
 
 
 class LeaseKeeper:
-    """Renews a lease from a daemon thread while the owner computes.
+    """Keeps a lease renewed while the owner computes.
 
     Renewal runs every third of the lifetime, so two missed beats still
     leave the lease valid. A renewal that finds the lease gone (taken over)
     sets :attr:`lost`; the result will then be refused at commit.
+
+    One daemon thread per process renews every held lease (:class:`_Renewer`):
+    starting a thread per call cost more than the rest of a tiny call's miss.
     """
 
     def __init__(self, engine: Engine, c: Claim, ttl: float) -> None:
-        self._engine = engine
-        self._claim = c
-        self._ttl = ttl
-        self._stop = threading.Event()
+        self.engine = engine
+        self.claim = c
+        self.ttl = ttl
         self.lost = False
-        self._thread = threading.Thread(target=self._run, name="provstore-lease", daemon=True)
 
     def __enter__(self) -> LeaseKeeper:
-        self._thread.start()
+        _renewer().add(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        _renewer().remove(self)
+
+    def renew(self) -> None:
+        """Push the lease's expiry one lifetime ahead; note when it was taken over."""
+        c = self.claim
+        with write(self.engine) as conn:
+            expires = db_now(conn) + dt.timedelta(seconds=self.ttl)
+            params = {**_held(c), "p_expires": expires}
+            self.lost = not conn.execute(q.RENEW_LEASE, params).rowcount
+
+
+class _Renewer:
+    """The process's lease-renewing thread, started when the first lease is held."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._due: dict[LeaseKeeper, float] = {}
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._next_wake: float | None = None  # when the thread wakes by itself; None: never
+
+    def add(self, keeper: LeaseKeeper) -> None:
+        with self._lock:
+            due = self._due[keeper] = time.monotonic() + keeper.ttl / 3
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="provstore-leases",
+                                                daemon=True)
+                self._thread.start()
+            # Waking the thread costs a context switch: only when it would
+            # otherwise sleep past this lease's first renewal.
+            early = self._next_wake is None or due < self._next_wake
+        if early:
+            self._wake.set()
+
+    def remove(self, keeper: LeaseKeeper) -> None:
+        with self._lock:
+            self._due.pop(keeper, None)
 
     def _run(self) -> None:
-        while not self._stop.wait(self._ttl / 3):
-            try:
-                self.lost = not self._renew()
-            except Exception:
-                continue
-            if self.lost:
-                return
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                due = [k for k, t in self._due.items() if t <= now]
+                for k in due:
+                    self._due[k] = now + k.ttl / 3
+                wait = min((t - now for t in self._due.values()), default=None)
+                self._next_wake = None if wait is None else now + wait
+            for keeper in due:
+                try:
+                    keeper.renew()
+                except Exception:  # a busy database: the next beat tries again
+                    continue
+                if keeper.lost:
+                    self.remove(keeper)
+            self._wake.wait(timeout=wait)
+            self._wake.clear()
 
-    def _renew(self) -> bool:
-        c = self._claim
-        with write(self._engine) as conn:
-            expires = db_now(conn) + dt.timedelta(seconds=self._ttl)
-            params = {**_held(c), "p_expires": expires}
-            return bool(conn.execute(q.RENEW_LEASE, params).rowcount)
+
+_renewers: dict[int, _Renewer] = {}
+
+
+def _renewer() -> _Renewer:
+    # Per process: a forked child inherits the parent's renewer object but
+    # not its thread, and must start its own.
+    pid = os.getpid()
+    found = _renewers.get(pid)
+    if found is None:
+        found = _renewers[pid] = _Renewer()
+    return found
 
 
 def fail(engine: Engine, c: Claim, error: str) -> None:

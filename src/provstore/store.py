@@ -606,7 +606,10 @@ class Store:
         return list(self.query(q.PINS).all())
 
     def close(self) -> None:
-        """Release the database connections (the store can be reopened)."""
+        """Release the database connections; harmless to repeat.
+
+        The store stays usable: its next read or write connects again.
+        """
         self.reuse.flush()
         self.readers.close_all()
         self.engine.dispose()

@@ -31,6 +31,7 @@ read-only: ``mode=ro`` while a writer's ``-wal`` file exists, else
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime as dt
 import fcntl
@@ -297,14 +298,30 @@ def db_now(conn: Connection) -> dt.datetime:
 
 def _drop_inherited_connections() -> None:
     # A connection inherited through fork() shares the parent's file locks and
-    # socket; the child must never use it, only open its own.
+    # socket; the child must never use it, nor close it (closing the last
+    # SQLite connection checkpoints and deletes the WAL under the parent).
     for engine in list(_ENGINES):
         engine.dispose(close=False)
+    for readers in list(_READERS):
+        readers.forget()
+
+
+def _close_at_exit() -> None:
+    # Closing lets SQLite checkpoint its WAL and remove the -wal and -shm
+    # files, leaving one self-contained database file, and spares Python
+    # 3.13's ResourceWarning about connections never closed. Registered at
+    # import, it runs after every run recorder has closed its run.
+    for readers in list(_READERS):
+        readers.close_all()
+    for engine in list(_ENGINES):
+        engine.dispose()
 
 
 _ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
 _READONLY: weakref.WeakSet[Engine] = weakref.WeakSet()
+_READERS: weakref.WeakSet[Readers] = weakref.WeakSet()
 os.register_at_fork(after_in_child=_drop_inherited_connections)
+atexit.register(_close_at_exit)
 
 
 # PostgreSQL's answers that mean "run the transaction again": serialization
@@ -394,6 +411,7 @@ class Readers:
         self._engine = engine
         self._local = threading.local()
         self._all: weakref.WeakSet[Connection] = weakref.WeakSet()
+        _READERS.add(self)
 
     def get(self) -> Connection:
         """Return this thread's read connection."""
@@ -415,6 +433,10 @@ class Readers:
         for conn in list(self._all):
             with contextlib.suppress(Exception):
                 conn.close()
+        self.forget()
+
+    def forget(self) -> None:
+        """Drop every reader without closing it (a forked child's inherited ones)."""
         self._all = weakref.WeakSet()
         self._local = threading.local()
 
