@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CallMemo", "IdentityMap", "Known"]
+__all__ = ["CallMemo", "IdentityMap", "Known", "rememberable"]
 
 RECENT_OUTPUTS = 4096
 
@@ -44,9 +44,15 @@ def _snapshot(value: Any) -> bytes | None:
     return bytes(header.binaryblock) + affine.tobytes()
 
 
-def _rememberable(value: Any) -> bool:
+def rememberable(value: Any) -> bool:
+    """Whether *value* cannot drift from its stored bytes unnoticed.
+
+    Read-only arrays of plain values (an object array's elements can be
+    mutated in place), and nibabel images, whose header and affine are
+    checked against a snapshot. Only such objects may be handed out twice.
+    """
     if isinstance(value, np.ndarray):
-        return not value.flags.writeable
+        return not value.flags.writeable and not value.dtype.hasobject
     mod = type(value).__module__
     return mod.startswith("nibabel.") and hasattr(value, "dataobj") and hasattr(value, "header")
 
@@ -61,7 +67,7 @@ class IdentityMap:
 
     def remember(self, value: Any, known: Known) -> None:
         """Remember that *value* is the in-memory form of ``known.artifact_id``."""
-        if not _rememberable(value):
+        if not rememberable(value):
             return
         key = id(value)
         entries = self._entries

@@ -288,7 +288,8 @@ def commit(store: Store, c: Claim, prepared: list[Prepared], *, kind: str, durat
             outputs = [{"call_id": c.call_id, "position": i,
                         "artifact_id": store.commit_artifact(conn, p, run_id, now)}
                        for i, p in enumerate(prepared)]
-            conn.execute(q.INSERT_CALL_OUTPUT, outputs)
+            if outputs:  # a call returning () has none, and is still done
+                conn.execute(q.INSERT_CALL_OUTPUT, outputs)
             _record_inputs(conn, c.call_id, inputs)
             conn.execute(q.FINISH_CALL, {**finish, "p_status": "done"})
             release(conn, c)

@@ -45,7 +45,7 @@ from .errors import (
     UnsafeLoadError,
 )
 from .fstype import sqlite_file
-from .identity import CallMemo, IdentityMap, Known
+from .identity import CallMemo, IdentityMap, Known, rememberable
 from .objects import ObjectDir
 from .records import ArtifactRow, InputRecord, Prepared
 from .runs import ReuseLog, RunRecorder, utcnow
@@ -384,12 +384,17 @@ class Store:
     def load(self, artifact_id: int, *, mmap_mode: str | None, verify: bool = False,
              where: str = "", options: dict[str, Any] | None = None,
              call_id: int | None = None) -> Any:
-        """Load artifact *artifact_id*; the same object comes back while it is alive."""
+        """Load artifact *artifact_id*.
+
+        Only values that cannot be changed in place unnoticed (read-only
+        arrays, checked nibabel images, immutable scalars) come back as the
+        same object while it is alive; a DataFrame, dict, list, writable or
+        object array is decoded afresh for every load, so mutating what one
+        load returned never changes what the next returns.
+        """
         cache_key = (artifact_id, mmap_mode)
         if not verify and not options:
-            cached = self._loaded.get(cache_key)
-            if cached is None:
-                cached = self._scalars.get(artifact_id)
+            cached = self._cached(artifact_id, cache_key)
             if cached is not None:
                 row = self.artifact(artifact_id)
                 if row.inline is not None:
@@ -403,13 +408,18 @@ class Store:
             return value
         if row.inline is not None:
             self.identity.note_output(row.digest, call_id, artifact_id)
-        try:
+        if rememberable(value):
             self._loaded[cache_key] = value
-        except TypeError:  # ints, strings...: immutable ones are cached strongly
-            if type(value) in (int, float, str, bool, bytes) and len(self._scalars) < 65536:
-                self._scalars[artifact_id] = value
+        elif type(value) in (int, float, str, bool, bytes) and len(self._scalars) < 65536:
+            self._scalars[artifact_id] = value  # immutable: cached strongly
         self.identity.remember(value, Known(artifact_id, row.digest, call_id))
         return value
+
+    def _cached(self, artifact_id: int, cache_key: tuple[int, str | None]) -> Any:
+        cached = self._loaded.get(cache_key)
+        if cached is not None and self.identity.known(cached) is None:
+            return None  # a nibabel header or affine was edited: read it again
+        return cached if cached is not None else self._scalars.get(artifact_id)
 
     def _read(self, row: ArtifactRow, mmap_mode: str | None, verify: bool, where: str,
               options: dict[str, Any] | None) -> Any:
@@ -512,7 +522,9 @@ class Store:
 
         Memory-mappable outputs (arrays, NIfTI) are always loaded from the
         store: read-only, so a hit and a miss return alike and the object can
-        stand for its artifact. Others come back as computed, when available.
+        stand for its artifact. Others come back as computed, when available:
+        that object is the caller's own, never cached here, so mutating it
+        changes no later load.
         """
         row = self.artifact(artifact_id)
         if computed is not None and not registry.get(row.format).supports_mmap:

@@ -11,6 +11,7 @@ Callers that find the lease held wait, then load the winner's result.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import importlib
 import inspect
@@ -20,16 +21,18 @@ import socket
 import time
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, TypeVar, overload
 
 import xxhash
 from sqlalchemy.exc import IntegrityError
 
-from . import ambient, hashing, leases
+from . import ambient, callkeys, hashing, leases
 from .ambient import View
 from .codeversion import FINGERPRINTS, CodeVersion, defined_at, function_identity
-from .errors import InvalidNameError, NotCachedError
+from .errors import InvalidNameError, NotCachedError, ProvstoreError, UnsupportedTypeError
 from .files import File
 from .leases import Claim, LeaseKeeper, claim, lease_seconds
 from .lineage import InputInfo
@@ -38,11 +41,28 @@ from .records import InputRecord
 from .saving import prepare
 from .store import Store
 
-__all__ = ["FINGERPRINTS", "TrackedFunction", "track"]
+__all__ = [
+    "CALL_SCHEME", "FINGERPRINTS", "AsyncTrackedFunction", "RecursiveCallError",
+    "TrackedFunction", "track",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _HOST = socket.gethostname()
 _warned_untracked: set[str] = set()
+# The version of what goes into a call key besides value digests: the rules
+# of callkeys for callables, estimators and instances, and the layout of the
+# key text. The key also holds hashing.SCHEME_VERSION (the rules for values).
+# Changing either changes the key, so old results are a clean miss, never a
+# collision.
+CALL_SCHEME = "provstore-call/2"
+_HASH_SCHEME = f"hashing/{hashing.SCHEME_VERSION}"
+# Keys this thread or task is computing right now: a call that needs its own
+# key again would wait forever on its own lease.
+_computing: ContextVar[frozenset[str]] = ContextVar("provstore_computing", default=frozenset())
+
+
+class RecursiveCallError(ProvstoreError, RuntimeError):
+    """A tracked call needed its own result: it called itself with the same key."""
 
 
 class TrackedFunction:
@@ -59,7 +79,8 @@ class TrackedFunction:
         The function's name in the store (``calls.function``, what
         ``ctx.find(function=...)`` matches): the ``name=`` given, else
         ``module:qualname`` with a script's stem as its module
-        (:func:`provstore.codeversion.function_identity`).
+        (:func:`provstore.codeversion.function_identity`), with ``.<partial>``
+        appended for a ``functools.partial``.
     key_identity : str
         What the call key holds besides the code version: ``name:<name>`` for a
         named function, ``pinned:<identity>`` for a pinned one, else ``code``:
@@ -72,6 +93,7 @@ class TrackedFunction:
     def __init__(self, func: Callable[..., Any], *, context: View | None = None,
                  version: str | None = None, ignore: tuple[str, ...] | list[str] = (),
                  name: str | None = None) -> None:
+        callkeys.refuse_untrackable(func)
         functools.update_wrapper(self, func)
         self._func = func
         self._context = context
@@ -80,11 +102,14 @@ class TrackedFunction:
                              f"not {version!r:.80}")
         self._version = version
         self._signature = inspect.signature(func)
-        unknown = set(ignore) - set(self._signature.parameters)
+        # A partial or a bound method is keyed as the call of what it wraps,
+        # with its bound arguments (and instance) as arguments: they are inputs.
+        self._call = callkeys.Unbound.of(func)
+        unknown = set(ignore) - set(self._call.signature.parameters) - set(self._call.freevars)
         if unknown:
             raise InvalidNameError(
-                f"ignore= names {sorted(unknown)} are not parameters of "
-                f"{func.__qualname__}{self._signature}"
+                f"ignore= names {sorted(unknown)} are not parameters (or closure variables) "
+                f"of {getattr(func, '__qualname__', func)!s}{self._call.signature}"
             )
         self._ignore = frozenset(ignore)
         if name is not None and (not isinstance(name, str) or not name or len(name) > 255):
@@ -92,12 +117,14 @@ class TrackedFunction:
                                    f"characters (such as 'preproc.smooth'), not {name!r:.80}")
         self._name = name
         self.identity = name if name is not None else function_identity(func)
+        if name is None and isinstance(func, functools.partial):
+            self.identity += ".<partial>"
         self.key_identity = (f"name:{name}" if name is not None
                              else f"pinned:{self.identity}" if version is not None else "code")
         self.defined_at = defined_at(func)
         params = list(self._signature.parameters.values())
         # Calls passing exactly the plain positional parameters skip Signature.bind.
-        simple = all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
+        simple = all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params) and self._call.plain
         self._positional = tuple(p.name for p in params) if simple else None
 
     # ------------------------------------------------------------ calling
@@ -155,13 +182,29 @@ class TrackedFunction:
     def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any], *, recompute: bool) -> Any:
         ctx = self._resolve_context()
         if ctx is None:
-            if self.identity not in _warned_untracked:
-                _warned_untracked.add(self.identity)
-                warnings.warn(f"no provstore store is open: {self.identity} runs untracked; "
-                              "call provstore.open() first", stacklevel=3)
+            self._warn_untracked()
             return self._func(*args, **kwargs)
-        store = ctx.store
+        found = self._lookup(ctx.store, args, kwargs, recompute)
+        if isinstance(found, _Computation):
+            return found.run(args, kwargs, recompute)
+        return found.value
+
+    def _warn_untracked(self) -> None:
+        if self.identity not in _warned_untracked:
+            _warned_untracked.add(self.identity)
+            warnings.warn(f"no provstore store is open: {self.identity} runs untracked; "
+                          "call provstore.open() first", stacklevel=4)
+
+    def _lookup(self, store: Store, args: tuple[Any, ...], kwargs: dict[str, Any],
+                recompute: bool) -> _Hit | _Computation:
+        """A hit's value, or the computation a miss needs."""
         key, cv, inputs = self._key(store, args, kwargs)
+        if key in _computing.get():
+            raise RecursiveCallError(
+                f"{self.identity} recursed into its own call: while computing it called "
+                "itself with arguments that give the same key (only ignore= parameters "
+                "differ?), and would wait forever for its own result; pass a different "
+                "argument, or call the undecorated function (.__wrapped__) inside")
         if not recompute:
             hit = store.memo.call_for(key)
             if hit is None:
@@ -176,30 +219,49 @@ class TrackedFunction:
                         raise
                 else:
                     store.note_hit(hit)
-                    return value
+                    return _Hit(value)
         if store.readonly:
             raise NotCachedError(
                 f"{self.identity}{_args_text(inputs)} is not in the store {store.root}, which "
                 "was opened with readonly=True: nothing is computed. Open it without readonly= "
                 "to compute it")
-        return _Computation(self, store, key, cv, inputs).run(args, kwargs, recompute)
+        return _Computation(self, store, key, cv, inputs)
 
     def _key(self, store: Store | None, args: tuple[Any, ...],
              kwargs: dict[str, Any]) -> tuple[str, CodeVersion, dict[str, _Input]]:
         if self._positional is not None and not kwargs and len(args) == len(self._positional):
             arguments = dict(zip(self._positional, args))
         else:
-            bound = self._signature.bind(*args, **kwargs)
-            bound.apply_defaults()
-            arguments = bound.arguments
-        inputs = {name: _Input.of(store, value) for name, value in arguments.items()
-                  if name not in self._ignore}
+            arguments = self._call.bind(args, kwargs)
+        owner = self._call.owner
+        inputs = {name: _Input.of(store, value, instance=name == owner)
+                  for name, value in arguments.items() if name not in self._ignore}
+        if self._call.captures:
+            inputs.update(self._captured())
         cv = FINGERPRINTS.current(self._func, version=self._version)
-        # key = xxh3(identity, code version, sorted name=digest pairs); a flat
-        # string keeps it one hashing call.
-        text = "\n".join(["provstore-call/1", self.key_identity, cv.digest,
+        # key = xxh3(schemes, key identity, code version, sorted name=digest
+        # pairs); a flat string keeps it one hashing call.
+        text = "\n".join([CALL_SCHEME, _HASH_SCHEME, self.key_identity, cv.digest,
                           *sorted(f"{name}={i.digest}" for name, i in inputs.items())])
         return xxhash.xxh3_128_hexdigest(text.encode("utf-8", "surrogatepass")), cv, inputs
+
+    def _captured(self) -> dict[str, _Input]:
+        """Inputs for what the function closes over (``ignore=`` may name closure variables)."""
+        found = {}
+        for name, value in self._call.captured().items():
+            if name.partition(".")[2] in self._ignore:
+                continue
+            try:
+                # Keyed by content, never linked by identity: a captured object
+                # may outlive the stored row it was loaded from (gc).
+                found[name] = _Input.of(None, value, instance=name == "<self>")
+            except UnsupportedTypeError as exc:
+                raise UnsupportedTypeError(
+                    f"{self.identity} closes over {name} (a {type(value).__qualname__}), "
+                    f"which has no canonical value ({exc}); if results do not depend on it, "
+                    f"list it in ignore=[{name.partition('.')[2]!r}], else pass it as an "
+                    "argument or define __provstore_hash__() on its class") from exc
+        return found
 
     # ------------------------------------------------------------ protocol
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
@@ -208,13 +270,53 @@ class TrackedFunction:
         return _BoundTracked(self, instance)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # By reference, like a plain function: the module attribute is looked up again.
         func = self._func
-        return (_rebuild, (func.__module__, func.__qualname__, self._context, self._version,
-                           tuple(sorted(self._ignore)), self._name))
+        options = {"context": self._context, "version": self._version,
+                   "ignore": tuple(sorted(self._ignore)), "name": self._name}
+        if not self._call.plain:  # a partial or bound method: by value, with what it binds
+            return (functools.partial(track, **options), (func,))
+        # By reference, like a plain function: the module attribute is looked up again.
+        return (_rebuild, (func.__module__, func.__qualname__, *options.values()))
 
     def __repr__(self) -> str:
         return f"<tracked {self.identity}{self._signature}>"
+
+
+class AsyncTrackedFunction(TrackedFunction):
+    """A tracked coroutine function: calling it returns a coroutine to await.
+
+    A hit returns without running the body; a miss awaits the body, then
+    stores its result. Waiting for another owner of the key sleeps
+    asynchronously; the database work itself is short and runs in place.
+    """
+
+    def __init__(self, func: Callable[..., Any], **options: Any) -> None:
+        super().__init__(func, **options)
+        if hasattr(inspect, "markcoroutinefunction"):  # Python >= 3.12
+            inspect.markcoroutinefunction(self)
+        else:  # inspect reads the flag from any function-like object's code
+            target = inspect.unwrap(func)
+            self.__code__ = target.__code__
+            self.__defaults__ = getattr(target, "__defaults__", None)
+            self.__kwdefaults__ = getattr(target, "__kwdefaults__", None)
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._arun(args, kwargs, recompute=False)
+
+    async def recompute(self, *args: Any, **kwargs: Any) -> Any:
+        """Await the function even if a finished call with the same key exists."""
+        return await self._arun(args, kwargs, recompute=True)
+
+    async def _arun(self, args: tuple[Any, ...], kwargs: dict[str, Any], *,
+                    recompute: bool) -> Any:
+        ctx = self._resolve_context()
+        if ctx is None:
+            self._warn_untracked()
+            return await self._func(*args, **kwargs)
+        found = self._lookup(ctx.store, args, kwargs, recompute)
+        if isinstance(found, _Computation):
+            return await found.arun(args, kwargs, recompute)
+        return found.value
 
 
 class _BoundTracked:
@@ -246,7 +348,7 @@ def _rebuild(module: str, qualname: str, context: View | None, version: str | No
         obj = getattr(obj, part)
     if isinstance(obj, TrackedFunction):
         return obj
-    return TrackedFunction(obj, context=context, version=version, ignore=ignore, name=name)
+    return track(obj, context=context, version=version, ignore=ignore, name=name)
 
 
 class _Input:
@@ -262,20 +364,37 @@ class _Input:
         self.summary = summary
 
     @classmethod
-    def of(cls, store: Store | None, value: Any) -> _Input:
+    def of(cls, store: Store | None, value: Any, *, instance: bool = False) -> _Input:
         known = store.identity.known(value) if store is not None else None
         if known is not None:
             return cls(known.digest, known.artifact_id, None, None)
         path = str(value.path) if isinstance(value, File) else None
-        digest = hashing.digest(value)
+        # Instances bound to a method are keyed by their state; callables and
+        # estimators by code and state (see callkeys); other values by content.
+        digest = (callkeys.instance_digest(value) if instance
+                  else callkeys.value_digest(value))
         # A small value equal to what a tracked call just returned is that
         # output (ints, lists...: no identity to remember them by).
         recent = store.identity.recent_artifact(digest) if store is not None else None
         return cls(digest, recent, path, value)
 
 
+class _Hit:
+    """A finished call's outputs, loaded."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
 class _Computation:
-    """A miss: lease, compute, commit (or defer to whoever committed first)."""
+    """A miss: lease, compute, commit (or defer to whoever committed first).
+
+    Whatever fails once the lease is held (the body, storing its result,
+    the database) records the call ``failed`` and releases the lease at
+    once, so the next caller with the key computes instead of waiting.
+    """
 
     def __init__(self, tf: TrackedFunction, store: Store, key: str, cv: CodeVersion,
                  inputs: dict[str, _Input]) -> None:
@@ -287,26 +406,63 @@ class _Computation:
             self.store.note_hit(c)
             return _load_outputs(self.store, c)
         self.store.runs.count_miss()
-        ttl = lease_seconds()
-        started = time.perf_counter()
-        with LeaseKeeper(self.store.engine, c, ttl):
-            try:
-                value = self.tf._func(*args, **kwargs)
-            except BaseException as exc:
-                self._fail(c, exc)
-                raise
-        duration = time.perf_counter() - started
-        committed = self._commit(c, value, duration)
+        with self._holding(c) as holding:
+            started = time.perf_counter()
+            value = self.tf._func(*args, **kwargs)
+            holding.committed = self._commit_until_done(holding, value,
+                                                        time.perf_counter() - started)
+        return self._loaded(holding, value)
+
+    async def arun(self, args: tuple[Any, ...], kwargs: dict[str, Any],
+                   recompute: bool) -> Any:
+        """:meth:`run` for a coroutine function: waits and computes without blocking the loop."""
+        c = await self._aclaim(recompute)
+        if isinstance(c, int):  # another task or process computed it meanwhile
+            self.store.note_hit(c)
+            return _load_outputs(self.store, c)
+        self.store.runs.count_miss()
+        with self._holding(c) as holding:
+            started = time.perf_counter()
+            value = await self.tf._func(*args, **kwargs)
+            holding.committed = self._commit_until_done(holding, value,
+                                                        time.perf_counter() - started)
+        return self._loaded(holding, value)
+
+    @contextmanager
+    def _holding(self, c: Claim) -> Iterator[_Holding]:
+        """Keep the lease while computing and storing; fail the call on any error."""
+        holding = _Holding(c)
+        token = _computing.set(_computing.get() | {self.key})
+        try:
+            with LeaseKeeper(self.store.engine, c, lease_seconds()):
+                yield holding
+        except BaseException as exc:
+            if holding.committed is None:
+                self._fail(holding.claim, exc)
+            raise
+        finally:
+            _computing.reset(token)
+
+    def _loaded(self, holding: _Holding, value: Any) -> Any:
+        assert holding.committed is not None
+        self.store.memo.note_key(self.key, holding.committed)
+        # Another attempt's result won (ours was refused): return what it stored.
+        computed = value if holding.ours else None
+        return _load_outputs(self.store, holding.committed, computed=computed)
+
+    def _commit_until_done(self, holding: _Holding, value: Any, duration: float) -> int:
+        committed = self._commit(holding.claim, value, duration)
         while committed is None:
             # Our lease was taken over while we stalled. The taker's result wins
             # if it commits; if the taker dies first, our value is as good as
             # any: claim the key again and commit it.
             again = self._claim(recompute=False)
             if isinstance(again, int):
-                return _load_outputs(self.store, again)
+                holding.ours = False
+                return again
+            holding.claim = again
             committed = self._commit(again, value, duration)
-        self.store.memo.note_key(self.key, committed)
-        return _load_outputs(self.store, committed, computed=value)
+        return committed
 
     def _call_row(self) -> dict[str, Any]:
         params = {name: _short(i) for name, i in self.inputs.items()}
@@ -316,13 +472,21 @@ class _Computation:
                 "host": _HOST, "pid": os.getpid()}
 
     def _claim(self, recompute: bool) -> Claim | int:
-        row, ttl = self._call_row(), lease_seconds()
-        delay = 0.005
+        row, delay = self._call_row(), 0.005
         while True:
-            c = claim(self.store.engine, self.key, row, ttl=ttl, force=recompute)
+            c = claim(self.store.engine, self.key, row, ttl=lease_seconds(), force=recompute)
             if c is not None:
                 return c
             time.sleep(delay)  # a live owner computes it: wait, then look again
+            delay = min(delay * 1.5, 0.5)
+
+    async def _aclaim(self, recompute: bool) -> Claim | int:
+        row, delay = self._call_row(), 0.005
+        while True:
+            c = claim(self.store.engine, self.key, row, ttl=lease_seconds(), force=recompute)
+            if c is not None:
+                return c
+            await asyncio.sleep(delay)  # another task or process computes it
             delay = min(delay * 1.5, 0.5)
 
     def _fail(self, c: Claim, exc: BaseException) -> None:
@@ -350,13 +514,26 @@ class _Computation:
         return c.call_id if committed else None
 
 
+class _Holding:
+    """The claim a computation holds, and the call it committed, once it has."""
+
+    __slots__ = ("claim", "committed", "ours")
+
+    def __init__(self, claim: Claim) -> None:
+        self.claim = claim
+        self.committed: int | None = None
+        self.ours = True  # False when another attempt's call finished the key instead
+
+
 def _load_outputs(store: Store, call_id: int, computed: Any = None) -> Any:
     """Load a finished call's outputs, remembering them and their call."""
     rows = store.memo.outputs(call_id)
     if rows is None:
         rows = store.call_outputs(call_id)
         store.memo.note_outputs(call_id, rows)
-    kind = rows[0][0] if rows else "single"
+    if not rows:  # a single output always has its row: no rows is an empty tuple
+        return ()
+    kind = rows[0][0]
     values = []
     for position, (_, _, artifact_id) in enumerate(rows):
         row = store.artifact(artifact_id)
@@ -441,7 +618,7 @@ def track(func: Callable[..., Any] | None = None, *, version: str | None = None,
     TrackedFunction
     """
     if func is None:
-        return lambda f: TrackedFunction(f, context=context, version=version, ignore=ignore,
-                                         name=name)
-    return TrackedFunction(func, context=context, version=version, ignore=ignore, name=name)
+        return lambda f: track(f, context=context, version=version, ignore=ignore, name=name)
+    cls = AsyncTrackedFunction if inspect.iscoroutinefunction(func) else TrackedFunction
+    return cls(func, context=context, version=version, ignore=ignore, name=name)
 
