@@ -14,11 +14,16 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import io
 import json
 import os
+import pickle
 import socket
+import sys
+import threading
 import time
 import traceback
+import types
 import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
@@ -58,6 +63,10 @@ class TrackedFunction:
     identity : str
         ``module:qualname``, the function's name in the store.
     """
+
+    # Where a worker records when nothing else says: the view this function
+    # would have recorded into where it was pickled (see __reduce__).
+    _carried: View | None = None
 
     def __init__(self, func: Callable[..., Any], *, context: View | None = None,
                  version: str | None = None, ignore: tuple[str, ...] | list[str] = ()) -> None:
@@ -132,7 +141,12 @@ class TrackedFunction:
     def _resolve_context(self) -> View | None:
         if self._context is not None:
             return self._context
-        return ambient.current()
+        # A view entered here (ctx.map's worker) wins over the one the function
+        # was sent with, which wins over this process's own last opened store.
+        view = ambient.active()
+        if view is None:
+            view = self._carried
+        return view if view is not None else ambient.last_opened()
 
     def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any], *, recompute: bool) -> Any:
         ctx = self._resolve_context()
@@ -177,10 +191,23 @@ class TrackedFunction:
         return _BoundTracked(self, instance)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # By reference, like a plain function: the module attribute is looked up again.
-        func = self._func
-        return (_rebuild, (func.__module__, func.__qualname__, self._context, self._version,
-                           tuple(sorted(self._ignore))))
+        # The view this function would record into here travels with it, so a
+        # worker that never opened a store (spawn, loky, Dask) records into the
+        # sender's. A function importable by module and qualname is sent by
+        # reference; one a worker cannot import (a script's, a notebook's, a
+        # nested one, a lambda) by value.
+        carried = None if self._context is not None else self._resolve_context()
+        func, ignore = self._func, tuple(sorted(self._ignore))
+        if _importable(func):
+            return (_rebuild_ref, (func.__module__, func.__qualname__, self._context, carried,
+                                   self._version, ignore))
+        if _pickling_by_value.active:
+            # Inside the cloudpickle call below: a shell now, filled by
+            # _fill_shell once its function is loaded, so that a function
+            # reaching itself through its globals (recursion) is no cycle.
+            state = (func, self._context, carried, self._version, ignore)
+            return (_shell, (), state, None, None, _fill_shell)
+        return (_rebuild_value, (_dumps_by_value(self),))
 
     def __repr__(self) -> str:
         return f"<tracked {self.identity}{self._signature}>"
@@ -210,12 +237,135 @@ class _BoundTracked:
 
 def _rebuild(module: str, qualname: str, context: View | None, version: str | None,
              ignore: tuple[str, ...]) -> Any:
+    # Pickles made before tracked functions carried their view still load.
     obj: Any = importlib.import_module(module)
     for part in qualname.split("."):
         obj = getattr(obj, part)
     if isinstance(obj, TrackedFunction):
         return obj
     return TrackedFunction(obj, context=context, version=version, ignore=ignore)
+
+
+class _ByValueFlag(threading.local):
+    active = False
+
+
+_pickling_by_value = _ByValueFlag()
+
+
+def _importable(func: Any) -> bool:
+    """Whether a worker can import *func* by its module and qualname."""
+    module = getattr(func, "__module__", None)
+    qualname = getattr(func, "__qualname__", None)
+    # A script's (or notebook's) functions are not in a worker's __main__.
+    if not module or not qualname or module in ("__main__", "__mp_main__"):
+        return False
+    obj: Any = sys.modules.get(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    return obj is func or (isinstance(obj, TrackedFunction) and obj._func is func)
+
+
+def _dumps_by_value(tracked: TrackedFunction) -> bytes:
+    buffer = io.BytesIO()
+    _pickling_by_value.active = True
+    try:
+        _by_value_pickler()(buffer, protocol=pickle.DEFAULT_PROTOCOL).dump(tracked)
+    finally:
+        _pickling_by_value.active = False
+    return buffer.getvalue()
+
+
+@functools.cache
+def _by_value_pickler() -> type[pickle.Pickler]:
+    """cloudpickle's pickler, keeping the file name of the code it sends.
+
+    cloudpickle renames every code object ``<dynamic-code>``; a worker then
+    finds no source to fingerprint, and the code version (so the call key)
+    would differ from the sender's. The name is sent alongside and put back.
+    """
+    # Imported here: cloudpickle costs ~20 ms to import, and only functions a
+    # worker cannot import by name need it.
+    import cloudpickle
+
+    class Pickler(cloudpickle.Pickler):
+        def reducer_override(self, obj: Any) -> Any:
+            if type(obj) is types.CodeType and obj.co_filename != _NO_FILE:
+                return (_code_in_file, (obj.replace(co_filename=_NO_FILE), obj.co_filename))
+            return super().reducer_override(obj)
+
+    return Pickler
+
+
+_NO_FILE = "<dynamic-code>"
+
+
+def _code_in_file(code: types.CodeType, filename: str) -> types.CodeType:
+    return code.replace(co_filename=filename)
+
+
+def _adopt(carried: View | None) -> None:
+    """Make *carried* the store this process records into, unless it opened one itself.
+
+    Tracked functions the worker imports itself (those the received one
+    calls) then record into the sender's store too, as after a fork.
+    """
+    if carried is None:
+        return
+    last = ambient.last_opened()
+    if last is None or (_adopted and last is _adopted[0]):
+        ambient.opened(carried)
+        _adopted[:] = [carried]
+
+
+_adopted: list[View] = []
+
+
+def _rebuild_ref(module: str, qualname: str, context: View | None, carried: View | None,
+                 version: str | None, ignore: tuple[str, ...]) -> TrackedFunction:
+    """Unpickle a tracked function sent by reference, with the view it carries."""
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    if isinstance(obj, TrackedFunction):
+        if carried is None and (context is None or context == obj._context):
+            return obj  # nothing to add: the module's own wrapper, as a plain function
+        # The module's own wrapper, with the sender's view: a copy, so the
+        # module attribute keeps resolving its view where it runs.
+        tracked = object.__new__(type(obj))
+        tracked.__dict__.update(obj.__dict__)
+        if context is not None:
+            tracked._context = context
+    else:
+        tracked = TrackedFunction(obj, context=context, version=version, ignore=ignore)
+    tracked._carried = carried
+    _adopt(carried)
+    return tracked
+
+
+@functools.lru_cache(maxsize=64)
+def _load_by_value(blob: bytes) -> TrackedFunction:
+    # One object per distinct pickle, so a worker receiving the same function
+    # for every task fingerprints its code once.
+    tracked: TrackedFunction = pickle.loads(blob)
+    return tracked
+
+
+def _rebuild_value(blob: bytes) -> TrackedFunction:
+    """Unpickle a tracked function sent by value (pickled with cloudpickle)."""
+    tracked = _load_by_value(blob)
+    _adopt(tracked._carried)
+    return tracked
+
+
+def _shell() -> TrackedFunction:
+    return object.__new__(TrackedFunction)
+
+
+def _fill_shell(tracked: TrackedFunction, state: tuple[Any, ...]) -> None:
+    func, context, carried, version, ignore = state
+    TrackedFunction.__init__(tracked, func, context=context, version=version, ignore=ignore)
+    tracked._carried = carried
 
 
 class _Input:
