@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -22,8 +23,9 @@ from typing import Any
 
 import pytest
 
+import provstore
 from sql import sql
-from tracked_samples import bodies, pids
+from tracked_samples import bodies, pids, square
 
 TESTS = Path(__file__).parent
 ITEMS = [1, 2, 3]
@@ -32,10 +34,12 @@ ITEMS = [1, 2, 3]
 # worker processes and returns the results in order.
 SCRIPT = textwrap.dedent('''
     import json
+    import linecache
     import os
     import sys
 
     import provstore
+    import provstore.context
     from tracked_samples import mark, square, square_plus_one
 
     ITEMS = [1, 2, 3]
@@ -57,6 +61,13 @@ SCRIPT = textwrap.dedent('''
     FUNCTIONS = {"script": smooth, "script_nested": smooth_twice,
                  "module": square, "module_nested": square_plus_one}
 
+    if __name__ == "__main__":
+        # As in a notebook: a cell's source is in this process's linecache only.
+        CELL, NAME = "def cell_smooth(x, log):\\n    mark(log, x)\\n    return x * 10\\n", "<cell>"
+        linecache.cache[NAME] = (len(CELL), None, CELL.splitlines(True), NAME)
+        exec(compile(CELL, NAME, "exec"))
+        FUNCTIONS["cell"] = provstore.track(ignore=("log",))(cell_smooth)
+
 
     def with_loky(logs):
         import joblib
@@ -73,14 +84,24 @@ SCRIPT = textwrap.dedent('''
                     for name, f in FUNCTIONS.items()}
 
 
+    @provstore.track
+    def keep_double(x):
+        # Binds where ctx.map runs it: the scope the parent mapped in.
+        provstore.context.active_context()[f"double{x}"] = 2 * x
+        return 2 * x
+
+
     def with_futures(logs):
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         spawn = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(2, mp_context=spawn) as pool:
-            return {name: list(pool.map(f, ITEMS, [logs[name]] * len(ITEMS)))
-                    for name, f in FUNCTIONS.items()}
+            out = {name: list(pool.map(f, ITEMS, [logs[name]] * len(ITEMS)))
+                   for name, f in FUNCTIONS.items()}
+            with ctx.scope(sweep="s"):
+                assert list(ctx.map(keep_double, ITEMS, executor=pool)) == [2, 4, 6]
+            return out
 
 
     def with_dask(logs):
@@ -90,7 +111,7 @@ SCRIPT = textwrap.dedent('''
                           dashboard_address=None) as cluster, Client(cluster) as client:
             out = {}
             for name, f in FUNCTIONS.items():
-                if name.startswith("script"):
+                if name in ("script", "cell"):
                     futures = client.map(f, ITEMS, log=logs[name], pure=False)
                 else:
                     futures = [client.submit(f, x, logs[name], pure=False) for x in ITEMS]
@@ -116,12 +137,12 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 EXPECTED = {"script": [1.5, 2.5, 3.5], "script_nested": [23.0, 25.0, 27.0],
-            "module": [1, 4, 9], "module_nested": [122, 145, 170]}
+            "module": [1, 4, 9], "module_nested": [122, 145, 170], "cell": [10, 20, 30]}
 # The log of each tracked body, and the function identity it records.
 BODIES = {"script": "__main__:smooth", "script_nested": "__main__:smooth_twice",
           "script_nested.inner": "__main__:smooth",
           "module": "tracked_samples:square", "module_nested": "tracked_samples:square_plus_one",
-          "module_nested.inner": "tracked_samples:square"}
+          "module_nested.inner": "tracked_samples:square", "cell": "__main__:cell_smooth"}
 
 
 def items(body: str) -> list[int]:
@@ -129,11 +150,15 @@ def items(body: str) -> list[int]:
     return [x + 10 for x in ITEMS] if body.endswith(".inner") else ITEMS
 
 
-def run_script(script: Path, store: Path, log: Path, executor: str) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+def _env() -> dict[str, str]:
+    # Workers import tracked_samples from this directory.
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
+def run_script(script: Path, store: Path, log: Path, executor: str) -> dict[str, Any]:
     done = subprocess.run([sys.executable, str(script), str(store), str(log), executor],
-                          cwd=script.parent, env=env, capture_output=True, text=True,
+                          cwd=script.parent, env=_env(), capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     # A tracked function that ran untracked in a worker only warns there.
@@ -161,7 +186,67 @@ def test_tracked_functions_run_once_in_workers_over_two_runs(
 
     # Recorded in the store the parent opened, by the workers.
     calls = sql(store_dir, "SELECT function, status, pid FROM calls")
+    mapped = ["__main__:keep_double"] * len(ITEMS) if executor == "futures" else []
     assert sorted(c["function"] for c in calls) == sorted(
-        f for f in BODIES.values() for _ in ITEMS)
+        [f for f in BODIES.values() for _ in ITEMS] + mapped)
     assert {c["status"] for c in calls} == {"done"}
     assert first["pid"] not in {c["pid"] for c in calls}
+    if executor == "futures":
+        # ctx.map's calls bind in the scope the parent mapped in.
+        swept = provstore.open(store_dir).scope(sweep="s")
+        assert [swept[f"double{x}"] for x in ITEMS] == [2, 4, 6]
+
+
+# ---------------------------------------------------------------- in one process
+def test_a_nested_recursive_function_pickles_by_value_with_its_key(ctx: provstore.Context) -> None:
+    @provstore.track
+    def fib(n: int) -> int:
+        return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+    clone = pickle.loads(pickle.dumps(fib))
+    assert clone is not fib and clone.identity == fib.identity
+    assert clone.key(10) == fib.key(10)
+    assert clone(10) == 55
+    assert fib.is_cached(10)  # the clone stored it under the same key
+
+
+def test_the_view_a_function_carries_yields_to_one_entered_where_it_runs(
+        tmp_path: Path) -> None:
+    a = provstore.open(tmp_path / "a")
+    b = provstore.open(tmp_path / "b")
+    with b:
+        blob = pickle.dumps(square)  # carries b
+    provstore.open(tmp_path / "c")  # opened last here
+    clone = pickle.loads(blob)
+    clone(2, os.devnull)
+    with a:  # as ctx.map enters its view in a worker
+        clone(3, os.devnull)
+    assert [c["params"] for c in sql(tmp_path / "b", "SELECT params FROM calls")] == [
+        '{"x": 2}']
+    assert len(sql(tmp_path / "a", "SELECT id FROM calls")) == 1
+    assert sql(tmp_path / "c", "SELECT id FROM calls") == []
+
+
+UNPICKLE = """
+import pickle, sys
+from provstore import locations
+f = pickle.loads(open(sys.argv[1], "rb").read())
+print(len(locations.open_stores()), "cloudpickle" in sys.modules)
+"""
+
+
+def test_unpickling_a_tracked_function_opens_no_store(ctx: provstore.Context,
+                                                      tmp_path: Path) -> None:
+    # A Dask scheduler unpickles tasks it never runs: it must not connect.
+    blob = tmp_path / "f.pickle"
+    blob.write_bytes(pickle.dumps(square))
+    done = subprocess.run([sys.executable, "-c", UNPICKLE, str(blob)], env=_env(),
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["0", "False"]
+
+
+def test_import_provstore_leaves_cloudpickle_unimported() -> None:
+    done = subprocess.run([sys.executable, "-c", "import sys, provstore; "
+                           "print('cloudpickle' in sys.modules)"],
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

@@ -16,6 +16,7 @@ import importlib
 import inspect
 import io
 import json
+import linecache
 import os
 import pickle
 import socket
@@ -278,11 +279,12 @@ def _dumps_by_value(tracked: TrackedFunction) -> bytes:
 
 @functools.cache
 def _by_value_pickler() -> type[pickle.Pickler]:
-    """cloudpickle's pickler, keeping the file name of the code it sends.
+    """cloudpickle's pickler, keeping where the code it sends came from.
 
     cloudpickle renames every code object ``<dynamic-code>``; a worker then
     finds no source to fingerprint, and the code version (so the call key)
-    would differ from the sender's. The name is sent alongside and put back.
+    would differ from the sender's. The file name is sent alongside and put
+    back, with the source lines when they are in no file (a notebook cell).
     """
     # Imported here: cloudpickle costs ~20 ms to import, and only functions a
     # worker cannot import by name need it.
@@ -291,7 +293,10 @@ def _by_value_pickler() -> type[pickle.Pickler]:
     class Pickler(cloudpickle.Pickler):
         def reducer_override(self, obj: Any) -> Any:
             if type(obj) is types.CodeType and obj.co_filename != _NO_FILE:
-                return (_code_in_file, (obj.replace(co_filename=_NO_FILE), obj.co_filename))
+                name = obj.co_filename
+                entry = linecache.cache.get(name, ())
+                lines = entry[2] if len(entry) == 4 and not os.path.exists(name) else None
+                return (_code_in_file, (obj.replace(co_filename=_NO_FILE), name, lines))
             return super().reducer_override(obj)
 
     return Pickler
@@ -300,7 +305,11 @@ def _by_value_pickler() -> type[pickle.Pickler]:
 _NO_FILE = "<dynamic-code>"
 
 
-def _code_in_file(code: types.CodeType, filename: str) -> types.CodeType:
+def _code_in_file(code: types.CodeType, filename: str,
+                  lines: list[str] | None = None) -> types.CodeType:
+    if lines is not None and filename not in linecache.cache:
+        # Registered as IPython registers cells (no mtime: never checked against a file).
+        linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
     return code.replace(co_filename=filename)
 
 
