@@ -25,7 +25,7 @@ import pytest
 
 import provstore
 from sql import sql
-from tracked_samples import bodies, pids, square
+from tracked_samples import bodies, pids, square, square_plus_one
 
 TESTS = Path(__file__).parent
 ITEMS = [1, 2, 3]
@@ -225,6 +225,15 @@ def test_the_view_a_function_carries_yields_to_one_entered_where_it_runs(
         '{"x": 2}']
     assert len(sql(tmp_path / "a", "SELECT id FROM calls")) == 1
     assert sql(tmp_path / "c", "SELECT id FROM calls") == []
+
+
+def test_a_tracked_function_hashes_alike_in_any_scope(ctx: provstore.Context) -> None:
+    # As an argument it is its code, not its pickle (which carries the store).
+    from provstore import hashing
+
+    with ctx.scope(sweep="a"):
+        in_a = hashing.digest(square)
+    assert hashing.digest(square) == in_a != hashing.digest(square_plus_one)
 
 
 UNPICKLE = """

@@ -210,6 +210,11 @@ class TrackedFunction:
             return (_shell, (), state, None, None, _fill_shell)
         return (_rebuild_value, (_dumps_by_value(self),))
 
+    def __provstore_hash__(self) -> Any:
+        # As an argument of a call, a tracked function is the function it wraps
+        # (name and code), not its pickle, which carries the store it records into.
+        return self._func
+
     def __repr__(self) -> str:
         return f"<tracked {self.identity}{self._signature}>"
 
@@ -337,8 +342,8 @@ def _rebuild_ref(module: str, qualname: str, context: View | None, carried: View
     for part in qualname.split("."):
         obj = getattr(obj, part)
     if isinstance(obj, TrackedFunction):
-        if carried is None and (context is None or context == obj._context):
-            return obj  # nothing to add: the module's own wrapper, as a plain function
+        if (context is None or context == obj._context) and carried == obj._resolve_context():
+            return obj  # records where it was sent from anyway (same process, same state)
         # The module's own wrapper, with the sender's view: a copy, so the
         # module attribute keeps resolving its view where it runs.
         tracked = object.__new__(type(obj))
