@@ -14,17 +14,12 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-import io
 import json
-import linecache
 import os
 import pickle
 import socket
-import sys
-import threading
 import time
 import traceback
-import types
 import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
@@ -32,7 +27,7 @@ from typing import Any, TypeVar, overload
 import xxhash
 from sqlalchemy.exc import IntegrityError
 
-from . import ambient, hashing, leases
+from . import ambient, byvalue, hashing, leases
 from .ambient import View
 from .codeversion import FINGERPRINTS, CodeVersion, function_identity
 from .errors import InvalidNameError
@@ -199,16 +194,16 @@ class TrackedFunction:
         # nested one, a lambda) by value.
         carried = None if self._context is not None else self._resolve_context()
         func, ignore = self._func, tuple(sorted(self._ignore))
-        if _importable(func):
+        if byvalue.importable(func):
             return (_rebuild_ref, (func.__module__, func.__qualname__, self._context, carried,
                                    self._version, ignore))
-        if _pickling_by_value.active:
+        if byvalue.in_progress():
             # Inside the cloudpickle call below: a shell now, filled by
             # _fill_shell once its function is loaded, so that a function
             # reaching itself through its globals (recursion) is no cycle.
             state = (func, self._context, carried, self._version, ignore)
             return (_shell, (), state, None, None, _fill_shell)
-        return (_rebuild_value, (_dumps_by_value(self),))
+        return (_rebuild_value, (byvalue.dumps(self),))
 
     def __provstore_hash__(self) -> Any:
         # As an argument of a call, a tracked function is the function it wraps
@@ -250,72 +245,6 @@ def _rebuild(module: str, qualname: str, context: View | None, version: str | No
     if isinstance(obj, TrackedFunction):
         return obj
     return TrackedFunction(obj, context=context, version=version, ignore=ignore)
-
-
-class _ByValueFlag(threading.local):
-    active = False
-
-
-_pickling_by_value = _ByValueFlag()
-
-
-def _importable(func: Any) -> bool:
-    """Whether a worker can import *func* by its module and qualname."""
-    module = getattr(func, "__module__", None)
-    qualname = getattr(func, "__qualname__", None)
-    # A script's (or notebook's) functions are not in a worker's __main__.
-    if not module or not qualname or module in ("__main__", "__mp_main__"):
-        return False
-    obj: Any = sys.modules.get(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part, None)
-    return obj is func or (isinstance(obj, TrackedFunction) and obj._func is func)
-
-
-def _dumps_by_value(tracked: TrackedFunction) -> bytes:
-    buffer = io.BytesIO()
-    _pickling_by_value.active = True
-    try:
-        _by_value_pickler()(buffer, protocol=pickle.DEFAULT_PROTOCOL).dump(tracked)
-    finally:
-        _pickling_by_value.active = False
-    return buffer.getvalue()
-
-
-@functools.cache
-def _by_value_pickler() -> type[pickle.Pickler]:
-    """cloudpickle's pickler, keeping where the code it sends came from.
-
-    cloudpickle renames every code object ``<dynamic-code>``; a worker then
-    finds no source to fingerprint, and the code version (so the call key)
-    would differ from the sender's. The file name is sent alongside and put
-    back, with the source lines when they are in no file (a notebook cell).
-    """
-    # Imported here: cloudpickle costs ~20 ms to import, and only functions a
-    # worker cannot import by name need it.
-    import cloudpickle
-
-    class Pickler(cloudpickle.Pickler):
-        def reducer_override(self, obj: Any) -> Any:
-            if type(obj) is types.CodeType and obj.co_filename != _NO_FILE:
-                name = obj.co_filename
-                entry = linecache.cache.get(name, ())
-                lines = entry[2] if len(entry) == 4 and not os.path.exists(name) else None
-                return (_code_in_file, (obj.replace(co_filename=_NO_FILE), name, lines))
-            return super().reducer_override(obj)
-
-    return Pickler
-
-
-_NO_FILE = "<dynamic-code>"
-
-
-def _code_in_file(code: types.CodeType, filename: str,
-                  lines: list[str] | None = None) -> types.CodeType:
-    if lines is not None and filename not in linecache.cache:
-        # Registered as IPython registers cells (no mtime: never checked against a file).
-        linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
-    return code.replace(co_filename=filename)
 
 
 def _adopt(carried: View | None) -> None:
