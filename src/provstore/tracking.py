@@ -138,11 +138,14 @@ class TrackedFunction:
         if self._context is not None:
             return self._context
         # A view entered here (ctx.map's worker) wins over the one the function
-        # was sent with, which wins over this process's own last opened store.
+        # was sent with, then this process's own last opened store, then the
+        # view of the tracked function it received last (see _adopt).
         view = ambient.active()
         if view is None:
             view = self._carried
-        return view if view is not None else ambient.last_opened()
+        if view is None:
+            view = ambient.last_opened()
+        return view if view is not None or not _received else _received[0]
 
     def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any], *, recompute: bool) -> Any:
         ctx = self._resolve_context()
@@ -248,20 +251,18 @@ def _rebuild(module: str, qualname: str, context: View | None, version: str | No
 
 
 def _adopt(carried: View | None) -> None:
-    """Make *carried* the store this process records into, unless it opened one itself.
+    """Remember *carried* if this process has not opened a store itself.
 
-    Tracked functions the worker imports itself (those the received one
-    calls) then record into the sender's store too, as after a fork.
+    Tracked functions the process imports itself (those the received one
+    calls) record there when the process has opened no store of its own, as
+    after a fork. Kept here, not as ``ambient``'s last opened store: closing
+    a store must not open a view that was received but never used.
     """
-    if carried is None:
-        return
-    last = ambient.last_opened()
-    if last is None or (_adopted and last is _adopted[0]):
-        ambient.opened(carried)
-        _adopted[:] = [carried]
+    if carried is not None and ambient.last_opened() is None:
+        _received[:] = [carried]
 
 
-_adopted: list[View] = []
+_received: list[View] = []
 
 
 def _rebuild_ref(module: str, qualname: str, context: View | None, carried: View | None,
