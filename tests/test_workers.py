@@ -13,17 +13,20 @@ runs, never in the parent, and recorded in the store the parent opened.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import pickle
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import provstore
+from provstore.context import active_context
 from sql import sql
 from tracked_samples import bodies, pids, square, square_plus_one
 
@@ -195,6 +198,20 @@ def test_tracked_functions_run_once_in_workers_over_two_runs(
         # ctx.map's calls bind in the scope the parent mapped in.
         swept = provstore.open(store_dir).scope(sweep="s")
         assert [swept[f"double{x}"] for x in ITEMS] == [2, 4, 6]
+
+
+def test_ctx_map_sends_lambdas_and_nested_functions_by_value(ctx: provstore.Context) -> None:
+    def bind(x: int) -> str:
+        here = active_context()
+        assert here is not None
+        here[f"x{x}"] = x
+        return here.path
+
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(2, mp_context=spawn) as pool, ctx.scope(sweep="b"):
+        assert list(ctx.map(lambda x: x + 1, [1, 2], executor=pool)) == [2, 3]
+        assert list(ctx.map(bind, [1, 2], executor=pool)) == ["sweep=b", "sweep=b"]
+    assert ctx.scope(sweep="b").x2 == 2
 
 
 # ---------------------------------------------------------------- in one process
