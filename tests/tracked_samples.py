@@ -48,3 +48,11 @@ def fragile(x: int, log: str) -> int:
         raise ValueError(f"item {x} is bad")
     return x + 100
 
+
+
+@provstore.track(ignore=("log",))
+def square_plus_one(x: int, log: str) -> int:
+    # Calls another tracked function of this module: in a worker that never
+    # opened a store, the inner call must still record (tests/test_workers.py).
+    mark(log, x)
+    return square(x + 10, log + ".inner") + 1

@@ -7,6 +7,9 @@ store once per process, and enters the scope with ``with view:`` around each
 call. Tracked functions therefore record into that store, and bindings made
 through :func:`provstore.context.active_context` land in that scope.
 
+A function no worker can import (a lambda, a nested function) is pickled by
+value (:mod:`provstore.byvalue`).
+
 Items are sent in chunks of ``chunksize`` with ``executor.submit``, which every
 executor implements (process and thread pools, ``loky``,
 ``dask.distributed.Client.get_executor()``). A failing item does not fail its
@@ -28,7 +31,9 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from . import byvalue
 from .ambient import View
+from .tracking import TrackedFunction
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -65,8 +70,9 @@ class _Failure:
 class _ScopedCall:
     """``func`` applied to each item of a chunk inside ``with ctx:``.
 
-    Picklable by reference (the context reopens the store, the function is
-    imported by module and qualname), so any executor can ship it.
+    Picklable by any executor: the context by reference (it reopens the
+    store), the function by module and qualname, or by value when a worker
+    could not import it.
     """
 
     ctx: View
@@ -83,6 +89,19 @@ class _ScopedCall:
                     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
                     outcomes.append(_Failure(_portable(exc), text, here))
         return outcomes
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A function no worker can import (a lambda, a nested function, one of
+        # the script's under loky) goes by value; tracked functions choose
+        # for themselves.
+        func = self.func
+        if isinstance(func, TrackedFunction) or byvalue.importable(func):
+            return (_ScopedCall, (self.ctx, func))
+        return (_scoped_by_value, (self.ctx, byvalue.dumps(func)))
+
+
+def _scoped_by_value(ctx: View, blob: bytes) -> _ScopedCall:
+    return _ScopedCall(ctx, pickle.loads(blob))
 
 
 def _portable(exc: Exception) -> BaseException:

@@ -17,6 +17,7 @@ import importlib
 import inspect
 import json
 import os
+import pickle
 import socket
 import time
 import traceback
@@ -29,7 +30,7 @@ from typing import Any, TypeVar, overload
 import xxhash
 from sqlalchemy.exc import IntegrityError
 
-from . import ambient, callkeys, hashing, leases
+from . import ambient, byvalue, callkeys, hashing, leases
 from .ambient import View
 from .codeversion import FINGERPRINTS, CodeVersion, defined_at, function_identity
 from .errors import InvalidNameError, NotCachedError, ProvstoreError, UnsupportedTypeError
@@ -89,6 +90,10 @@ class TrackedFunction:
     defined_at : str
         ``module:qualname`` where the function lives in this process, recorded on each call.
     """
+
+    # Where a worker records when nothing else says: the view this function
+    # would have recorded into where it was pickled (see __reduce__).
+    _carried: View | None = None
 
     def __init__(self, func: Callable[..., Any], *, context: View | None = None,
                  version: str | None = None, ignore: tuple[str, ...] | list[str] = (),
@@ -177,7 +182,15 @@ class TrackedFunction:
     def _resolve_context(self) -> View | None:
         if self._context is not None:
             return self._context
-        return ambient.current()
+        # A view entered here (ctx.map's worker) wins over the one the function
+        # was sent with, then this process's own last opened store, then the
+        # view of the tracked function it received last (see _adopt).
+        view = ambient.active()
+        if view is None:
+            view = self._carried
+        if view is None:
+            view = ambient.last_opened()
+        return view if view is not None or not _received else _received[0]
 
     def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any], *, recompute: bool) -> Any:
         ctx = self._resolve_context()
@@ -270,13 +283,32 @@ class TrackedFunction:
         return _BoundTracked(self, instance)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        func = self._func
-        options = {"context": self._context, "version": self._version,
-                   "ignore": tuple(sorted(self._ignore)), "name": self._name}
+        # The view this function would record into here travels with it, so a
+        # worker that never opened a store (spawn, loky, Dask) records into the
+        # sender's. A function importable by module and qualname is sent by
+        # reference; one a worker cannot import (a script's, a notebook's, a
+        # nested one, a lambda) by value.
+        func, ignore = self._func, tuple(sorted(self._ignore))
         if not self._call.plain:  # a partial or bound method: by value, with what it binds
+            options = {"context": self._context, "version": self._version, "ignore": ignore,
+                       "name": self._name}
             return (functools.partial(track, **options), (func,))
-        # By reference, like a plain function: the module attribute is looked up again.
-        return (_rebuild, (func.__module__, func.__qualname__, *options.values()))
+        carried = None if self._context is not None else self._resolve_context()
+        if byvalue.importable(func):
+            return (_rebuild_ref, (func.__module__, func.__qualname__, self._context, carried,
+                                   self._version, ignore, self._name))
+        if byvalue.in_progress():
+            # Inside the cloudpickle call below: a shell now, filled by
+            # _fill_shell once its function is loaded, so that a function
+            # reaching itself through its globals (recursion) is no cycle.
+            state = (func, self._context, carried, self._version, ignore, self._name)
+            return (_shell, (), state, None, None, _fill_shell)
+        return (_rebuild_value, (byvalue.dumps(self),))
+
+    def __provstore_hash__(self) -> Any:
+        # As an argument of a call, a tracked function is the function it wraps
+        # (name and code), not its pickle, which carries the store it records into.
+        return self._func
 
     def __repr__(self) -> str:
         return f"<tracked {self.identity}{self._signature}>"
@@ -343,12 +375,78 @@ class _BoundTracked:
 
 def _rebuild(module: str, qualname: str, context: View | None, version: str | None,
              ignore: tuple[str, ...], name: str | None = None) -> Any:
+    # Pickles made before tracked functions carried their view still load.
     obj: Any = importlib.import_module(module)
     for part in qualname.split("."):
         obj = getattr(obj, part)
     if isinstance(obj, TrackedFunction):
         return obj
     return track(obj, context=context, version=version, ignore=ignore, name=name)
+
+
+def _adopt(carried: View | None) -> None:
+    """Remember *carried* if this process has not opened a store itself.
+
+    Tracked functions the process imports itself (those the received one
+    calls) record there when the process has opened no store of its own, as
+    after a fork. Kept here, not as ``ambient``'s last opened store: closing
+    a store must not open a view that was received but never used.
+    """
+    if carried is not None and ambient.last_opened() is None:
+        _received[:] = [carried]
+
+
+_received: list[View] = []
+
+
+def _rebuild_ref(module: str, qualname: str, context: View | None, carried: View | None,
+                 version: str | None, ignore: tuple[str, ...],
+                 name: str | None = None) -> TrackedFunction:
+    """Unpickle a tracked function sent by reference, with the view it carries."""
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    if isinstance(obj, TrackedFunction):
+        if (context is None or context == obj._context) and carried == obj._resolve_context():
+            return obj  # records where it was sent from anyway (same process, same state)
+        # The module's own wrapper, with the sender's view: a copy, so the
+        # module attribute keeps resolving its view where it runs.
+        tracked = object.__new__(type(obj))
+        tracked.__dict__.update(obj.__dict__)
+        if context is not None:
+            tracked._context = context
+    else:
+        tracked = TrackedFunction(obj, context=context, version=version, ignore=ignore,
+                                  name=name)
+    tracked._carried = carried
+    _adopt(carried)
+    return tracked
+
+
+@functools.lru_cache(maxsize=64)
+def _load_by_value(blob: bytes) -> TrackedFunction:
+    # One object per distinct pickle, so a worker receiving the same function
+    # for every task fingerprints its code once.
+    tracked: TrackedFunction = pickle.loads(blob)
+    return tracked
+
+
+def _rebuild_value(blob: bytes) -> TrackedFunction:
+    """Unpickle a tracked function sent by value (pickled with cloudpickle)."""
+    tracked = _load_by_value(blob)
+    _adopt(tracked._carried)
+    return tracked
+
+
+def _shell() -> TrackedFunction:
+    return object.__new__(TrackedFunction)
+
+
+def _fill_shell(tracked: TrackedFunction, state: tuple[Any, ...]) -> None:
+    func, context, carried, version, ignore, name = state
+    TrackedFunction.__init__(tracked, func, context=context, version=version, ignore=ignore,
+                             name=name)
+    tracked._carried = carried
 
 
 class _Input:
