@@ -32,7 +32,7 @@ LAYERS: list[tuple[int, str]] = [
     (1, "provstore.objects"), (1, "provstore.db"), (1, "provstore.backends"),
     (0, "provstore.errors"), (0, "provstore.scope"), (0, "provstore.hashing"),
     (0, "provstore.files"), (0, "provstore.fstype"), (0, "provstore.codeversion"),
-    (0, "provstore.codesource"),
+    (0, "provstore.codesource"), (0, "provstore.faults"),
 ]
 
 # Inside the lineage package, read top to bottom: a module imports only lower ranks.

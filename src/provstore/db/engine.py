@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import logging
 import os
@@ -40,7 +41,15 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, make_url, text
 from sqlalchemy.exc import DatabaseError, DBAPIError, IntegrityError
 
-from ..errors import LockTimeoutError, StoreError, StoreVersionError
+from .. import faults
+from ..errors import (
+    LockTimeoutError,
+    ProvstoreError,
+    StorageError,
+    StoreError,
+    StoreVersionError,
+)
+from ..objects import storage_error
 
 __all__ = [
     "Readers",
@@ -231,8 +240,45 @@ def write(engine: Engine) -> Iterator[Connection]:
         {_WRITE_OPTION: True} if engine.dialect.name == "sqlite"
         else {"isolation_level": "SERIALIZABLE"}
     )
-    with engine.connect().execution_options(**options) as conn, conn.begin():
-        yield conn
+    try:
+        with engine.connect().execution_options(**options) as conn:
+            with conn.begin():
+                yield conn
+                faults.hit("txn.before_commit")
+            faults.hit("txn.after_commit")
+    except DBAPIError as exc:
+        fault = _storage_fault(engine, exc)
+        if fault is None:
+            raise
+        raise fault from exc
+    except ProvstoreError:
+        raise
+    except OSError as exc:
+        raise storage_error(exc, "write the database", _where(engine)) from exc
+
+
+# SQLite's primary result codes for a full disk and an I/O error; PostgreSQL's
+# SQLSTATE class 53 (insufficient resources) holds disk_full.
+_SQLITE_FULL, _SQLITE_IOERR = 13, 10
+_PG_DISK_FULL = "53100"
+
+
+def _storage_fault(engine: Engine, exc: DBAPIError) -> StorageError | None:
+    """The provstore error for a database write that failed on the disk, if it did."""
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    state = getattr(exc.orig, "sqlstate", None)
+    if (code is not None and code & 0xFF == _SQLITE_FULL) or state == _PG_DISK_FULL:
+        errno_ = errno.ENOSPC
+    elif code is not None and code & 0xFF == _SQLITE_IOERR:
+        errno_ = errno.EIO
+    else:
+        return None
+    return storage_error(OSError(errno_, str(exc.orig)), "write the database", _where(engine))
+
+
+def _where(engine: Engine) -> str:
+    url = str(engine.url)
+    return (engine.url.database or "") if is_sqlite(url) else display_url(url)
 
 
 class Readers:
