@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 import sqlite3
@@ -23,10 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner, Result
 
 import provstore
-from provstore import locations
-from provstore.errors import StorageError, StorageFullError
+from provstore import locations, maintenance
+from provstore.cli import cli
+from provstore.errors import StorageError, StorageFullError, StoreError
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
@@ -207,3 +210,128 @@ def test_unwritable_directory_is_a_storage_error(shared_dir: Path, locked: str) 
     assert (kind, int(code)) == ("StorageError", errno.EACCES), done.stdout
     assert str(store_dir / locked) in message
     _nothing_partial(store_dir, before)
+
+
+# --------------------------------------------- export and graph -o: planted links
+VICTIM = b"precious: must never change\n"
+
+
+def _victim(tmp_path: Path) -> Path:
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(VICTIM)
+    return victim
+
+
+@pytest.fixture
+def exported(ctx: provstore.Context, tmp_path: Path) -> tuple[provstore.Context, Path]:
+    ctx.a = np.arange(10)
+    out = tmp_path / "shared"
+    out.mkdir()
+    return ctx, out
+
+
+def test_export_ignores_a_link_planted_at_the_partial_name(
+        exported: tuple[provstore.Context, Path], tmp_path: Path) -> None:
+    ctx, out = exported
+    victim = _victim(tmp_path)
+    planted = out / ".a.npy.partial"
+    planted.symlink_to(victim)
+    target = maintenance.export(ctx, "a", out / "a.npy")
+    assert victim.read_bytes() == VICTIM
+    assert planted.is_symlink()
+    np.testing.assert_array_equal(np.load(target), np.arange(10))
+    assert sorted(p.name for p in out.iterdir()) == [".a.npy.partial", "a.npy",
+                                                     "a.npy.provstore.json"]
+
+
+@pytest.mark.parametrize("at", ["a.npy", "a.npy.provstore.json"])
+def test_export_never_writes_through_a_planted_link(
+        exported: tuple[provstore.Context, Path], tmp_path: Path, at: str) -> None:
+    ctx, out = exported
+    victim = _victim(tmp_path)
+    (out / at).symlink_to(victim)
+    with pytest.raises(StoreError, match=r"symbolic link.*--force"):
+        maintenance.export(ctx, "a", out / "a.npy")
+    assert victim.read_bytes() == VICTIM
+    assert sorted(p.name for p in out.iterdir()) == [at]  # nothing written
+    target = maintenance.export(ctx, "a", out / "a.npy", force=True)
+    assert victim.read_bytes() == VICTIM  # the link was replaced, not followed
+    assert not target.is_symlink() and not (out / at).is_symlink()
+    np.testing.assert_array_equal(np.load(target), np.arange(10))
+
+
+def test_export_refuses_to_overwrite_without_force(
+        exported: tuple[provstore.Context, Path]) -> None:
+    ctx, out = exported
+    (out / "a.npy").write_bytes(b"mine")
+    with pytest.raises(StoreError, match="already a file"):
+        maintenance.export(ctx, "a", out / "a.npy")
+    assert (out / "a.npy").read_bytes() == b"mine"
+    assert not (out / "a.npy.provstore.json").exists()
+    with pytest.raises(StoreError, match="already a file"):
+        maintenance.export(ctx, "a", out)  # a directory: the same a.npy inside
+    maintenance.export(ctx, "a", out / "a.npy", force=True)
+    np.testing.assert_array_equal(np.load(out / "a.npy"), np.arange(10))
+
+
+def test_export_refuses_an_existing_sidecar_without_force(
+        exported: tuple[provstore.Context, Path]) -> None:
+    ctx, out = exported
+    (out / "a.npy.provstore.json").write_text("{}")
+    with pytest.raises(StoreError, match="already a file"):
+        maintenance.export(ctx, "a", out / "a.npy")
+    assert not (out / "a.npy").exists()
+    assert (out / "a.npy.provstore.json").read_text() == "{}"
+    maintenance.export(ctx, "a", out / "a.npy", force=True)
+    assert json.loads((out / "a.npy.provstore.json").read_text())["name"] == "a"
+
+
+def test_export_into_a_missing_directory_names_it(
+        exported: tuple[provstore.Context, Path], tmp_path: Path) -> None:
+    ctx, _ = exported
+    missing = tmp_path / "no" / "such"
+    with pytest.raises(StoreError) as info:
+        maintenance.export(ctx, "a", missing / "a.npy")
+    assert f"the directory {missing} does not exist" in str(info.value)
+    assert "objects" not in str(info.value)
+
+
+def test_export_command_refuses_then_forces(exported: tuple[provstore.Context, Path],
+                                            tmp_path: Path) -> None:
+    ctx, out = exported
+    victim = _victim(tmp_path)
+    (out / "a.npy").symlink_to(victim)
+    refused = _cli(ctx, "export", "a", str(out / "a.npy"))
+    assert refused.exit_code == 2 and "--force" in refused.output
+    forced = _cli(ctx, "export", "a", str(out / "a.npy"), "--force")
+    assert forced.exit_code == 0, forced.output
+    assert victim.read_bytes() == VICTIM and not (out / "a.npy").is_symlink()
+
+
+def test_graph_output_never_follows_links_nor_overwrites(
+        exported: tuple[provstore.Context, Path], tmp_path: Path) -> None:
+    ctx, out = exported
+    victim = _victim(tmp_path)
+    dot = out / "a.dot"
+    dot.symlink_to(victim)
+    refused = _cli(ctx, "graph", "a", "-o", str(dot))
+    assert refused.exit_code == 2 and "--force" in refused.output
+    assert victim.read_bytes() == VICTIM
+    forced = _cli(ctx, "graph", "a", "-o", str(dot), "--force")
+    assert forced.exit_code == 0, forced.output
+    assert victim.read_bytes() == VICTIM and not dot.is_symlink()
+    assert dot.read_text().startswith("digraph")
+    assert [p.name for p in out.iterdir()] == ["a.dot"]  # no temporary left
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory"])
+def test_which_names_a_path_that_is_not_a_file(exported: tuple[provstore.Context, Path],
+                                               kind: str) -> None:
+    ctx, out = exported
+    path = out / "nothing" if kind == "missing" else out
+    with pytest.raises(StoreError, match=r"no such file|not a regular file"):
+        maintenance.which(ctx.store, path)
+
+
+def _cli(ctx: provstore.Context, *args: str) -> Result:
+    return CliRunner().invoke(cli, ["--store", str(ctx.store.root), *args])
