@@ -30,6 +30,8 @@ import provstore
 from provstore import locations, maintenance
 from provstore.cli import cli
 from provstore.errors import StorageError, StorageFullError, StoreError
+from provstore.saving import prepare
+from provstore.scope import Segment
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
@@ -335,3 +337,24 @@ def test_which_names_a_path_that_is_not_a_file(exported: tuple[provstore.Context
 
 def _cli(ctx: provstore.Context, *args: str) -> Result:
     return CliRunner().invoke(cli, ["--store", str(ctx.store.root), *args])
+
+
+# ------------------------------------------------------- lookalike scopes in ls
+def test_ls_prints_lookalike_scopes_apart(ctx: provstore.Context) -> None:
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    ctx.scope(p=composed).x = 1
+    ctx.scope(p=decomposed).y = 2  # normalized: the same scope
+    assert ctx.scopes() == [f"p={composed}"]
+    # A store written before values were normalized may hold both spellings,
+    # and an invisible character: ls must not print them identically.
+    store = ctx.store
+    for text in (f"p={decomposed}", "p=a\u202eb"):
+        sid = store.scope_id((Segment(text, "p", text[2:]),), create=True)
+        assert sid is not None
+        store.bind(sid, "z", prepare(store, 3))
+    result = _cli(ctx, "ls")
+    assert result.exit_code == 0, result.output
+    listed = [line.strip() for line in result.output.splitlines()]
+    assert f"p={composed}" in listed
+    assert "p=cafe\\u0301" in listed and "p=a\\u202eb" in listed
+    assert not any("\u202e" in line or "\u0301" in line for line in listed)

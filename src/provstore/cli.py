@@ -33,7 +33,7 @@ from .db.engine import SCHEMA_HEAD, check_schema, make_engine, upgrade
 from .errors import NotFoundError, ProvstoreError, StoreNotFoundError
 from .lineage import Version
 from .maintenance.exchange import write_new_file
-from .scope import display, parse_path
+from .scope import display, escape, parse_path
 
 __all__ = ["cli", "main"]
 
@@ -179,12 +179,14 @@ def ls_command(env: _Env, scope: str, inherited: bool, as_json: bool) -> None:
                     "scopes": children})
         return
     console = _console()
-    rows = [[v.name, v.scope if v.scope != view.path else "", f"v{v.number}", v.describe(),
-             v.created.strftime("%Y-%m-%d %H:%M")] for v in latest]
-    console.print(_table(f"names in {display(view.path)}",
+    # escape: lookalike paths (NFC/NFD, invisible characters) must print apart.
+    rows = [[escape(v.name), escape(v.scope) if v.scope != view.path else "", f"v{v.number}",
+             v.describe(), v.created.strftime("%Y-%m-%d %H:%M")] for v in latest]
+    where = f"scope {escape(view.path)}" if view.path else display(view.path)
+    console.print(_table(f"names in {where}",
                          ["name", "inherited from", "version", "value", "created"], rows))
     if children:
-        console.print(_table("scopes", ["scope"], [[c] for c in children]))
+        console.print(_table("scopes", ["scope"], [[escape(c)] for c in children]))
 
 
 @cli.command("show")
