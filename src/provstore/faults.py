@@ -22,7 +22,9 @@ The points, in the order a save passes them:
 =====================  =====================================================
 
 The variable is read once, at import; unset, :func:`hit` is one comparison.
-This module is private to provstore and its tests.
+A test harness that forks its children from one warm process sets the
+fault in each child with :func:`arm` instead. This module is private to
+provstore and its tests.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import os
 import signal
 import sys
 
-__all__ = ["ACTIONS", "POINTS", "hit"]
+__all__ = ["ACTIONS", "POINTS", "arm", "hit"]
 
 POINTS = ("publish.write", "publish.fsync", "publish.rename", "publish.dirfsync",
           "txn.before_commit", "txn.after_commit")
@@ -54,6 +56,12 @@ def _parse(spec: str) -> tuple[str, str, int] | None:
 
 _SPEC = _parse(os.environ.get("PROVSTORE_FAULT", ""))
 _count = 0
+
+
+def arm(spec: str) -> None:
+    """Set the fault as ``PROVSTORE_FAULT`` would (``""`` disarms), counting afresh."""
+    global _SPEC, _count
+    _SPEC, _count = _parse(spec), 0
 
 
 def hit(point: str, path: str | os.PathLike[str] | None = None) -> None:

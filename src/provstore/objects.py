@@ -107,11 +107,11 @@ class ObjectDir:
         with self.staging(suffix) as tmp:
             try:
                 result = write(tmp)
+                faults.hit("publish.write", tmp)
             except ProvstoreError:
                 raise
             except OSError as exc:
                 raise storage_error(exc, "write", exc.filename or tmp) from exc
-            faults.hit("publish.write", tmp)
             self._seal(tmp)
             self._rename(tmp, final)
         return result

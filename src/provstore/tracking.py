@@ -11,6 +11,7 @@ Callers that find the lease held wait, then load the winner's result.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import inspect
@@ -263,7 +264,11 @@ class _Computation:
                 self._fail(c, exc)
                 raise
         duration = time.perf_counter() - started
-        committed = self._commit(c, value, duration)
+        try:
+            committed = self._commit(c, value, duration)
+        except BaseException as exc:
+            self._abandon(c, exc)
+            raise
         while committed is None:
             # Our lease was taken over while we stalled. The taker's result wins
             # if it commits; if the taker dies first, our value is as good as
@@ -294,6 +299,14 @@ class _Computation:
     def _fail(self, c: Claim, exc: BaseException) -> None:
         text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         leases.fail(self.store.engine, c, text)
+
+    def _abandon(self, c: Claim, exc: BaseException) -> None:
+        # Publishing the outputs or committing them failed (a full disk): drop
+        # the lease now, or every retry waits for it to expire. Unless the
+        # error came after the commit itself, which then stands.
+        with contextlib.suppress(Exception):  # the database may be what failed
+            if self.store.finished_call(self.key) != c.call_id:
+                self._fail(c, exc)
 
     def _commit(self, c: Claim, value: Any, duration: float) -> int | None:
         kind = "tuple" if type(value) is tuple else "single"
