@@ -358,3 +358,41 @@ def test_ls_prints_lookalike_scopes_apart(ctx: provstore.Context) -> None:
     assert f"p={composed}" in listed
     assert "p=cafe\\u0301" in listed and "p=a\\u202eb" in listed
     assert not any("\u202e" in line or "\u0301" in line for line in listed)
+
+
+# ----------------------------------------------- a call whose outputs cannot be stored
+FAILING_CALL = textwrap.dedent(
+    """
+    import sys, numpy as np, provstore
+    ctx = provstore.open(sys.argv[1])
+
+    @ctx.track
+    def double(x):
+        return np.full(100, 2 * x)
+
+    try:
+        double(1)
+    except provstore.errors.StorageFullError as exc:
+        print("StorageFullError", exc.errno)
+    """
+)
+
+
+@pytest.mark.parametrize("fault", ["publish.write:enospc", "txn.before_commit:enospc@3"])
+def test_a_call_whose_outputs_cannot_be_stored_releases_its_lease(tmp_path: Path,
+                                                                  fault: str) -> None:
+    # Otherwise every retry waits for the lease to expire (30 s by default).
+    store_dir = tmp_path / "study"
+    locations.close(provstore.open(store_dir).store)
+    done = subprocess.run([sys.executable, "-c", FAILING_CALL, str(store_dir)],
+                          env={**os.environ, "PROVSTORE_FAULT": fault},
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["StorageFullError", str(errno.ENOSPC)]
+    db = sqlite3.connect(store_dir / "provstore.db")
+    try:
+        assert db.execute("SELECT count(*) FROM leases").fetchone()[0] == 0
+        assert [r[0] for r in db.execute("SELECT status FROM calls")] == ["failed"]
+        assert db.execute("SELECT count(*) FROM call_outputs").fetchone()[0] == 0
+    finally:
+        db.close()
