@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, make_url, text
-from sqlalchemy.exc import DatabaseError, DBAPIError, IntegrityError
+from sqlalchemy.exc import DatabaseError, DBAPIError, IntegrityError, OperationalError
 
 from .. import faults
 from ..errors import (
@@ -59,6 +59,7 @@ __all__ = [
     "db_now",
     "display_url",
     "is_sqlite",
+    "lost_connection",
     "make_engine",
     "migrations_dir",
     "retrying",
@@ -247,7 +248,7 @@ def write(engine: Engine) -> Iterator[Connection]:
                 faults.hit("txn.before_commit")
             faults.hit("txn.after_commit")
     except DBAPIError as exc:
-        fault = _storage_fault(engine, exc)
+        fault = _storage_fault(engine, exc) or lost_connection(engine, exc)
         if fault is None:
             raise
         raise fault from exc
@@ -274,6 +275,32 @@ def _storage_fault(engine: Engine, exc: DBAPIError) -> StorageError | None:
     else:
         return None
     return storage_error(OSError(errno_, str(exc.orig)), "write the database", _where(engine))
+
+
+# SQLSTATE classes of a connection that failed or that the server ended
+# (08: connection exception; 57P: shutdown, crash, cannot connect now).
+_LOST_CLASSES = ("08", "57P")
+
+
+def lost_connection(engine: Engine, exc: DBAPIError) -> StoreError | None:
+    """The provstore error for a server connection that was lost or refused, if it was.
+
+    A server restart, ``pg_terminate_backend`` or a network cut. Nothing is
+    retried here: a connection lost during COMMIT leaves the outcome
+    unknown, so the caller decides; binds and tracked calls are safe to
+    retry (an equal value adds no version; a finished call is found).
+    """
+    if is_sqlite(str(engine.url)):
+        return None
+    state = getattr(exc.orig, "sqlstate", None) or ""
+    if not (exc.connection_invalidated or state.startswith(_LOST_CLASSES)
+            or (isinstance(exc, OperationalError) and not state)):
+        return None
+    reason = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else "no reason"
+    return StoreError(
+        f"lost the connection to the database {display_url(str(engine.url))} ({reason}); "
+        "the server restarted, ended this session or cannot be reached: the operation did "
+        "not complete, or completed unacknowledged; retry it once the server is up")
 
 
 def _where(engine: Engine) -> str:
