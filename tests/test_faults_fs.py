@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
@@ -115,12 +117,21 @@ def test_full_disk_on_an_object_write_is_storage_full(tmpfs: Path) -> None:
     np.testing.assert_array_equal(ctx.after, np.arange(5))
 
 
-def test_full_disk_on_an_hdf5_write_is_storage_full(tmpfs: Path) -> None:
+# nibabel leaves its file object unclosed when a write fails (an upstream leak,
+# reported as an unraisable ResourceWarning when it is collected).
+NIBABEL_LEAK = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+@pytest.mark.parametrize("fmt", ["hdf5", pytest.param("nifti", marks=NIBABEL_LEAK)])
+def test_full_disk_on_an_hdf5_or_nifti_write_is_storage_full(tmpfs: Path, fmt: str) -> None:
     store_dir = tmpfs / "study"
     ctx = provstore.open(store_dir)
     before = _rows(store_dir)
-    with pytest.raises(StorageFullError):
-        ctx.nested = {"a": np.ones(300_000), "b": np.zeros(300_000)}
+    value = ({"a": np.ones(300_000), "b": np.zeros(300_000)} if fmt == "hdf5"
+             else nib.Nifti1Image(np.ones((128, 64, 64), dtype=np.float32), np.eye(4)))
+    with pytest.raises(StorageFullError):  # 4.8 MB, 2.1 MB: more than the 2 MiB there is
+        ctx.big = value
+    gc.collect()  # close what nibabel leaked here, under this test's warning filter
     _nothing_partial(store_dir, before)
 
 

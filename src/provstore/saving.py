@@ -133,10 +133,10 @@ def _filesystem_fault(exc: BaseException, value: Any, tmp: Path) -> OSError | No
     filesystem has less room than the value needs is read as ENOSPC.
     """
     seen: BaseException | None = exc
-    while seen is not None:
+    while seen is not None:  # causes only: an OSError handled on the way is no cause
         if isinstance(seen, OSError) and seen.errno is not None:
             return seen
-        seen = seen.__cause__ or seen.__context__
+        seen = seen.__cause__
     try:
         st = os.statvfs(tmp.parent)
     except OSError:

@@ -142,7 +142,7 @@ def _name_problem(name: str) -> str:
                     if not (ch.isascii() and (ch.isalnum() or ch in "_.-"))), None)
         if bad is None:  # a valid character in the wrong place (a leading '-' or '.')
             return f"it starts with {name[0]!r}"
-        return f"it contains {bad[1]!r} ({_describe(bad[1])}) at position {bad[0]}"
+        return f"it contains {_describe(bad[1])} at position {bad[0]}"
     return ""
 
 
