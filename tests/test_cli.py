@@ -174,9 +174,9 @@ def test_graph_prints_dot_and_renders_through_graphviz(study: Path, tmp_path: Pa
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     missing = run(study, "graph", "subject=01/mask", "-o", str(tmp_path / "g.svg"))
     assert missing.exit_code == 2 and "Graphviz" in missing.output
-    fake = tmp_path / "bin" / "dot"  # stands in for Graphviz: copies stdin to -o
+    fake = tmp_path / "bin" / "dot"  # stands in for Graphviz: copies stdin to stdout
     fake.parent.mkdir()
-    fake.write_text(f"#!{sys.executable}\nimport sys\nopen(sys.argv[3], 'w').write("
+    fake.write_text(f"#!{sys.executable}\nimport sys\nsys.stdout.write("
                     "'<svg>' + sys.stdin.read() + '</svg>')\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", str(fake.parent))

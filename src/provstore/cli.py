@@ -42,7 +42,8 @@ from .db.engine import (
 from .errors import DatabaseDamagedError, NotFoundError, ProvstoreError, StoreNotFoundError
 from .fstype import sqlite_file
 from .lineage import Version
-from .scope import display, parse_path
+from .maintenance.exchange import write_new_file
+from .scope import display, escape, parse_path
 from .store import check_database_file, object_count
 
 __all__ = ["cli", "main"]
@@ -216,12 +217,13 @@ def ls_command(env: _Env, scope: str, inherited: bool, as_json: bool) -> None:
         _echo_json({"scope": view.path, "names": [_version_dict(v) for v in latest],
                     "scopes": children})
         return
-    rows = [[v.name, v.scope if v.scope != view.path else "", f"v{v.number}", v.describe(),
-             v.created.strftime("%Y-%m-%d %H:%M")] for v in latest]
-    _show(f"names in {display(view.path)}",
-          ["name", "inherited from", "version", "value", "created"], rows)
+    # escape: lookalike paths (NFC/NFD, invisible characters) must print apart.
+    rows = [[escape(v.name), escape(v.scope) if v.scope != view.path else "", f"v{v.number}",
+             v.describe(), v.created.strftime("%Y-%m-%d %H:%M")] for v in latest]
+    where = f"scope {escape(view.path)}" if view.path else display(view.path)
+    _show(f"names in {where}", ["name", "inherited from", "version", "value", "created"], rows)
     if children:
-        _show("scopes", ["scope"], [[c] for c in children])
+        _show("scopes", ["scope"], [[escape(c)] for c in children])
 
 
 @cli.command("show")
@@ -466,13 +468,17 @@ def which_command(env: _Env, file: Path, as_json: bool) -> None:
 @cli.command("export")
 @click.argument("name")
 @click.argument("file", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True,
+              help="Replace FILE and its sidecar if they exist (links are replaced, "
+                   "never followed).")
 @pass_env
-def export_command(env: _Env, name: str, file: Path) -> None:
+def export_command(env: _Env, name: str, file: Path, force: bool) -> None:
     """Copy the current value of NAME to FILE in its standard format.
 
-    A lineage sidecar FILE.provstore.json is written next to it.
+    A lineage sidecar FILE.provstore.json is written next to it. An existing
+    FILE or sidecar is refused unless --force.
     """
-    target = maintenance.export(env.ctx, name, file)
+    target = maintenance.export(env.ctx, name, file, force=force)
     click.echo(f"exported {name} to {target} (lineage in {target}.provstore.json)")
 
 
@@ -520,9 +526,14 @@ def upgrade_command(env: _Env) -> None:
 @click.argument("name")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write to this file: .dot/.gv as DOT, .svg/.png through Graphviz.")
+@click.option("--force", is_flag=True,
+              help="Replace the -o file if it exists (a link is replaced, never followed).")
 @pass_env
-def graph_command(env: _Env, name: str, output: Path | None) -> None:
-    """Print the lineage graph of NAME in Graphviz DOT, or render it with -o."""
+def graph_command(env: _Env, name: str, output: Path | None, force: bool) -> None:
+    """Print the lineage graph of NAME in Graphviz DOT, or render it with -o.
+
+    An existing -o file is refused unless --force.
+    """
     h = env.ctx.history(name)
     upstream: Callable[[], Any] | None = getattr(h, "upstream", None)
     try:
@@ -537,24 +548,40 @@ def graph_command(env: _Env, name: str, output: Path | None) -> None:
         return
     kind = output.suffix.lower()
     if kind in (".dot", ".gv", ""):
-        output.write_text(dot)
+        data = dot.encode()
     elif kind in (".svg", ".png"):
-        _render(dot, output, kind[1:])
+        data = _render(dot, output, kind[1:])
     else:
         raise CommandError(f"cannot write {output.name}: use .dot, .gv, .svg or .png")
+    _write_output(output, data, force)
     click.echo(f"wrote the lineage of {h.path} to {output}")
 
 
-def _render(dot: str, output: Path, fmt: str) -> None:
+def _write_output(output: Path, data: bytes, force: bool) -> None:
+    # Like `export`: an existing file (or a link planted at the name) is
+    # refused without --force, and the bytes go through an O_EXCL|O_NOFOLLOW
+    # temporary, so no link is ever followed.
+    if not output.parent.is_dir():
+        raise CommandError(f"cannot write {output}: the directory {output.parent} does not "
+                           "exist; create it first")
+    if os.path.lexists(output) and not force:
+        raise CommandError(f"{output} already exists; choose another name, remove it, or "
+                           "pass --force to replace it")
+    write_new_file(output, lambda f: f.write(data), force=force)
+
+
+def _render(dot: str, output: Path, fmt: str) -> bytes:
     exe = shutil.which("dot")
     if exe is None:
         raise CommandError(f"rendering {fmt.upper()} needs Graphviz's `dot` on PATH "
                            "(apt install graphviz, brew install graphviz); "
                            f"or write DOT with -o {output.with_suffix('.dot').name}")
-    done = subprocess.run([exe, f"-T{fmt}", "-o", os.fspath(output)], input=dot.encode(),
-                          capture_output=True, check=False)
+    # Graphviz renders to stdout: its own -o would open the path following links.
+    done = subprocess.run([exe, f"-T{fmt}"], input=dot.encode(), capture_output=True,
+                          check=False)
     if done.returncode != 0:
         raise CommandError(f"Graphviz failed: {done.stderr.decode(errors='replace').strip()}")
+    return done.stdout
 
 
 @cli.command("stale")

@@ -20,6 +20,7 @@ never from user-supplied names.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import socket
@@ -30,9 +31,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from .errors import CorruptObjectError, StoreError
+from . import faults
+from .errors import (
+    CorruptObjectError,
+    ProvstoreError,
+    StorageError,
+    StorageFullError,
+    StoreError,
+)
 
-__all__ = ["ObjectDir"]
+__all__ = ["ObjectDir", "storage_error"]
 
 _HEX = re.compile(r"[0-9a-f]{32,128}")
 _SUFFIX = re.compile(r"(\.[a-z0-9]{1,8}){0,3}")
@@ -88,18 +96,41 @@ class ObjectDir:
         *write* receives a temporary path with the right suffix and must
         create the file there. On any exception the temporary file is removed
         and nothing is published.
+
+        Raises
+        ------
+        StorageError
+            A filesystem fault (``StorageFullError`` when the disk is full),
+            naming the path and the errno.
         """
         final = self.path(digest, suffix)
         with self.staging(suffix) as tmp:
-            result = write(tmp)
+            try:
+                result = write(tmp)
+                faults.hit("publish.write", tmp)
+            except ProvstoreError:
+                raise
+            except OSError as exc:
+                raise storage_error(exc, "write", exc.filename or tmp) from exc
             self._seal(tmp)
+            self._rename(tmp, final)
+        return result
+
+    def _rename(self, tmp: Path, final: Path) -> None:
+        doing, where = "create the directory", final.parent
+        try:
             final.parent.mkdir(exist_ok=True)
+            doing, where = "rename into place", final
+            faults.hit("publish.rename", final)
             # An identical object published concurrently is simply replaced
             # by the same bytes; readers see one whole file either way.
             os.replace(tmp, final)
             if self.durable:
+                doing, where = "fsync the directory", final.parent
+                faults.hit("publish.dirfsync", final.parent)
                 _fsync_dir(final.parent)
-        return result
+        except OSError as exc:
+            raise storage_error(exc, doing, where) from exc
 
     @contextlib.contextmanager
     def staging(self, suffix: str) -> Iterator[Path]:
@@ -108,19 +139,26 @@ class ObjectDir:
         try:
             yield tmp
         finally:
-            with contextlib.suppress(FileNotFoundError):
+            # Only a missing file (renamed, or never created) is expected; any
+            # other failure to remove it (a read-only tmp/) must not replace
+            # the error being raised, and `sweep` removes the file later.
+            with contextlib.suppress(OSError):
                 tmp.unlink()
 
     def _seal(self, path: Path) -> None:
         if not path.is_file():
             raise StoreError(f"the backend wrote no file at {path}")
-        if self.durable:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        os.chmod(path, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+        try:
+            if self.durable:
+                faults.hit("publish.fsync", path)
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            os.chmod(path, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+        except OSError as exc:
+            raise storage_error(exc, "fsync", path) from exc
 
     def sweep(self) -> list[Path]:
         """Remove temporary files left by dead writers; return what was removed.
@@ -148,6 +186,29 @@ class ObjectDir:
         for shard in sorted(self.objects.iterdir()):
             if shard.is_dir():
                 yield from sorted(p for p in shard.iterdir() if p.is_file())
+
+
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def storage_error(exc: OSError, doing: str, path: str | os.PathLike[str]) -> StorageError:
+    """Translate the filesystem error *exc* raised while *doing* something to *path*.
+
+    ENOSPC and EDQUOT become
+    :class:`StorageFullError`, anything else :class:`StorageError`. The
+    result carries the original ``errno``; its message names the path.
+    """
+    code = exc.errno
+    name = errno.errorcode.get(code, str(code)) if code is not None else "no errno"
+    reason = exc.strerror or str(exc)
+    where = os.fspath(path)
+    if code in _FULL:
+        text = (f"cannot {doing} {where}: {reason} ({name}); the filesystem holding the "
+                "store is full or over quota: free space, then retry (nothing was recorded)")
+        return StorageFullError(code, text)
+    text = (f"cannot {doing} {where}: {reason} ({name}); check that the store's directories "
+            "exist and are writable by this user, then retry (nothing was recorded)")
+    return StorageError(code, text) if code is not None else StorageError(text)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -16,6 +16,7 @@ caches their digest, like git's index.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from .errors import (
     UnsupportedTypeError,
 )
 from .files import File, FileStat
+from .objects import storage_error
 from .records import Prepared
 from .store import Store
 
@@ -103,13 +105,58 @@ def _write(backend: Backend, value: Any, tmp: Path,
         if fast is not None:
             return fast
         meta = backend.save(value, tmp, **options)
-    except ProvstoreError:
-        raise
+    except OSError:
+        raise  # ObjectDir.publish names a filesystem fault with its path and errno
     except Exception as exc:
+        if isinstance(exc, ProvstoreError) and not isinstance(exc, BackendError):
+            raise
+        fault = _filesystem_fault(exc, value, tmp)
+        if fault is not None:
+            raise storage_error(fault, "write", tmp) from exc
+        if isinstance(exc, BackendError):
+            raise
         raise BackendError(
             f"the {backend.name!r} backend failed to save a {type(value).__qualname__}: {exc}"
         ) from exc
     return meta, _hash_while_syncing(tmp), tmp.stat().st_size
+
+
+# Less free space than this after a failed write means the write failed for it.
+_NEARLY_FULL = 256 * 1024
+
+
+def _filesystem_fault(exc: BaseException, value: Any, tmp: Path) -> OSError | None:
+    """The filesystem error behind a backend's failure to save *value*, if there is one.
+
+    Backends wrap an ``OSError`` in their own error (kept as its cause);
+    HDF5 reports a full disk with no errno at all, so a failure while the
+    filesystem has less room than the value needs is read as ENOSPC.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:  # causes only: an OSError handled on the way is no cause
+        if isinstance(seen, OSError) and seen.errno is not None:
+            return seen
+        seen = seen.__cause__
+    try:
+        st = os.statvfs(tmp.parent)
+    except OSError:
+        return None
+    free = st.f_bavail * st.f_frsize
+    if free < _NEARLY_FULL or _nbytes(value) >= free:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return None
+
+
+def _nbytes(value: Any) -> int:
+    """A lower bound of the bytes *value* takes on disk (arrays and their containers)."""
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_nbytes(v) for v in value)
+    if isinstance(value, (str, bytes)):
+        return len(value)
+    size = getattr(value, "nbytes", 0)
+    return size if isinstance(size, int) else 0
 
 
 def _publish(store: Store, prepared: Prepared,
@@ -126,6 +173,8 @@ def prepare_file(store: Store, file: File, format: str | None,
         stat = file.stat()
     except FileNotFoundError as exc:
         raise StoreError(f"cannot ingest {file.path}: no such file") from exc
+    except OSError as exc:
+        raise storage_error(exc, "ingest", file.path) from exc
     backend = registry.get(format) if format else registry.for_suffix(file.name)
     if backend.unsafe and store.safe:
         raise UnsafeLoadError(
@@ -135,7 +184,10 @@ def prepare_file(store: Store, file: File, format: str | None,
     cached = _cached_file(store, stat, backend)
     if cached is not None:
         return cached
-    file_digest = file.digest()
+    try:
+        file_digest = file.digest()
+    except OSError as exc:
+        raise storage_error(exc, "read", file.path) from exc
     record = {"path": stat.path, "size": stat.size, "mtime_ns": stat.mtime_ns,
               "inode": stat.inode, "algorithm": hashing.ALGORITHM, "digest": file_digest}
     value = _read_external(backend, file, store.safe)

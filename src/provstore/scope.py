@@ -5,6 +5,14 @@ A scope path is a ``/``-separated list of segments, each either a plain label
 text of a segment is its identity: floats are written with ``repr`` (exact
 round trip: ``sigma=2.0``), booleans and None as JSON (``true``, ``null``),
 strings bare unless they would read back as another type (``x="2.0"``).
+
+Text is compared as written, so two spellings that look the same must not
+both get in: string values are normalized to NFC (``café`` typed with a
+combining accent is the same scope as with a precomposed one), and control,
+format and other invisible characters (C0, C1, bidi overrides and isolates,
+zero-width spaces and joiners, the BOM...) are refused with the code point
+and its position. :func:`escape` shows anything still ambiguous in old
+stores as ``\\uXXXX``.
 """
 
 from __future__ import annotations
@@ -12,16 +20,31 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidNameError
 
-__all__ = ["Segment", "format_path", "parse_path", "segment_for_label", "segment_for_param"]
+__all__ = [
+    "Segment", "escape", "format_path", "invisible_character", "parse_path",
+    "segment_for_label", "segment_for_param",
+]
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*|[0-9][A-Za-z0-9_.\-]*")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_NAME = 255
+# Unicode's Default_Ignorable_Code_Point ranges (DerivedCoreProperties.txt)
+# that are not already control or format characters: they render as nothing.
+_IGNORABLE = (
+    (0x034F, 0x034F), (0x115F, 0x1160), (0x17B4, 0x17B5), (0x180B, 0x180F),
+    (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8),
+    (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF),
+)
+# Control, format (bidi, zero-width, BOM) and surrogate code points, and
+# line/paragraph separators. Unassigned and private-use ones are allowed
+# (a later Unicode or a font may draw them) but escaped in listings.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+_ESCAPED_CATEGORIES = frozenset({"Co", "Cn"})
 Scalar = str | int | float | bool | None
 
 
@@ -69,6 +92,37 @@ def check_name(name: object, *, what: str = "name", where: str = "") -> str:
     return name
 
 
+def invisible_character(text: str) -> tuple[int, str] | None:
+    """The position and code point of the first invisible or control character in *text*.
+
+    Control (C0, C1), format (bidi overrides and isolates, zero-width
+    characters, the BOM) and surrogate code points, line and paragraph
+    separators and the other default-ignorable ones
+    (variation selectors, Hangul fillers...) count: none of them shows.
+    """
+    for i, ch in enumerate(text):
+        if ch.isascii() and ch.isprintable():
+            continue
+        code = ord(ch)
+        if unicodedata.category(ch) in _REFUSED_CATEGORIES or any(
+                lo <= code <= hi for lo, hi in _IGNORABLE):
+            return i, ch
+    return None
+
+
+def _describe(ch: str) -> str:
+    name = unicodedata.name(ch, "")
+    return f"U+{ord(ch):04X}" + (f" ({name})" if name else "")
+
+
+def _invisible_problem(text: str) -> str:
+    found = invisible_character(text)
+    if found is None:
+        return ""
+    i, ch = found
+    return f"it contains {_describe(ch)} at position {i}, an invisible or control character"
+
+
 def _name_problem(name: str) -> str:
     if not name:
         return "it is empty"
@@ -76,12 +130,19 @@ def _name_problem(name: str) -> str:
         return "'/' separates scopes and cannot appear in a name"
     if ".." in name:
         return "'..' is not allowed"
-    if _CONTROL.search(name):
-        return "it contains NUL or control characters"
+    invisible = _invisible_problem(name)
+    if invisible:
+        return invisible
     if len(name) > MAX_NAME:
         return f"it is longer than {MAX_NAME} characters"
-    if name in {".", "-"} or not _NAME.fullmatch(name):
-        return "it contains characters other than letters, digits, '_', '-' and '.'"
+    if name in {".", "-"}:
+        return "it is only punctuation"
+    if not _NAME.fullmatch(name):
+        bad = next(((i, ch) for i, ch in enumerate(name)
+                    if not (ch.isascii() and (ch.isalnum() or ch in "_.-"))), None)
+        if bad is None:  # a valid character in the wrong place (a leading '-' or '.')
+            return f"it starts with {name[0]!r}"
+        return f"it contains {_describe(bad[1])} at position {bad[0]}"
     return ""
 
 
@@ -114,9 +175,11 @@ def _coerce(key: str, value: Any) -> Scalar:
         value = value.item()  # numpy scalars
     if isinstance(value, float) and not math.isfinite(value):
         raise InvalidNameError(f"scope parameter {key}={value!r} is not a finite number")
-    if value is None or isinstance(value, (str, int, float, bool)):
-        if isinstance(value, str):
-            _check_value_text(key, value)
+    if isinstance(value, str):
+        value = unicodedata.normalize("NFC", value)
+        _check_value_text(key, value)
+        return value
+    if value is None or isinstance(value, (int, float, bool)):
         return value
     raise InvalidNameError(
         f"scope parameter {key}={value!r} is a {type(value).__name__}; scope parameters "
@@ -125,10 +188,39 @@ def _coerce(key: str, value: Any) -> Scalar:
 
 
 def _check_value_text(key: str, value: str) -> None:
-    if "/" in value or _CONTROL.search(value) or value in {".", ".."} or ".." in value:
+    invisible = _invisible_problem(value)
+    if invisible:
         raise InvalidNameError(
-            f"scope parameter {key}={value!r} contains '/', '..' or control characters"
-        )
+            f"scope parameter {key}={escape(value)}: {invisible}; remove it (values are "
+            "compared as written, and an invisible character makes a lookalike)")
+    if "/" in value or value in {".", ".."} or ".." in value:
+        raise InvalidNameError(f"scope parameter {key}={value!r} contains '/' or '..'")
+
+
+def escape(text: str) -> str:
+    """*text* with every character that could mislead a reader written as ``\\uXXXX``.
+
+    For listings: invisible and control characters, non-ASCII spaces,
+    unassigned and private-use code points, and,
+    in text that is not in NFC form (stored before values were normalized),
+    every non-ASCII character, so that lookalike spellings print
+    differently. A backslash is doubled, so the escapes cannot be forged.
+    """
+    if text.isascii() and text.isprintable() and "\\" not in text:
+        return text
+    nfc = unicodedata.is_normalized("NFC", text)
+    out = []
+    for ch in text:
+        if ch == "\\":
+            out.append("\\\\")
+        elif not ch.isascii() and (not nfc or ch.isspace() or invisible_character(ch)
+                                   or unicodedata.category(ch) in _ESCAPED_CATEGORIES):
+            out.append(f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}")
+        elif ch.isascii() and not ch.isprintable():
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def segment_for_param(key: str, value: Any) -> Segment:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Executable, Result, insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from . import hashing
 from .backends.base import Backend, registry
@@ -29,6 +29,7 @@ from .db.engine import (
     check_schema,
     display_url,
     is_sqlite,
+    lost_connection,
     make_engine,
     readonly_reason,
     retrying,
@@ -167,6 +168,12 @@ class Store:
         """
         try:
             return self.readers.get().execute(statement, params or {})
+        except DBAPIError as exc:
+            self.readers.discard()
+            lost = lost_connection(self.engine, exc)
+            if lost is not None:  # a server restart: the next read reconnects
+                raise lost from exc
+            raise
         except Exception:
             self.readers.discard()
             raise

@@ -12,6 +12,7 @@ Callers that find the lease held wait, then load the winner's result.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import importlib
 import inspect
@@ -536,7 +537,7 @@ class _Computation:
                 yield holding
         except BaseException as exc:
             if holding.committed is None:
-                self._fail(holding.claim, exc)
+                self._abandon(holding.claim, exc)
             raise
         finally:
             _computing.reset(token)
@@ -590,6 +591,14 @@ class _Computation:
     def _fail(self, c: Claim, exc: BaseException) -> None:
         text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         leases.fail(self.store.engine, c, text)
+
+    def _abandon(self, c: Claim, exc: BaseException) -> None:
+        # Publishing the outputs or committing them failed (a full disk): drop
+        # the lease now, or every retry waits for it to expire. Unless the
+        # error came after the commit itself, which then stands.
+        with contextlib.suppress(Exception):  # the database may be what failed
+            if self.store.finished_call(self.key) != c.call_id:
+                self._fail(c, exc)
 
     def _commit(self, c: Claim, value: Any, duration: float) -> int | None:
         kind = "tuple" if type(value) is tuple else "single"

@@ -34,6 +34,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import logging
 import os
@@ -50,10 +51,19 @@ from urllib.parse import quote
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, make_url, text
 from sqlalchemy.engine import ExceptionContext
-from sqlalchemy.exc import DatabaseError, DBAPIError, IntegrityError
+from sqlalchemy.exc import DatabaseError, DBAPIError, IntegrityError, OperationalError
 
-from ..errors import DatabaseDamagedError, LockTimeoutError, StoreError, StoreVersionError
+from .. import faults
+from ..errors import (
+    DatabaseDamagedError,
+    LockTimeoutError,
+    ProvstoreError,
+    StorageError,
+    StoreError,
+    StoreVersionError,
+)
 from ..fstype import sqlite_file
+from ..objects import storage_error
 
 __all__ = [
     "Readers",
@@ -66,6 +76,7 @@ __all__ = [
     "integrity_check",
     "is_readonly",
     "is_sqlite",
+    "lost_connection",
     "make_engine",
     "migrations_dir",
     "readonly_reason",
@@ -399,8 +410,71 @@ def write(engine: Engine) -> Iterator[Connection]:
         {_WRITE_OPTION: True} if engine.dialect.name == "sqlite"
         else {"isolation_level": "SERIALIZABLE"}
     )
-    with engine.connect().execution_options(**options) as conn, conn.begin():
-        yield conn
+    try:
+        with engine.connect().execution_options(**options) as conn:
+            with conn.begin():
+                yield conn
+                faults.hit("txn.before_commit")
+            faults.hit("txn.after_commit")
+    except DBAPIError as exc:
+        fault = _storage_fault(engine, exc) or lost_connection(engine, exc)
+        if fault is None:
+            raise
+        raise fault from exc
+    except ProvstoreError:
+        raise
+    except OSError as exc:
+        raise storage_error(exc, "write the database", _where(engine)) from exc
+
+
+# SQLite's primary result codes for a full disk and an I/O error; PostgreSQL's
+# SQLSTATE class 53 (insufficient resources) holds disk_full.
+_SQLITE_FULL, _SQLITE_IOERR = 13, 10
+_PG_DISK_FULL = "53100"
+
+
+def _storage_fault(engine: Engine, exc: DBAPIError) -> StorageError | None:
+    """The provstore error for a database write that failed on the disk, if it did."""
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    state = getattr(exc.orig, "sqlstate", None)
+    if (code is not None and code & 0xFF == _SQLITE_FULL) or state == _PG_DISK_FULL:
+        errno_ = errno.ENOSPC
+    elif code is not None and code & 0xFF == _SQLITE_IOERR:
+        errno_ = errno.EIO
+    else:
+        return None
+    return storage_error(OSError(errno_, str(exc.orig)), "write the database", _where(engine))
+
+
+# SQLSTATE classes of a connection that failed or that the server ended
+# (08: connection exception; 57P: shutdown, crash, cannot connect now).
+_LOST_CLASSES = ("08", "57P")
+
+
+def lost_connection(engine: Engine, exc: DBAPIError) -> StoreError | None:
+    """The provstore error for a server connection that was lost or refused, if it was.
+
+    A server restart, ``pg_terminate_backend`` or a network cut. Nothing is
+    retried here: a connection lost during COMMIT leaves the outcome
+    unknown, so the caller decides; binds and tracked calls are safe to
+    retry (an equal value adds no version; a finished call is found).
+    """
+    if is_sqlite(str(engine.url)):
+        return None
+    state = getattr(exc.orig, "sqlstate", None) or ""
+    if not (exc.connection_invalidated or state.startswith(_LOST_CLASSES)
+            or (isinstance(exc, OperationalError) and not state)):
+        return None
+    reason = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else "no reason"
+    return StoreError(
+        f"lost the connection to the database {display_url(str(engine.url))} ({reason}); "
+        "the server restarted, ended this session or cannot be reached: the operation did "
+        "not complete, or completed unacknowledged; retry it once the server is up")
+
+
+def _where(engine: Engine) -> str:
+    url = str(engine.url)
+    return (engine.url.database or "") if is_sqlite(url) else display_url(url)
 
 
 class Readers:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import stat
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import xxhash
 from sqlalchemy import select
@@ -14,8 +19,9 @@ from sqlalchemy import select
 from .. import hashing
 from ..backends.base import registry
 from ..db import queries as q
-from ..errors import CorruptObjectError, MissingKeyError, StoreError
+from ..errors import CorruptObjectError, MissingKeyError, ProvstoreError, StoreError
 from ..lineage import History
+from ..objects import storage_error
 from ..runs import status_of
 from ..store import Store
 from .common import (
@@ -49,8 +55,18 @@ def which(store: Store, path: str | os.PathLike[str]) -> list[Match]:
     -------
     list of Match
         Empty when the content is not in the store.
+
+    Raises
+    ------
+    StoreError
+        *path* is missing, unreadable or not a regular file (a FIFO or a
+        device would block or never end).
     """
-    byte_digest = hashing.file_digest(path)
+    _check_readable(Path(path))
+    try:
+        byte_digest = hashing.file_digest(path)
+    except OSError as exc:
+        raise storage_error(exc, "read", path) from exc
     a, f = q.artifacts, q.files
     found: dict[int, tuple[str, list[str]]] = {}
     for r in store.query(select(a.c.id).where(a.c.file_digest == byte_digest)):
@@ -71,6 +87,17 @@ def which(store: Store, path: str | os.PathLike[str]) -> list[Match]:
         matches.append(Match(artifact_id, row.digest, row.format, how,
                              tuple(bindings.get(artifact_id, ())), tuple(sorted(set(paths)))))
     return matches
+
+
+def _check_readable(path: Path) -> None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise StoreError(f"cannot look up {path}: no such file") from None
+    except OSError as exc:
+        raise storage_error(exc, "read", path) from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise StoreError(f"cannot look up {path}: it is not a regular file")
 
 
 def _content_digest(path: Path) -> str | None:
@@ -97,7 +124,8 @@ class Named(Protocol):
     def history(self, name: str) -> History: ...
 
 
-def export(ctx: Named, name: str, dest: str | os.PathLike[str]) -> Path:
+def export(ctx: Named, name: str, dest: str | os.PathLike[str], *,
+           force: bool = False) -> Path:
     """Copy the current value of *name* to *dest* in its standard format.
 
     The file's bytes are verified while copying. A JSON sidecar
@@ -105,10 +133,28 @@ def export(ctx: Named, name: str, dest: str | os.PathLike[str]) -> Path:
     digests, format, creation, run, origin and producing call.
     :func:`which` on the exported file finds the artifact again.
 
+    Both files are written to unpredictably named temporaries created with
+    ``O_EXCL|O_NOFOLLOW`` in the destination's directory, then moved into
+    place: a link planted at the destination, the sidecar or a temporary name
+    is never followed, only replaced (with *force*).
+
+    Parameters
+    ----------
+    force : bool
+        Replace an existing destination or sidecar (the default refuses).
+
     Returns
     -------
     Path
         The written file (inside *dest* when it is a directory).
+
+    Raises
+    ------
+    StoreError
+        The destination's directory is missing, or the destination or its
+        sidecar exists and *force* is not set.
+    StorageError
+        Writing failed (a full disk: ``StorageFullError``); nothing is left.
     """
     h = ctx.history(name)
     v = h.latest
@@ -117,31 +163,136 @@ def export(ctx: Named, name: str, dest: str | os.PathLike[str]) -> Path:
     row = ctx.store.artifact(v.artifact_id)
     suffix = row.suffix or (".json" if row.format == "json" else "")
     target = Path(dest)
-    if target.is_dir():
+    if target.is_dir():  # a directory the caller names, through a link or not
         target = target / f"{v.name}{suffix}"
     if suffix and not target.name.lower().endswith(suffix):
         raise StoreError(f"{v.path} is stored as {row.format} ({suffix}); export it to a file "
                          f"name ending in {suffix}")
-    partial = target.with_name(f".{target.name}.partial")
-    try:
+    sidecar = target.with_name(target.name + ".provstore.json")
+    _check_destination(target, v.path, force)
+    _check_destination(sidecar, v.path, force)
+    lineage = json.dumps(_lineage(ctx, h, row), indent=2, default=str) + "\n"
+    source = None if row.inline is not None else ctx.store.objects.path(row.digest, row.suffix)
+
+    def write_value(fout: BinaryIO) -> None:
         if row.inline is not None:
-            partial.write_bytes(row.inline)
+            fout.write(row.inline)
         else:
-            _copy_checked(ctx.store.objects.path(row.digest, row.suffix), partial,
-                          row.file_digest, v.path)
-        os.replace(partial, target)
-        sidecar = target.with_name(target.name + ".provstore.json")
-        sidecar.write_text(json.dumps(_lineage(ctx, h, row), indent=2, default=str) + "\n")
-    except OSError as exc:
-        partial.unlink(missing_ok=True)
-        raise StoreError(f"cannot export {v.path} to {target}: {exc}") from exc
+            assert source is not None
+            _copy_checked(source, fout, row.file_digest, v.path)
+
+    placed = write_new_file(target, write_value, force=force)
+    try:
+        write_new_file(sidecar, lambda f: f.write(lineage.encode()), force=force)
+    except BaseException:
+        _unlink_if_same(target, placed)  # the sidecar failed: take back our file
+        raise
     return target
 
 
-def _copy_checked(src: Path, dst: Path, expected: str | None, where: str) -> None:
+def _check_destination(path: Path, what: str, force: bool) -> None:
+    parent = path.parent
+    if not parent.is_dir():
+        raise StoreError(f"cannot export {what} to {path}: the directory {parent} does not "
+                         "exist; create it first")
+    if os.path.lexists(path) and not force:
+        kind = "a symbolic link" if path.is_symlink() else "a file"
+        raise StoreError(f"cannot export {what}: {path} is already {kind}; choose another "
+                         "name, remove it, or pass --force (force=True) to replace it")
+    if path.is_dir() and not path.is_symlink():
+        raise StoreError(f"cannot export {what} to {path}: it is a directory")
+
+
+def write_new_file(path: Path, write: Callable[[BinaryIO], object], *,
+                   force: bool = False) -> tuple[int, int]:
+    """Create *path* with the bytes *write* puts in a file, never following links.
+
+    The data goes to a temporary file created with ``O_EXCL|O_NOFOLLOW`` and
+    an unpredictable name in *path*'s directory (:func:`tempfile.mkstemp`),
+    is fsynced, then linked into place, which fails if anything (a file, a
+    link, a dangling link) is at *path*. With *force* it is renamed over
+    *path* instead, which replaces a link itself, never its target. Nothing
+    is left on failure.
+
+    Returns
+    -------
+    tuple of int
+        The (device, inode) of the file placed, to recognise it later.
+
+    Raises
+    ------
+    StoreError
+        *path* exists and *force* is false.
+    StorageError
+        The filesystem failed (``StorageFullError`` when full).
+    """
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:100]}.",
+                                        suffix=".partial")
+    except OSError as exc:
+        raise storage_error(exc, "create a file in", path.parent) from exc
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as fout:
+            write(fout)
+            fout.flush()
+            os.fchmod(fout.fileno(), 0o666 & ~_umask())
+            os.fsync(fout.fileno())
+            st = os.fstat(fout.fileno())
+        _place(tmp, path, force)
+    except ProvstoreError:
+        raise
+    except OSError as exc:
+        raise storage_error(exc, "write", exc.filename or path) from exc
+    finally:
+        with contextlib.suppress(OSError):  # never hide the error being raised
+            tmp.unlink(missing_ok=True)
+    return st.st_dev, st.st_ino
+
+
+def _place(tmp: Path, path: Path, force: bool) -> None:
+    if force:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path, follow_symlinks=False)
+    except FileExistsError:
+        raise StoreError(f"{path} appeared while it was being written; nothing was "
+                         "replaced: pass --force (force=True) to replace it") from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        # A filesystem without hard links (FAT, some network shares): check,
+        # then rename; the window between the two is the best it allows.
+        if os.path.lexists(path):
+            raise StoreError(f"{path} appeared while it was being written; pass --force "
+                             "(force=True) to replace it") from None
+        os.rename(tmp, path)
+
+
+def _unlink_if_same(path: Path, identity: tuple[int, int]) -> None:
+    with contextlib.suppress(OSError):
+        st = os.lstat(path)
+        if (st.st_dev, st.st_ino) == identity:
+            path.unlink()
+
+
+def _umask() -> int:
+    # os.umask can only be read by setting it, which races with other
+    # threads creating files; Linux shows it in /proc.
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def _copy_checked(src: Path, fout: BinaryIO, expected: str | None, where: str) -> None:
     h = xxhash.xxh3_128()
     try:
-        with open(src, "rb") as fin, open(dst, "wb") as fout:
+        with open(src, "rb") as fin:
             while chunk := fin.read(1 << 23):
                 h.update(chunk)
                 fout.write(chunk)
@@ -149,7 +300,6 @@ def _copy_checked(src: Path, dst: Path, expected: str | None, where: str) -> Non
         raise CorruptObjectError(f"{where}: its object file is missing; run `provstore "
                                  "verify`") from exc
     if h.hexdigest() != expected:
-        dst.unlink(missing_ok=True)
         raise CorruptObjectError(f"{where}: its object file changed after it was stored; "
                                  "run `provstore verify`")
 
