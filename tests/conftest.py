@@ -7,11 +7,15 @@ backends, for machines without PostgreSQL; CI runs both.
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import os
+import shutil
 import sys
-from collections.abc import Iterator
+import textwrap
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -100,3 +104,25 @@ def _fresh_hash_warnings() -> None:
     from provstore import hashing
 
     hashing._warned_types.clear()
+
+
+@pytest.fixture
+def module_factory(tmp_path: Path) -> Iterator[Callable[[str], ModuleType]]:
+    """Write a module and (re)import it, like editing and rerunning a script."""
+    name = f"editmod_{tmp_path.name.replace('-', '_')}"
+    sys.path.insert(0, str(tmp_path))
+    dont_write = sys.dont_write_bytecode
+    sys.dont_write_bytecode = True
+
+    def write(source: str) -> ModuleType:
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
+        shutil.rmtree(tmp_path / "__pycache__", ignore_errors=True)
+        importlib.invalidate_caches()
+        if name in sys.modules:
+            return importlib.reload(sys.modules[name])
+        return importlib.import_module(name)
+
+    yield write
+    sys.dont_write_bytecode = dont_write
+    sys.path.remove(str(tmp_path))
+    sys.modules.pop(name, None)

@@ -8,12 +8,8 @@ their outputs alive. Every test runs on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 import json
-import shutil
-import sys
-import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -43,28 +39,6 @@ def disk(root: Path) -> dict[str, int]:
 
 def count(store_dir: Path, table: str) -> int:
     return int(scalar(store_dir, f"SELECT count(*) FROM {table}"))
-
-
-@pytest.fixture
-def module_factory(tmp_path: Path) -> Iterator[Callable[[str], ModuleType]]:
-    """Write a pipeline module and (re)import it, like editing and rerunning a script."""
-    name = f"retmod_{tmp_path.name.replace('-', '_')}"
-    sys.path.insert(0, str(tmp_path))
-    dont_write = sys.dont_write_bytecode
-    sys.dont_write_bytecode = True
-
-    def write(source: str) -> ModuleType:
-        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
-        shutil.rmtree(tmp_path / "__pycache__", ignore_errors=True)
-        importlib.invalidate_caches()
-        if name in sys.modules:
-            return importlib.reload(sys.modules[name])
-        return importlib.import_module(name)
-
-    yield write
-    sys.dont_write_bytecode = dont_write
-    sys.path.remove(str(tmp_path))
-    sys.modules.pop(name, None)
 
 
 PIPELINE = """

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import pickle
-import shutil
 import sys
-import textwrap
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -310,28 +307,6 @@ def test_ctx_track_binds_a_store_and_wraps_library_functions(tmp_path: Path) -> 
 
 
 # --------------------------------------------------------------- code edits
-@pytest.fixture
-def module_factory(tmp_path: Path) -> Iterator[Callable[[str], ModuleType]]:
-    """Write `trackmod.py` and (re)import it, like editing and rerunning a script."""
-    name = f"trackmod_{tmp_path.name.replace('-', '_')}"
-    sys.path.insert(0, str(tmp_path))
-    dont_write = sys.dont_write_bytecode
-    sys.dont_write_bytecode = True
-
-    def write(source: str) -> ModuleType:
-        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
-        shutil.rmtree(tmp_path / "__pycache__", ignore_errors=True)
-        importlib.invalidate_caches()
-        if name in sys.modules:
-            return importlib.reload(sys.modules[name])
-        return importlib.import_module(name)
-
-    yield write
-    sys.dont_write_bytecode = dont_write
-    sys.path.remove(str(tmp_path))
-    sys.modules.pop(name, None)
-
-
 PIPELINE = '''
 import provstore
 RUNS = []
