@@ -141,11 +141,12 @@ SCRIPT = textwrap.dedent('''
 
 EXPECTED = {"script": [1.5, 2.5, 3.5], "script_nested": [23.0, 25.0, 27.0],
             "module": [1, 4, 9], "module_nested": [122, 145, 170], "cell": [10, 20, 30]}
-# The log of each tracked body, and the function identity it records.
-BODIES = {"script": "__main__:smooth", "script_nested": "__main__:smooth_twice",
-          "script_nested.inner": "__main__:smooth",
+# The log of each tracked body, and the function identity it records: a script's
+# functions are listed under the module name the script would have (pipeline.py).
+BODIES = {"script": "pipeline:smooth", "script_nested": "pipeline:smooth_twice",
+          "script_nested.inner": "pipeline:smooth",
           "module": "tracked_samples:square", "module_nested": "tracked_samples:square_plus_one",
-          "module_nested.inner": "tracked_samples:square", "cell": "__main__:cell_smooth"}
+          "module_nested.inner": "tracked_samples:square", "cell": "pipeline:cell_smooth"}
 
 
 def items(body: str) -> list[int]:
@@ -189,7 +190,7 @@ def test_tracked_functions_run_once_in_workers_over_two_runs(
 
     # Recorded in the store the parent opened, by the workers.
     calls = sql(store_dir, "SELECT function, status, pid FROM calls")
-    mapped = ["__main__:keep_double"] * len(ITEMS) if executor == "futures" else []
+    mapped = ["pipeline:keep_double"] * len(ITEMS) if executor == "futures" else []
     assert sorted(c["function"] for c in calls) == sorted(
         [f for f in BODIES.values() for _ in ITEMS] + mapped)
     assert {c["status"] for c in calls} == {"done"}

@@ -142,9 +142,8 @@ def _show(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:
     """Print a rich table on a terminal; tab-separated lines to pipes and files.
 
     The plain form has a header line of column names, preceded by ``# title``
-    when the listing has one; tabs, newlines and backslashes inside cells are
-    written ``\\t``, ``\\n`` and ``\\\\``, so every row is one line for ``cut`` and
-    ``awk``.
+    when the listing has one; tabs and newlines inside cells are written
+    ``\\t`` and ``\\n``, so every row is one line for ``cut`` and ``awk``.
     """
     if not _terminal():
         lines = [f"# {title}"] if title else []
@@ -161,8 +160,10 @@ def _show(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:
 
 
 def _plain(cell: Any) -> str:
+    # Names and scopes cannot hold tabs or newlines (and arrive escaped by
+    # scope.escape); other cells (values, command lines) might.
     text = "" if cell is None else str(cell)
-    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+    return text.replace("\t", "\\t").replace("\n", "\\n")
 
 
 @contextmanager

@@ -436,6 +436,11 @@ _PG_DISK_FULL = "53100"
 def _storage_fault(engine: Engine, exc: DBAPIError) -> StorageError | None:
     """The provstore error for a database write that failed on the disk, if it did."""
     code = getattr(exc.orig, "sqlite_errorcode", None)
+    if code is None and isinstance(exc.orig, sqlite3.Error):
+        # Python 3.10's sqlite3 names no result code: SQLite's own messages.
+        text = str(exc.orig).lower()
+        code = (_SQLITE_FULL if "database or disk is full" in text
+                else _SQLITE_IOERR if "disk i/o error" in text else None)
     state = getattr(exc.orig, "sqlstate", None)
     if (code is not None and code & 0xFF == _SQLITE_FULL) or state == _PG_DISK_FULL:
         errno_ = errno.ENOSPC
