@@ -164,8 +164,9 @@ def test_current_results_and_their_lineage_are_always_kept(ctx: provstore.Contex
 
 def _age(store_dir: Path, call_id: int, days: float) -> None:
     then = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - dt.timedelta(days=days)
+    # As text: sqlite3's default datetime adapter is deprecated since Python 3.12.
     sql(store_dir, "UPDATE calls SET started = :t, finished = :t WHERE id = :id",
-        {"t": then, "id": call_id}, write=True)
+        {"t": then.strftime("%Y-%m-%d %H:%M:%S.%f"), "id": call_id}, write=True)
 
 
 def _call_ids(store_dir: Path) -> list[int]:

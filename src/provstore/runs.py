@@ -175,8 +175,13 @@ class RunRecorder:
                 self._id = self._open()
                 self._pid = os.getpid()
                 self._stop = threading.Event()
-                threading.Thread(target=self._beat, args=(self._id, self._stop),
-                                 name="provstore-heartbeat", daemon=True).start()
+                try:
+                    threading.Thread(target=self._beat, args=(self._id, self._stop),
+                                     name="provstore-heartbeat", daemon=True).start()
+                except RuntimeError:
+                    # At interpreter exit (a process that only hit records its
+                    # counts then) Python 3.12+ starts no thread: none is needed.
+                    pass
                 atexit.register(self._close)
             return self._id
 
