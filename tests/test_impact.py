@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import itertools
 import json
 import linecache
+import os
 import sys
 import textwrap
 import types
@@ -44,9 +46,15 @@ def load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Loader]:
     monkeypatch.syspath_prepend(str(tmp_path))
     name = f"impact_mod_{uuid.uuid4().hex[:10]}"
 
+    stamps = itertools.count(1_700_000_000)
+
     def _load(source: str) -> types.ModuleType:
         path = tmp_path / f"{name}.py"
         path.write_text(textwrap.dedent(source))
+        # Each edit gets a later mtime: an edit of the same size within one
+        # timestamp tick looks unchanged to mtime+size caches (linecache's too).
+        stamp = next(stamps)
+        os.utime(path, (stamp, stamp))
         linecache.cache.pop(str(path), None)
         importlib.invalidate_caches()
         if name in sys.modules:

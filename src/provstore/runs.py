@@ -10,6 +10,7 @@ on another host, which cannot be asked).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime as dt
 import getpass
 import json
@@ -175,13 +176,11 @@ class RunRecorder:
                 self._id = self._open()
                 self._pid = os.getpid()
                 self._stop = threading.Event()
-                try:
+                # At interpreter exit (a process that only hit records its
+                # counts then) Python 3.12+ starts no thread: none is needed.
+                with contextlib.suppress(RuntimeError):
                     threading.Thread(target=self._beat, args=(self._id, self._stop),
                                      name="provstore-heartbeat", daemon=True).start()
-                except RuntimeError:
-                    # At interpreter exit (a process that only hit records its
-                    # counts then) Python 3.12+ starts no thread: none is needed.
-                    pass
                 atexit.register(self._close)
             return self._id
 
