@@ -173,8 +173,9 @@ def _call_ids(store_dir: Path) -> list[int]:
     return [r["id"] for r in sql(store_dir, "SELECT id FROM calls ORDER BY id")]
 
 
-def test_older_than_drops_calls_last_used_before_the_cutoff(ctx: provstore.Context,
-                                                            store_dir: Path) -> None:
+def _four_calls_three_aged(ctx: provstore.Context,
+                           store_dir: Path) -> tuple[Any, list[int], list[int]]:
+    """f(0..3) computed, the first three made ten days old: f, its body log, the call ids."""
     log: list[int] = []
     f = _tracked(ctx, log)
     for x in range(4):
@@ -182,6 +183,12 @@ def test_older_than_drops_calls_last_used_before_the_cutoff(ctx: provstore.Conte
     ids = _call_ids(store_dir)
     for call_id in ids[:3]:
         _age(store_dir, call_id, days=10)
+    return f, log, ids
+
+
+def test_older_than_drops_calls_last_used_before_the_cutoff(ctx: provstore.Context,
+                                                            store_dir: Path) -> None:
+    f, log, ids = _four_calls_three_aged(ctx, store_dir)
     ctx.store.memo = type(ctx.store.memo)()  # a new session: hits go to the database
     f(1)  # an old result used today
     report = m.gc(ctx.store, dry_run=False, older_than="7d")
@@ -352,13 +359,7 @@ def test_ingested_files_of_dropped_versions_are_freed(ctx: provstore.Context,
 
 def test_rules_given_together_keep_what_either_keeps(ctx: provstore.Context,
                                                      store_dir: Path) -> None:
-    log: list[int] = []
-    f = _tracked(ctx, log)
-    for x in range(4):
-        f(x)
-    ids = _call_ids(store_dir)
-    for call_id in ids[:3]:
-        _age(store_dir, call_id, days=10)
+    _, _, ids = _four_calls_three_aged(ctx, store_dir)
     # keep-calls 1 keeps f(3); older-than 7d keeps nothing more: f(0..2) go.
     assert m.gc(ctx.store, keep_calls=1, older_than="7d").calls == 3
     _age(store_dir, ids[2], days=1)
