@@ -9,6 +9,9 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import os
+import signal
+import subprocess
+import sys
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
@@ -171,3 +174,32 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal(
     with ThreadPoolExecutor(1) as pool:
         list(ctx.map(functools.partial(square, log=str(log)), [1], executor=pool))
     assert capsys.readouterr().err == ""
+
+
+def test_the_default_pool_never_forks_a_process_whose_threads_hold_locks(
+        store_dir: Path, tmp_path: Path) -> None:
+    # A fork() copies every lock of the parent, held ones included, but none
+    # of the threads that would release them: a worker needing one waits
+    # forever. Here the lock is the caller's own; in a real program it can be
+    # any library's, held by any thread at the wrong moment.
+    (tmp_path / "guarded.py").write_text(
+        "import threading\n\nGUARD = threading.Lock()\n\n\n"
+        "def square(x):\n    with GUARD:\n        return x * x\n")
+    (tmp_path / "main.py").write_text(
+        "import sys\n\nimport provstore\nimport guarded\n\n"
+        "if __name__ == '__main__':\n"
+        "    ctx = provstore.open(sys.argv[1])\n"
+        "    with guarded.GUARD:  # held by this process for the whole map\n"
+        "        print(list(ctx.map(guarded.square, range(4))))\n")
+    provstore.open(store_dir)
+    main = subprocess.Popen([sys.executable, "main.py", str(store_dir)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = main.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(main.pid, signal.SIGKILL)  # the script and its stuck workers
+        main.communicate()
+        raise AssertionError("ctx.map hung: its workers inherited a held lock") from None
+    assert main.returncode == 0, err
+    assert out.strip() == "[0, 1, 4, 9]"

@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +63,6 @@ def test_reading_never_opens_a_run(store_dir: Path) -> None:
 
 
 def test_a_live_run_keeps_its_heartbeat_fresh(store_dir: Path) -> None:
-    import time
-
     from provstore.runs import RunRecorder
 
     ctx = provstore.open(store_dir)
@@ -96,3 +96,41 @@ def test_runs_record_the_git_commit_and_dirty_flag_of_the_script(store_dir: Path
     clean, dirty = _runs(store_dir)
     assert clean["git_commit"] == head and clean["git_dirty"] == 0
     assert dirty["git_commit"] == head and dirty["git_dirty"] == 1
+
+
+def test_many_open_stores_share_one_heartbeat_thread(tmp_path: Path) -> None:
+    # A thread per store piled up to hundreds in one process (a service, a
+    # test suite), and every extra thread makes a later fork() riskier.
+    stores = [provstore.open(tmp_path / f"s{i}") for i in range(12)]
+    for i, ctx in enumerate(stores):
+        ctx.x = i  # the first write opens each store's run
+    beating = [t for t in threading.enumerate() if t.name == "provstore-heartbeat"]
+    assert len(beating) == 1
+    for i in range(12):
+        assert _runs(tmp_path / f"s{i}")[-1]["status"] == "running"
+
+
+def test_a_forked_child_counts_even_if_the_parent_was_counting(store_dir: Path) -> None:
+    # The heartbeat thread reads a run's counts under its lock; a fork at that
+    # moment must not leave the child waiting on a lock nobody will release.
+    ctx = provstore.open(store_dir)
+    ctx.x = 1
+    recorder = ctx.store.runs
+    with recorder._lock:  # what the heartbeat holds while it reads the counts
+        pid = os.fork()
+        if pid == 0:  # the child: count, then leave without running atexit
+            try:
+                recorder.count_miss()
+                os._exit(0)
+            finally:
+                os._exit(1)
+    for _ in range(10 * 20):  # up to 10 s
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise AssertionError("the forked child hung on the lock the parent held at fork()")
+    assert os.waitstatus_to_exitcode(status) == 0

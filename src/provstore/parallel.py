@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import multiprocessing
 import os
 import pickle
 import socket
@@ -39,6 +40,13 @@ if TYPE_CHECKING:
     from rich.progress import Progress
 
 __all__ = ["WorkerTraceback", "map_calls"]
+
+# The default pool's workers start from a clean process, never by fork() of
+# the caller: a fork copies every lock the caller's threads hold (its own,
+# SQLite's, any library's) without the threads that would release them, and
+# a worker that needs one waits forever. Python 3.14 made the same choice.
+_START_METHOD = ("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
+                 else "spawn")
 
 
 class WorkerTraceback(Exception):
@@ -187,8 +195,9 @@ def map_calls(ctx: View, func: Callable[[Any], Any], iterable: Iterable[Any], *,
     chunks = [tuple(items[i : i + chunksize]) for i in range(0, len(items), chunksize)]
     pool: Executor | None = None
     if executor is None:
-        pool = executor = ProcessPoolExecutor(max_workers=max(1, min(os.cpu_count() or 1,
-                                                                     len(chunks) or 1)))
+        pool = executor = ProcessPoolExecutor(
+            max_workers=max(1, min(os.cpu_count() or 1, len(chunks) or 1)),
+            mp_context=multiprocessing.get_context(_START_METHOD))
     if progress is None:
         progress = _interactive()
     bar = _start_progress(func, len(items)) if progress else None

@@ -108,8 +108,7 @@ class RunRecorder:
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._id: int | None = None
-        self._interval = heartbeat
-        self._stop = threading.Event()
+        self.interval = heartbeat
         # Hits and misses of tracked calls, counted in memory and written with
         # the heartbeat and at close; hits wait by call id until the durations
         # they saved are read, one query per write.
@@ -117,6 +116,7 @@ class RunRecorder:
         self._hits = self._misses = 0
         self._saved = 0.0
         self._counted_in = os.getpid()
+        _LOCKED.add(self)
 
     def _same_process(self) -> None:
         # Call with the lock held: a forked child counts its own calls only.
@@ -175,24 +175,23 @@ class RunRecorder:
             if self._id is None or self._pid != os.getpid():  # new process after fork
                 self._id = self._open()
                 self._pid = os.getpid()
-                self._stop = threading.Event()
-                # At interpreter exit (a process that only hit records its
-                # counts then) Python 3.12+ starts no thread: none is needed.
-                with contextlib.suppress(RuntimeError):
-                    threading.Thread(target=self._beat, args=(self._id, self._stop),
-                                     name="provstore-heartbeat", daemon=True).start()
+                _heart().add(self)
                 atexit.register(self._close)
             return self._id
 
-    def _beat(self, run_id: int, stop: threading.Event) -> None:
-        while not stop.wait(self._interval):
-            try:
-                counts = self.counts()
-                with write(self._engine) as conn:
-                    conn.execute(update(Run).where(Run.id == run_id)
-                                 .values(heartbeat=utcnow(), **counts))
-            except Exception:
-                continue
+    def beat(self) -> None:
+        """Write the heartbeat and counts of this process's open run, if any."""
+        run_id = self._id
+        if run_id is None or self._pid != os.getpid():
+            return
+        counts = self.counts()
+        with write(self._engine) as conn:
+            conn.execute(update(Run).where(Run.id == run_id)
+                         .values(heartbeat=utcnow(), **counts))
+
+    def after_fork(self) -> None:
+        """Replace the lock a thread of the parent may have held at ``fork()``."""
+        self._lock = threading.Lock()
 
     def _open(self) -> int:
         now = utcnow()
@@ -213,7 +212,7 @@ class RunRecorder:
     def _close(self) -> None:
         if self._id is None or self._pid != os.getpid():
             return
-        self._stop.set()
+        _heart().remove(self)
         failed = getattr(sys, "last_value", None) is not None
         status = "failed" if failed else "finished"
         now = utcnow()
@@ -246,6 +245,7 @@ class ReuseLog:
         self._ids: set[int] = set()
         self._flushed = time.monotonic()
         self._pid = os.getpid()
+        _LOCKED.add(self)
         if enabled:
             # By weak reference: a process that opens many stores keeps none alive.
             atexit.register(_flush_at_exit, weakref.ref(self))
@@ -260,6 +260,10 @@ class ReuseLog:
             due = time.monotonic() - self._flushed >= HIT_FLUSH_SECONDS
         if due:
             self.flush()
+
+    def after_fork(self) -> None:
+        """Replace the lock a thread of the parent may have held at ``fork()``."""
+        self._lock = threading.Lock()
 
     def flush(self) -> None:
         """Write ``last_hit`` of the calls hit since the last flush, in one transaction."""
@@ -329,3 +333,75 @@ def process_gone(host: str | None, pid: int | None) -> bool:
     except PermissionError:  # alive, another user's
         return False
     return False
+
+
+class _Heart:
+    """The process's one heartbeat thread, beating every open run in turn.
+
+    One thread per store piled up in processes that open many stores (a
+    service, a test suite), and each thread alive at a ``fork()`` is one more
+    chance that the child inherits a lock held mid-write.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._due: dict[RunRecorder, float] = {}
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, recorder: RunRecorder) -> None:
+        with self._lock:
+            self._due[recorder] = time.monotonic() + recorder.interval
+            if self._thread is None:
+                # At interpreter exit (a process that only hit records its
+                # counts then) Python 3.12+ starts no thread: none is needed.
+                with contextlib.suppress(RuntimeError):
+                    thread = threading.Thread(target=self._run, name="provstore-heartbeat",
+                                              daemon=True)
+                    thread.start()
+                    self._thread = thread
+        self._wake.set()  # the new run may be due before the thread would wake
+
+    def remove(self, recorder: RunRecorder) -> None:
+        with self._lock:
+            self._due.pop(recorder, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                due = [r for r, t in self._due.items() if t <= now]
+                for r in due:
+                    self._due[r] = now + r.interval
+                wait = min((t - now for t in self._due.values()), default=None)
+            for recorder in due:
+                # A busy database or a closed store: the next beat tries again.
+                with contextlib.suppress(Exception):
+                    recorder.beat()
+            self._wake.wait(timeout=wait)
+            self._wake.clear()
+
+
+_hearts: dict[int, _Heart] = {}
+
+
+def _heart() -> _Heart:
+    # Per process: a forked child inherits the parent's object but not its thread.
+    pid = os.getpid()
+    found = _hearts.get(pid)
+    if found is None:
+        found = _hearts[pid] = _Heart()
+    return found
+
+
+# Locks a heartbeat or flushing thread may hold at the moment another thread
+# forks: the child has no such thread, so it gets fresh, unheld locks.
+_LOCKED: weakref.WeakSet[RunRecorder | ReuseLog] = weakref.WeakSet()
+
+
+def _fresh_locks_after_fork() -> None:
+    for holder in list(_LOCKED):
+        holder.after_fork()
+
+
+os.register_at_fork(after_in_child=_fresh_locks_after_fork)
