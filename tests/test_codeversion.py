@@ -516,3 +516,49 @@ def test_library_upgrades_do_not_change_user_code_versions(
     assert code_version(mod.uses_numpy).digest == user_before.digest
     assert code_version(mod.uses_numpy).deps["dist:numpy"] == "99.0"
     assert code_version(np.convolve).digest != library_before.digest  # name==version
+
+
+def test_every_helper_is_read_with_its_own_names(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # The walk cached each parsed definition's names by id(); once a tree was
+    # freed, the next helper's tree could reuse its id and be read with the
+    # names of the function before it, dropping the constant the helper reads
+    # from the key (seen on 1 to 15 of 100 fresh imports, depending on the
+    # Python). Many fresh modules make an id reuse near certain.
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    src = textwrap.dedent("""
+        import functools
+
+        LEVELS = (1, 2.5, -3, "a", None, {"k": [1, 2]})
+        FACTOR = 2
+
+
+        class Scaler:
+            def __init__(self, by):
+                self.by = by
+
+            def apply(self, x):
+                return x * self.by
+
+
+        @functools.lru_cache(maxsize=None)
+        def base(n):
+            return n + len(LEVELS)
+
+
+        def top(x):
+            return Scaler(FACTOR).apply(x) + base(1)
+        """)
+    missed = []
+    for i in range(200):
+        name = f"walk_{uuid.uuid4().hex[:10]}"
+        (tmp_path / f"{name}.py").write_text(src)
+        importlib.invalidate_caches()
+        try:
+            deps = code_version(importlib.import_module(name).top).deps
+        finally:
+            sys.modules.pop(name, None)
+        if f"{name}.LEVELS" not in deps:
+            missed.append(i)
+    assert missed == []

@@ -341,10 +341,6 @@ def rich(x):
 """
 
 
-@pytest.mark.xfail(sys.version_info >= (3, 13), strict=False,
-                   reason="open bug: in a full run on Python 3.13 (not alone) the edit of "
-                          "LEVELS reached through an lru_cache'd helper is missed; see the "
-                          "2026-12-07 closing note")
 def test_unchanged_code_is_never_reported_stale(ctx: Context, load: Loader) -> None:
     """Static digests of classes, decorated helpers and literal constants match the live ones."""
     mod = load(RICH)

@@ -266,9 +266,12 @@ class _Walk:
         self.checks: dict[tuple[int, str], tuple[Any, str, Any]] = {}
         self.attrs: list[tuple[Any, str, Any]] = []
         self.values: list[tuple[Any, str]] = []
-        self.seen: set[int] = set()
+        self.seen: dict[int, object] = {}  # id -> the object, kept so no id is reused
         self.parts: dict[str, str] = {}
-        self.trees: dict[int, tuple[set[str], set[str]]] = {}  # id(tree) -> (names, globals)
+        # id(tree) -> (tree, names, globals). The tree is kept so that its id
+        # cannot be reused by another definition's tree during the walk, which
+        # would read that helper with the wrong names (and drop its constants).
+        self.trees: dict[int, tuple[ast.AST, set[str], set[str]]] = {}
 
     def add(self, key: str, value: str) -> None:
         base, n = key, 1
@@ -283,7 +286,7 @@ class _Walk:
     def function(
         self, func: types.FunctionType, depth: int, *, top: bool = False
     ) -> tuple[str, str]:
-        self.seen.add(id(func))
+        self.seen[id(func)] = func
         self.attrs.append((func, "__code__", func.__code__))
         own, source, tree = own_source(func, top=top)
         if not top:
@@ -300,10 +303,11 @@ class _Walk:
             if id(tree) not in self.trees:
                 nodes = list(ast.walk(tree))
                 self.trees[id(tree)] = (
+                    tree,
                     {n.id for n in nodes if isinstance(n, ast.Name)},
                     {n for g in nodes if isinstance(g, ast.Global) for n in g.names},
                 )
-            read, declared = self.trees[id(tree)]
+            _, read, declared = self.trees[id(tree)]
             names &= read
         globs = func.__globals__
         module = normal_module(str(globs.get("__name__", "__main__")))
@@ -377,7 +381,7 @@ class _Walk:
             self.value(obj, f"{module.__name__}.{name}", attrs, depth + 1)
 
     def klass(self, cls: type, depth: int) -> None:
-        self.seen.add(id(cls))
+        self.seen[id(cls)] = cls
         tree = parse_source(cls, ast.ClassDef, cls.__name__)
         members: dict[str, list[types.FunctionType]] = {}
         for name, attr in sorted(vars(cls).items()):
@@ -410,7 +414,7 @@ class _Walk:
                 if id(fn) in self.seen:
                     continue
                 if fn.__qualname__.startswith(cls.__qualname__ + "."):  # defined in the class
-                    self.seen.add(id(fn))
+                    self.seen[id(fn)] = fn
                     self.attrs.append((fn, "__code__", fn.__code__))
                     self.refs(fn, tree, depth + 1)
                 else:  # a function assigned onto the class later
