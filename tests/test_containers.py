@@ -258,3 +258,40 @@ def test_export_writes_a_directory_of_standard_files(ctx: provstore.Context,
     assert [b.path for b in match.bindings] == ["subject"]
     with pytest.raises(provstore.errors.StoreError, match="already"):
         m.export(ctx, "subject", tmp_path)
+
+
+def test_export_force_replaces_and_a_lost_element_leaves_nothing(ctx: provstore.Context,
+                                                                  tmp_path: Path) -> None:
+    ctx.imgs = [A]
+    (tmp_path / "out").mkdir()
+    target = m.export(ctx, "imgs", tmp_path / "out")
+    assert target == tmp_path / "out" / "imgs"
+    (target / "stale.txt").write_text("from before")
+    ctx.imgs = [B, {"weird/key": A}]
+    with pytest.raises(provstore.errors.StoreError, match="already"):
+        m.export(ctx, "imgs", tmp_path / "out")
+    assert m.export(ctx, "imgs", tmp_path / "out", force=True) == target
+    assert sorted(p.name for p in target.rglob("*")) == ["0.nii", "1", "_0.nii",
+                                                         "container.json"]
+    _assert_same(nib.load(target / "1" / "_0.nii"), A)
+    _element_paths(ctx, "imgs")[0].unlink()
+    with pytest.raises(CorruptObjectError, match=r"imgs element \[0\].*missing"):
+        m.export(ctx, "imgs", tmp_path / "again")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "study"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["imgs",
+                                                                     "imgs.provstore.json"]
+
+
+def test_containers_without_images_keep_their_format(ctx: provstore.Context) -> None:
+    ctx.arrays = [np.arange(3), {"b": np.ones(2)}]
+    ctx.small = {"a": [1, 2]}
+    assert ctx.history("arrays").latest.format == "hdf5"
+    assert ctx.history("small").latest.format == "json"
+
+
+def test_nesting_too_deep_is_refused_not_pickled(ctx: provstore.Context) -> None:
+    deep: Any = A
+    for _ in range(40):
+        deep = [deep]
+    with pytest.raises(UnsupportedTypeError, match="deeper than 32"):
+        ctx.deep = deep

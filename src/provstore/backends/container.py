@@ -203,19 +203,23 @@ def _is_image(value: Any) -> bool:
 
 
 def _walk_values(obj: Any) -> Iterator[Any]:
-    """Every value inside *obj* (bounded in depth and count, cycles skipped)."""
-    stack = [(obj, 0)]
+    """Every value inside *obj* (at most :data:`MAX_ITEMS`, cycles skipped).
+
+    Not bounded in depth: a container too deep to store is still claimed,
+    so that :meth:`ContainerBackend.layout` refuses it clearly rather than
+    letting pickle take it.
+    """
+    stack = [obj]
     seen: set[int] = set()
     count = 0
     while stack and count < MAX_ITEMS:
-        value, depth = stack.pop()
+        value = stack.pop()
         count += 1
         if type(value) not in _KINDS:
             yield value
-        elif depth <= MAX_DEPTH and id(value) not in seen:
+        elif id(value) not in seen:
             seen.add(id(value))
-            items = value.values() if type(value) is dict else value
-            stack.extend((v, depth + 1) for v in items)
+            stack.extend(value.values() if type(value) is dict else value)
 
 
 def _take_apart(value: Any, where: str, leaves: list[Leaf], active: set[int],
