@@ -295,3 +295,13 @@ def test_nesting_too_deep_is_refused_not_pickled(ctx: provstore.Context) -> None
         deep = [deep]
     with pytest.raises(UnsupportedTypeError, match="deeper than 32"):
         ctx.deep = deep
+
+
+def test_binding_the_value_again_restores_a_lost_element(ctx: provstore.Context) -> None:
+    ctx.imgs = [A, B]
+    lost = _element_paths(ctx, "imgs")[0]
+    lost.unlink()
+    ctx.again = [A, B]
+    assert lost.is_file()
+    _assert_same(ctx.imgs, [A, B])
+    assert m.verify(ctx.store).ok
