@@ -305,3 +305,23 @@ def test_binding_the_value_again_restores_a_lost_element(ctx: provstore.Context)
     assert lost.is_file()
     _assert_same(ctx.imgs, [A, B])
     assert m.verify(ctx.store).ok
+
+
+@pytest.mark.parametrize(("damage", "reason"), [
+    (lambda text: " " * len(text), "not a readable container manifest"),
+    (lambda text: text.replace('"suffix": ".nii"', '"suffix": "/../"'), "not a valid object"),
+    (lambda text: text.replace('{"file": 0}', '[4, 5, 6,7]'), "manifest is damaged"),
+])
+def test_a_damaged_manifest_is_a_corrupt_object(ctx: provstore.Context, damage: Any,
+                                                reason: str) -> None:
+    ctx.imgs = [A]
+    row = _row(ctx, "imgs")
+    path = ctx.store.objects.path(row.digest, row.suffix)
+    text = path.read_text()
+    changed = damage(text)
+    assert changed != text
+    os.chmod(path, 0o644)
+    assert len(changed) == len(text)  # same size: only the content differs
+    path.write_text(changed)
+    with pytest.raises(CorruptObjectError, match=f"imgs.*{reason}"):
+        ctx.imgs  # noqa: B018

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import hashing
-from ..errors import BackendError, CorruptObjectError, UnsupportedTypeError
+from ..errors import BackendError, CorruptObjectError, ProvstoreError, UnsupportedTypeError
 from ..objects import ObjectDir
 from .base import Backend, registry
 
@@ -187,7 +187,7 @@ class ContainerBackend(Backend):
         loaded = [_load_element(objects, f, mmap_mode, safe, verify) for f in files]
         try:
             return _rebuild(manifest["value"], loaded, 0)
-        except (KeyError, IndexError, TypeError, ValueError) as exc:
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
             raise CorruptObjectError(f"{path}: its manifest is damaged ({exc!r})") from exc
 
     def describe(self, obj: Any) -> dict[str, Any]:
@@ -307,7 +307,10 @@ def _read_manifest(path: Path) -> dict[str, Any]:
 def _load_element(objects: ObjectDir, record: dict[str, Any], mmap_mode: str | None,
                   safe: bool, verify: bool) -> Any:
     where = record["where"]
-    path = objects.path(record["digest"], record["suffix"])
+    try:
+        path = objects.path(record["digest"], record["suffix"])
+    except ProvstoreError as exc:  # a name no provstore writes: the manifest was altered
+        raise CorruptObjectError(f"element {where}: {exc}") from exc
     rel = objects.relative(record["digest"], record["suffix"])
     try:
         size = path.stat().st_size
