@@ -27,6 +27,7 @@ import xxhash
 
 from . import hashing
 from .backends.base import Backend, registry
+from .backends.container import ContainerBackend, Leaf, element_files
 from .errors import (
     BackendError,
     CorruptObjectError,
@@ -71,6 +72,8 @@ def prepare(store: Store, value: Any, *, format: str | None = None,
         return Prepared(digest=row.digest, backend=registry.get(row.format),
                         existing_id=row.id, call_id=known.call_id)
     backend = _backend_for(store, value, format)
+    # A container is taken apart first: a bad element fails before anything is written.
+    layout = backend.layout(value, options) if isinstance(backend, ContainerBackend) else None
     digest = hashing.digest(value)
     prepared = Prepared(digest=digest, backend=backend, summary=backend.describe(value),
                         call_id=store.identity.recent_call(digest))
@@ -80,10 +83,38 @@ def prepare(store: Store, value: Any, *, format: str | None = None,
         prepared.size = len(prepared.inline)
         return prepared
     prepared.existing_id = store.existing_artifact(digest, backend)
+    if layout is not None and prepared.existing_id is not None \
+            and not _elements_present(store, prepared.existing_id):
+        prepared.existing_id = None  # an element file was lost: publish them all again
     if prepared.existing_id is None:  # skip rewriting a file that is already stored
         prepared.suffix = backend.suffix_for(value, options)
+        if layout is not None:
+            options = {**options, "files": [_publish_element(store, leaf)
+                                             for leaf in layout.leaves]}
         _publish(store, prepared, lambda tmp: _write(backend, value, tmp, options))
     return prepared
+
+
+def _elements_present(store: Store, artifact_id: int) -> bool:
+    row = store.artifact(artifact_id)
+    return all(store.objects.exists(f.digest, f.suffix) for f in element_files(row.meta))
+
+
+def _publish_element(store: Store, leaf: Leaf) -> dict[str, Any]:
+    """Write one element of a container and publish it under the digest of its bytes.
+
+    Named by its bytes, an element file is shared by every container holding
+    the same element and is only ever replaced by the same bytes. It is
+    published afresh each time (a new inode and mtime), so a ``gc`` dropping
+    another container that named it keeps it as young, or puts it back.
+    If a later element fails, those published before it stay as orphans
+    that ``gc`` removes: no row names them.
+    """
+    with store.objects.staging(leaf.suffix) as scratch:
+        meta, file_digest, size = _write(leaf.backend, leaf.value, scratch, leaf.options)
+        store.objects.publish(file_digest, leaf.suffix, lambda tmp: os.replace(scratch, tmp))
+    return {"format": leaf.backend.name, "digest": file_digest, "suffix": leaf.suffix,
+            "size": size, "meta": meta}
 
 
 def _backend_for(store: Store, value: Any, format: str | None) -> Backend:

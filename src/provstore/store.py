@@ -467,6 +467,8 @@ class Store:
         options = dict(options or {})
         if backend.checks_trust:  # set last: a caller's option cannot turn the check off
             options["safe"] = self.safe
+        if backend.reads_objects:  # a container's elements are object files of their own
+            options.update(objects=self.objects, verify=verify)
         try:
             return backend.load(path, row.meta, mmap_mode=mode, **options)
         except CorruptObjectError as exc:

@@ -8,6 +8,8 @@ npy        numpy arrays and scalars (not object)       ``.npy``
 nifti      nibabel Nifti1/Nifti2 images                ``.nii``/``.nii.gz``
 hdf5       nested dicts/lists/tuples of arrays,        ``.h5``
            scalars and strings (PyTables)
+container  lists/tuples/dicts holding nibabel images   ``.json`` manifest
+           (one file per element, e.g. ``.nii``)
 parquet    pandas DataFrame / Series (pyarrow)         ``.parquet``
 netcdf     xarray Dataset / DataArray (h5netcdf)       ``.nc``
 skops      scikit-learn estimators (skops)             ``.skops``

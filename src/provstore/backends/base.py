@@ -29,6 +29,7 @@ _BUILTINS: dict[str, str] = {
     "npy": "provstore.backends.npy:NpyBackend",
     "nifti": "provstore.backends.nifti:NiftiBackend",
     "hdf5": "provstore.backends.hdf5:Hdf5Backend",
+    "container": "provstore.backends.container:ContainerBackend",
     "parquet": "provstore.backends.parquet:ParquetBackend",
     "netcdf": "provstore.backends.netcdf:NetcdfBackend",
     "skops": "provstore.backends.skops:SkopsBackend",
@@ -68,6 +69,11 @@ class Backend(ABC):
         ``safe=`` (the store's flag) and raises
         :class:`~provstore.errors.UnsafeLoadError` for untrusted content
         when it is true (skops, objects).
+    reads_objects : bool
+        Whether :meth:`load` reads further object files of the store: it
+        then takes ``objects=`` (the store's
+        :class:`~provstore.objects.ObjectDir`) and ``verify=``, set by the
+        store (container).
     """
 
     name: ClassVar[str] = ""
@@ -77,6 +83,7 @@ class Backend(ABC):
     unsafe: ClassVar[bool] = False
     auto: ClassVar[bool] = True
     checks_trust: ClassVar[bool] = False
+    reads_objects: ClassVar[bool] = False
 
     @abstractmethod
     def can_save(self, obj: Any) -> bool:

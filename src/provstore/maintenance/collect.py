@@ -25,7 +25,15 @@ from .common import (
     tick,
     valid_object_name,
 )
-from .retention import Graph, Plan, Rules, plan, read_graph
+from .retention import (
+    CONTAINER_MANIFESTS,
+    Graph,
+    Plan,
+    Rules,
+    plan,
+    read_elements,
+    read_graph,
+)
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -193,11 +201,15 @@ def gc(store: Store, *, dry_run: bool = True, grace_seconds: float = 3600.0,
         refuse_unaccounted(store, on_disk, started - grace_seconds)
     if dry_run:
         with store.engine.connect() as conn:
-            doomed = _plan(conn, report, rules)[1].files
+            p = _plan(conn, report, rules)[1]
     else:
-        doomed = retrying(lambda: _delete_rows(store, report, rules))
-    doomed_paths = {store.objects.path(d, s): n for d, s, n in doomed}
-    referenced = _referenced_paths(store) - set(doomed_paths)
+        p = retrying(lambda: _delete_rows(store, report, rules))
+    doomed_paths = {store.objects.path(d, s): n for d, s, n in p.files}
+    # Elements of dropped containers go like orphans, once old enough: a
+    # writer about to commit another container naming one has just
+    # republished it (saving._publish_element).
+    elements = {store.objects.path(d, s) for d, s, _ in p.element_files}
+    referenced = _referenced_paths(store) - set(doomed_paths) - elements
     victims: list[tuple[Path, Literal["orphan", "unreferenced"]]] = []
     for path, st in sorted(on_disk.items()):
         if path in doomed_paths:
@@ -206,7 +218,7 @@ def gc(store: Store, *, dry_run: bool = True, grace_seconds: float = 3600.0,
             if started - st.st_mtime < grace_seconds:
                 report.young.append(str(path.relative_to(store.root)))
             else:
-                victims.append((path, "orphan"))
+                victims.append((path, "unreferenced" if path in elements else "orphan"))
     for done, (path, reason) in enumerate(victims, 1):
         rel = str(path.relative_to(store.root))
         if dry_run or _remove(store, path, on_disk[path]):
@@ -271,7 +283,7 @@ def _count_file_rows(conn: Connection, artifacts: list[int]) -> int:
                for chunk in chunks(artifacts))
 
 
-def _delete_rows(store: Store, report: GcReport, rules: Rules) -> list[tuple[str, str, int]]:
+def _delete_rows(store: Store, report: GcReport, rules: Rules) -> Plan:
     # One BEGIN IMMEDIATE transaction: no writer commits between the plan and
     # the deletions, so the plan stays exact.
     with write(store.engine) as conn:
@@ -290,14 +302,17 @@ def _delete_rows(store: Store, report: GcReport, rules: Rules) -> list[tuple[str
             conn.execute(delete(q.artifacts).where(q.artifacts.c.id.in_(chunk)))
         for chunk in chunks(p.code_versions):
             conn.execute(delete(q.code_versions).where(q.code_versions.c.id.in_(chunk)))
-    return p.files
+    return p
 
 
 def _referenced_paths(store: Store) -> set[Path]:
+    """Every object file a row names: artifacts' own files and containers' elements."""
     a = q.artifacts
     rows = store.query(select(a.c.digest, a.c.suffix).where(a.c.inline.is_(None)))
-    return {store.objects.path(r.digest, r.suffix) for r in rows
-            if valid_object_name(store, r.digest, r.suffix)}
+    named = [(r.digest, r.suffix) for r in rows]
+    elements = read_elements(store.query(CONTAINER_MANIFESTS))
+    named += [(d, s) for files in elements.values() for d, s, _ in files]
+    return {store.objects.path(d, s) for d, s in named if valid_object_name(store, d, s)}
 
 
 def _remove(store: Store, path: Path, seen: os.stat_result) -> bool:

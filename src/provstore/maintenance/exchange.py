@@ -6,6 +6,8 @@ import contextlib
 import errno
 import json
 import os
+import re
+import shutil
 import stat
 import tempfile
 from collections.abc import Callable
@@ -18,6 +20,8 @@ from sqlalchemy import select
 
 from .. import hashing
 from ..backends.base import registry
+from ..backends.container import FORMAT as CONTAINER
+from ..backends.container import element_files
 from ..db import queries as q
 from ..errors import CorruptObjectError, MissingKeyError, ProvstoreError, StoreError
 from ..lineage import History
@@ -28,6 +32,7 @@ from .common import (
     BindingRef,
     bindings_of,
 )
+from .retention import CONTAINER_MANIFESTS
 
 
 # -------------------------------------------------------------------- which
@@ -36,8 +41,10 @@ class Match:
     """An artifact a file's content matches.
 
     ``how`` is ``bytes`` (the object file has these bytes), ``ingested`` (the
-    artifact was ingested from a file with these bytes) or ``content`` (the
-    file decodes to a value with the artifact's canonical digest).
+    artifact was ingested from a file with these bytes), ``content`` (the
+    file decodes to a value with the artifact's canonical digest) or
+    ``element`` (an element file of a stored container, such as one image of
+    a list, has these bytes; ``element`` says which).
     """
 
     artifact_id: int
@@ -46,6 +53,7 @@ class Match:
     how: str
     bindings: tuple[BindingRef, ...]
     files: tuple[str, ...] = ()
+    element: str | None = None  # with how == "element": its place in the container ("[0]")
 
 
 def which(store: Store, path: str | os.PathLike[str]) -> list[Match]:
@@ -80,13 +88,33 @@ def which(store: Store, path: str | os.PathLike[str]) -> list[Match]:
             for r in store.query(select(a.c.id).where(
                     a.c.algorithm == hashing.ALGORITHM, a.c.digest == value_digest)):
                 found[r.id] = ("content", [])
-    bindings = bindings_of(store, found)
+    elements = _containers_holding(store, byte_digest)
+    bindings = bindings_of(store, [*found, *elements])
     matches = []
     for artifact_id, (how, paths) in sorted(found.items()):
         row = store.artifact(artifact_id)
         matches.append(Match(artifact_id, row.digest, row.format, how,
                              tuple(bindings.get(artifact_id, ())), tuple(sorted(set(paths)))))
+    for artifact_id, where in sorted(elements.items()):
+        row = store.artifact(artifact_id)
+        matches.append(Match(artifact_id, row.digest, row.format, "element",
+                             tuple(bindings.get(artifact_id, ())), element=where))
     return matches
+
+
+def _containers_holding(store: Store, byte_digest: str) -> dict[int, str]:
+    """Container artifact → the place of its element file with these bytes."""
+    a = q.artifacts
+    # Element files are named by the digest of their bytes, which the manifest
+    # (kept as metadata) spells out: a substring match finds the few candidates.
+    stmt = CONTAINER_MANIFESTS.where(a.c.meta.contains(byte_digest, autoescape=True))
+    found: dict[int, str] = {}
+    for r in store.query(stmt):
+        with contextlib.suppress(CorruptObjectError, ValueError):
+            for f in element_files(json.loads(r.meta)):
+                if f.digest == byte_digest:
+                    found.setdefault(r.id, f.where)
+    return found
 
 
 def _check_readable(path: Path) -> None:
@@ -128,7 +156,9 @@ def export(ctx: Named, name: str, dest: str | os.PathLike[str], *,
            force: bool = False) -> Path:
     """Copy the current value of *name* to *dest* in its standard format.
 
-    The file's bytes are verified while copying. A JSON sidecar
+    The file's bytes are verified while copying; a container (a list,
+    tuple or dict of images) becomes a directory (:func:`export_container`).
+    A JSON sidecar
     ``dest + ".provstore.json"`` records the lineage: name, scope, version,
     digests, format, creation, run, origin and producing call.
     :func:`which` on the exported file finds the artifact again.
@@ -161,6 +191,8 @@ def export(ctx: Named, name: str, dest: str | os.PathLike[str], *,
     if v.artifact_id is None:
         raise MissingKeyError(f"{v.path} was deleted (version {v.number}); nothing to export")
     row = ctx.store.artifact(v.artifact_id)
+    if row.format == CONTAINER:
+        return export_container(ctx, h, row, dest, force=force)
     suffix = row.suffix or (".json" if row.format == "json" else "")
     target = Path(dest)
     if target.is_dir():  # a directory the caller names, through a link or not
@@ -188,6 +220,107 @@ def export(ctx: Named, name: str, dest: str | os.PathLike[str], *,
         _unlink_if_same(target, placed)  # the sidecar failed: take back our file
         raise
     return target
+
+
+def export_container(ctx: Named, h: History, row: Any, dest: str | os.PathLike[str], *,
+                     force: bool = False) -> Path:
+    """Export a stored container as a directory of standard files.
+
+    Each element file is copied (verified) to a path built from its place:
+    list and tuple positions and dict keys, nested as directories
+    (``subject/runs/0.nii``); a key that is not a plain file name
+    (``[A-Za-z0-9][A-Za-z0-9_.-]*``) is replaced by ``_`` and its position.
+    ``container.json`` keeps the structure, the scalars and each element's
+    relative path. The directory is assembled under a temporary name and
+    renamed into place; the sidecar is ``<directory>.provstore.json``.
+    Arguments and errors as :func:`export`.
+    """
+    v = h.latest
+    target = Path(dest)
+    if target.is_dir() and not target.is_symlink():
+        target = target / v.name
+    sidecar = target.with_name(target.name + ".provstore.json")
+    _check_destination(sidecar, v.path, force)
+    if not target.parent.is_dir():
+        raise StoreError(f"cannot export {v.path} to {target}: the directory {target.parent} "
+                         "does not exist; create it first")
+    if os.path.lexists(target) and not force:
+        raise StoreError(f"cannot export {v.path}: {target} is already there; choose another "
+                         "name, remove it, or pass --force (force=True) to replace it")
+    source = ctx.store.objects.path(row.digest, row.suffix)
+    try:
+        manifest = json.loads(source.read_text(encoding="utf-8"))
+        files = element_files(manifest)
+    except (OSError, ValueError) as exc:
+        raise CorruptObjectError(f"{v.path}: its container manifest cannot be read ({exc}); "
+                                 "run `provstore verify`") from exc
+    names: list[str] = []
+    layout = {"provstore": CONTAINER, "kind": manifest["kind"],
+              "value": _export_tree(manifest["value"], (), files, names)}
+    try:
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name[:100]}.",
+                                        suffix=".partial"))
+    except OSError as exc:
+        raise storage_error(exc, "create a directory in", target.parent) from exc
+    try:
+        for f, name in zip(files, names):
+            out = staging / name
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_new_file(out, _copier(ctx.store.objects.path(f.digest, f.suffix), f.digest,
+                                        f"{v.path} element {f.where}"))
+        text = json.dumps(layout, indent=2, ensure_ascii=False) + "\n"
+        write_new_file(staging / "container.json", lambda fout: fout.write(text.encode()))
+        _place_directory(staging, target, force)
+    except OSError as exc:
+        raise storage_error(exc, "write", exc.filename or target) from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone once placed
+    lineage = json.dumps(_lineage(ctx, h, row), indent=2, default=str) + "\n"
+    write_new_file(sidecar, lambda f: f.write(lineage.encode()), force=force)
+    return target
+
+
+def _copier(src: Path, digest: str, where: str) -> Callable[[BinaryIO], None]:
+    return lambda fout: _copy_checked(src, fout, digest, where)
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+def _export_tree(node: dict[str, Any], parts: tuple[str, ...], files: list[Any],
+                 names: list[str]) -> dict[str, Any]:
+    """*node* with each element replaced by its exported path (appended to *names*)."""
+    (kind, body), = node.items()
+    if kind == "file":
+        names.append("/".join(parts) + files[body].suffix)
+        return {"file": names[-1]}
+    if kind == "dict":
+        return {"dict": [[k, _export_tree(item, (*parts, _part(k, i)), files, names)]
+                         for i, (k, item) in enumerate(body)]}
+    if kind in ("list", "tuple"):
+        return {kind: [_export_tree(item, (*parts, str(i)), files, names)
+                       for i, item in enumerate(body)]}
+    return dict(node)
+
+
+def _part(key: str, position: int) -> str:
+    plain = _PLAIN_NAME.fullmatch(key) and key != "container.json"
+    return key if plain else f"_{position}"
+
+
+def _place_directory(staging: Path, target: Path, force: bool) -> None:
+    if os.path.lexists(target):
+        if not force:
+            raise StoreError(f"{target} appeared while it was being written; nothing was "
+                             "replaced: pass --force (force=True) to replace it")
+        if target.is_dir() and not target.is_symlink():
+            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name[:100]}.old."))
+            os.replace(target, old / "x")
+            os.rename(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+            return
+        target.unlink()
+    os.rename(staging, target)
 
 
 def _check_destination(path: Path, what: str, force: bool) -> None:

@@ -32,11 +32,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select
 
+from ..backends.container import FORMAT as CONTAINER
+from ..backends.container import element_files
 from ..db import queries as q
+from ..errors import CorruptObjectError
 
-__all__ = ["Graph", "Plan", "Rules", "plan", "read_graph"]
+__all__ = ["CONTAINER_MANIFESTS", "Graph", "Plan", "Rules", "plan", "read_elements",
+           "read_graph"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,13 @@ class Graph:
     code_versions: dict[str, int]
     live: set[int]
     producers: dict[int, list[int]] = field(default_factory=dict)  # artifact → done calls
+    # container artifact → its element files (digest, suffix, size), from its manifest
+    elements: dict[int, list[tuple[str, str, int]]] = field(default_factory=dict)
+
+    def size(self, artifact_id: int) -> int:
+        """Bytes an artifact takes: its row's size plus its element files (containers)."""
+        return (self.artifacts[artifact_id].size
+                + sum(n for _, _, n in self.elements.get(artifact_id, ())))
 
     def __post_init__(self) -> None:
         # A dry run reads without a write lock: rows of calls committed or
@@ -95,6 +106,10 @@ class Plan:
     artifacts: list[int] = field(default_factory=list)
     code_versions: list[int] = field(default_factory=list)
     files: list[tuple[str, str, int]] = field(default_factory=list)
+    # element files of dropped containers that no kept artifact names: removed
+    # only once older than gc's grace period, as a writer republishes the
+    # elements of a container it is about to commit
+    element_files: list[tuple[str, str, int]] = field(default_factory=list)
     protected: int = 0  # artifacts kept only because a running call uses them
     kept_bytes: int = 0  # values still referenced afterwards
 
@@ -119,7 +134,28 @@ def read_graph(conn: Connection, now: dt.datetime) -> Graph:
         artifacts={r.id: r for r in conn.execute(q.GC_ARTIFACTS)},
         code_versions={r.digest: r.id for r in conn.execute(q.GC_CODE_VERSIONS)},
         live=_live_artifacts(conn.execute(q.GC_LIVE_PARAMS, {"now": now}).scalars()),
+        elements=read_elements(conn.execute(CONTAINER_MANIFESTS)),
     )
+
+
+CONTAINER_MANIFESTS = select(q.artifacts.c.id, q.artifacts.c.meta).where(
+    q.artifacts.c.format == CONTAINER)
+"""The manifests of stored containers, which name their element files."""
+
+
+def read_elements(rows: Iterable[Any]) -> dict[int, list[tuple[str, str, int]]]:
+    """Container artifact → the element files its manifest names (digest, suffix, size).
+
+    *rows* are the results of :data:`CONTAINER_MANIFESTS`.
+    """
+    found: dict[int, list[tuple[str, str, int]]] = {}
+    for r in rows:
+        try:
+            found[r.id] = [(f.digest, f.suffix, f.size)
+                           for f in element_files(json.loads(r.meta))]
+        except (CorruptObjectError, ValueError):
+            continue  # a damaged manifest, which verify reports
+    return found
 
 
 def _live_artifacts(params: Iterable[str | None]) -> set[int]:
@@ -148,10 +184,11 @@ def plan(g: Graph, rules: Rules) -> Plan:
     unreferenced = [a for a in g.artifacts if refs[a] == 0 and a != newest]
     out.protected = sum(a in g.live for a in unreferenced)
     out.artifacts = sorted(a for a in unreferenced if a not in g.live)
-    out.kept_bytes = sum(g.artifacts[a].size for a in g.artifacts if refs[a] > 0)
+    out.kept_bytes = sum(g.size(a) for a in g.artifacts if refs[a] > 0)
     used = {g.calls[c].code_digest for c in g.calls if c not in doomed}
     out.code_versions = sorted(i for d, i in g.code_versions.items() if d not in used)
     out.files = _unshared_files(g, set(out.artifacts))
+    out.element_files = _unshared_elements(g, set(out.artifacts))
     return out
 
 
@@ -266,7 +303,7 @@ def _references(g: Graph, kept_bindings: set[int], doomed: set[int], *,
 
 def _evict(g: Graph, spared: set[int], refs: Counter[int], max_bytes: int) -> set[int]:
     """Drop the least recently used calls not *spared* until the referenced values fit."""
-    total = sum(g.artifacts[a].size for a in g.artifacts if refs[a] > 0)
+    total = sum(g.size(a) for a in g.artifacts if refs[a] > 0)
     evicted: set[int] = set()
     order = sorted((c for c in g.calls if c not in spared),
                    key=lambda c: (last_used(g.calls[c]), c))
@@ -277,7 +314,7 @@ def _evict(g: Graph, spared: set[int], refs: Counter[int], max_bytes: int) -> se
         for a in (*g.inputs.get(c, ()), *g.outputs.get(c, ())):
             refs[a] -= 1
             if refs[a] == 0 and a in g.artifacts:
-                total -= g.artifacts[a].size
+                total -= g.size(a)
     return evicted
 
 
@@ -288,4 +325,17 @@ def _unshared_files(g: Graph, doomed: set[int]) -> list[tuple[str, str, int]]:
     for a, r in g.artifacts.items():
         if a not in doomed:
             files.pop((r.digest, r.suffix), None)
+            for d, s, _ in g.elements.get(a, ()):  # a raw file may also be an element
+                files.pop((d, s), None)
+    return [(d, s, n) for (d, s), n in files.items()]
+
+
+def _unshared_elements(g: Graph, doomed: set[int]) -> list[tuple[str, str, int]]:
+    """Element files of *doomed* containers that no kept artifact names (nor its own file)."""
+    files = {(d, s): n for a in doomed for d, s, n in g.elements.get(a, ())}
+    for a, r in g.artifacts.items():
+        if a not in doomed:
+            files.pop((r.digest, r.suffix), None)
+            for d, s, _ in g.elements.get(a, ()):
+                files.pop((d, s), None)
     return [(d, s, n) for (d, s), n in files.items()]

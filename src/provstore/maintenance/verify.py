@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +13,7 @@ from sqlalchemy import Connection, select
 
 from .. import hashing
 from ..backends.base import registry
+from ..backends.container import ElementFile, element_files
 from ..db import queries as q
 from ..db.engine import damaged, integrity_check, is_sqlite
 from ..errors import CorruptObjectError, DatabaseDamagedError
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
 
 from .common import (
     Problem,
+    ProblemKind,
     Progress,
     VerifyReport,
     bindings_of,
@@ -32,6 +35,7 @@ from .common import (
     tick,
     valid_object_name,
 )
+from .retention import CONTAINER_MANIFESTS
 
 
 # ------------------------------------------------------------------- verify
@@ -81,6 +85,7 @@ def _verify(store: Store, progress: Progress | None) -> VerifyReport:
         rows = conn.execute(select(a.c.id, a.c.digest, a.c.suffix, a.c.size, a.c.file_digest,
                                    a.c.format, a.c.inline.is_not(None).label("is_inline"))
                             .order_by(a.c.digest)).all()
+        manifests = conn.execute(CONTAINER_MANIFESTS).all()
     files = [r for r in rows if not r.is_inline]
     # Hashing runs outside any connection: on a server database a long-open
     # transaction would hold back vacuum for as long as the disk takes.
@@ -89,12 +94,13 @@ def _verify(store: Store, progress: Progress | None) -> VerifyReport:
         if problem is not None:
             report.problems.append(problem)
         tick(progress, "hashing objects", done, len(files))
+    element_paths = _check_elements(store, manifests, report, progress)
     with store.engine.connect() as conn:
         _check_inline(store, conn, report, progress, len(rows) - len(files))
         if is_sqlite(store.url):
             report.problems += _sqlite_checks(conn)
     expected = {store.objects.path(r.digest, r.suffix) for r in files
-                if valid_object_name(store, r.digest, r.suffix)}
+                if valid_object_name(store, r.digest, r.suffix)} | element_paths
     for path in sorted(set(on_disk) - expected):
         report.problems.append(_unreferenced(store, path))
     _annotate(store, report)
@@ -122,6 +128,59 @@ def _check_file(store: Store, r: Any, report: VerifyReport) -> Problem | None:
     if r.file_digest is None or hashing.file_digest(path) != r.file_digest:
         return Problem("hash", f"{rel} changed: its bytes no longer match the recorded hash "
                        f"({where})", rel, r.id)
+    return None
+
+
+def _check_elements(store: Store, containers: Sequence[Any], report: VerifyReport,
+                    progress: Progress | None) -> set[Path]:
+    """Check the element files of every container; return their paths.
+
+    A file shared by several containers is hashed once, and a problem is
+    reported for each container naming it (with its own bindings).
+    """
+    seen: dict[Path, tuple[ProblemKind, str] | None] = {}
+    for done, r in enumerate(containers, 1):
+        try:
+            files = element_files(json.loads(r.meta))
+        except (CorruptObjectError, ValueError) as exc:
+            report.problems.append(Problem("database", f"artifact {r.id} (container): its "
+                                           f"manifest is damaged ({exc})", None, r.id))
+            continue
+        for f in files:
+            if not valid_object_name(store, f.digest, f.suffix):
+                report.problems.append(Problem("database", f"element {f.where} of artifact "
+                                               f"{r.id} (container) has an invalid name",
+                                               None, r.id))
+                continue
+            path = store.objects.path(f.digest, f.suffix)
+            if path not in seen:
+                seen[path] = _element_problem(store, path, f, report)
+            found = seen[path]
+            if found is not None:
+                rel = store.objects.relative(f.digest, f.suffix)
+                report.problems.append(Problem(
+                    found[0], f"{rel} {found[1]} (element {f.where} of artifact {r.id}, "
+                    "container)", rel, r.id))
+        tick(progress, "hashing container elements", done, len(containers))
+    return set(seen)
+
+
+def _element_problem(store: Store, path: Path, f: ElementFile,
+                     report: VerifyReport) -> tuple[ProblemKind, str] | None:
+    """The kind of problem with one element file and what is wrong, or None when intact."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return "missing", "is missing"
+    if not stat.S_ISREG(st.st_mode):
+        return "missing", "is not a regular file"
+    report.objects += 1
+    report.bytes += st.st_size
+    if st.st_size != f.size:
+        how = "truncated" if st.st_size < f.size else "has bytes appended"
+        return "size", f"{how}: {st.st_size} bytes, recorded {f.size}"
+    if hashing.file_digest(path) != f.digest:
+        return "hash", "changed: its bytes no longer match the digest that names it"
     return None
 
 
