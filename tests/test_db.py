@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -234,3 +236,18 @@ def test_hot_path_lookups_use_indexes(tmp_path: Path) -> None:
             scans = [d for d in details.split(" | ")
                      if d.startswith("SCAN") and d != "SCAN CONSTANT ROW"]
             assert not scans, f"{label} scans a table: {details}"
+
+
+@pytest.mark.parametrize("nth", [1, 3, 12])
+def test_a_store_killed_while_its_schema_is_made_opens_cleanly(tmp_path: Path, nth: int) -> None:
+    # Killed between two statements of the first migration, a new SQLite
+    # store must not be left with half a schema that every later open then
+    # fails to create again ("table code_versions already exists").
+    store_dir = tmp_path / "new"
+    code = f"import provstore; provstore.open({str(store_dir)!r}).x = 1"
+    env = {**os.environ, "PROVSTORE_FAULT": f"schema.statement:kill@{nth}"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    ctx = provstore.open(store_dir)
+    ctx.x = 2
+    assert provstore.open(store_dir).x == 2

@@ -19,6 +19,7 @@ The points, in the order a save passes them:
 ``publish.dirfsync``   about to fsync the object's directory
 ``txn.before_commit``  a write transaction's statements ran; about to commit
 ``txn.after_commit``   a write transaction committed; not yet returned
+``schema.statement``   a statement of a schema migration ran (store creation)
 =====================  =====================================================
 
 The variable is read once, at import; unset, :func:`hit` is one comparison.
@@ -37,7 +38,7 @@ import sys
 __all__ = ["ACTIONS", "POINTS", "arm", "hit"]
 
 POINTS = ("publish.write", "publish.fsync", "publish.rename", "publish.dirfsync",
-          "txn.before_commit", "txn.after_commit")
+          "txn.before_commit", "txn.after_commit", "schema.statement")
 ACTIONS = ("kill", "eio", "enospc", "log")
 _ERRNO = {"eio": errno.EIO, "enospc": errno.ENOSPC}
 

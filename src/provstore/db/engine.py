@@ -613,6 +613,12 @@ def upgrade(engine: Engine, *, lock_path: Path | None = None) -> None:
             cfg = Config()
             cfg.set_main_option("script_location", str(migrations_dir()))
             cfg.attributes["connection"] = conn
+            event.listen(conn, "after_cursor_execute", _schema_statement_ran)
+            if not server:
+                # One transaction for the whole upgrade: the driver is in
+                # autocommit mode (we issue BEGIN ourselves), so without it a
+                # process killed mid-migration leaves half a schema behind.
+                conn.execution_options(**{_WRITE_OPTION: True}).begin()
             command.upgrade(cfg, SCHEMA_HEAD)
             conn.commit()
         finally:
@@ -620,6 +626,10 @@ def upgrade(engine: Engine, *, lock_path: Path | None = None) -> None:
                 conn.rollback()
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _UPGRADE_LOCK})
                 conn.commit()
+
+
+def _schema_statement_ran(*_: Any) -> None:
+    faults.hit("schema.statement")
 
 
 # An arbitrary constant naming provstore's schema lock among advisory locks.
