@@ -80,6 +80,7 @@ __all__ = [
     "make_engine",
     "migrations_dir",
     "readonly_reason",
+    "reruns",
     "retrying",
     "upgrade",
     "write",
@@ -362,6 +363,21 @@ def _should_retry(exc: DBAPIError, unique_seen: int) -> bool:
     return "locked" in message or "busy" in message
 
 
+# Transactions this process ran again because the database asked; a plain
+# int bumped under the GIL costs nothing on the hot path.
+_reruns = [0]
+
+
+def reruns() -> int:
+    """How many write transactions this process has run again since it started.
+
+    Each is a serialization failure, deadlock, lock timeout or unique
+    violation that :func:`retrying` answered by rerunning the transaction;
+    ``benchmarks/bench_postgres.py`` and the concurrency tests read it.
+    """
+    return _reruns[0]
+
+
 def retrying(func: Callable[[], T], *, timeout: float = 300.0) -> T:
     """Run the transaction *func*, again with jittered backoff while the database asks.
 
@@ -381,6 +397,7 @@ def retrying(func: Callable[[], T], *, timeout: float = 300.0) -> T:
             if not _should_retry(exc, unique_seen):
                 raise
             unique_seen += getattr(exc.orig, "sqlstate", None) == _UNIQUE_VIOLATION
+            _reruns[0] += 1
             if time.monotonic() > deadline:
                 raise LockTimeoutError(
                     f"the database stayed locked for {timeout:.0f} s; another process "
