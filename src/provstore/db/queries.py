@@ -21,6 +21,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import cast as sql_cast
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from .engine import SCHEMA_HEAD
 from .models import (
@@ -61,9 +62,17 @@ ARTIFACT_BY_DIGEST = select(artifacts.c.id, artifacts.c.suffix, artifacts.c.inli
 )
 
 INSERT_ARTIFACT = insert(artifacts).returning(artifacts.c.id)
+# PostgreSQL: no row back when a concurrent writer inserted the same content
+# first (it waits for that writer's commit); the caller then reads its id.
+INSERT_ARTIFACT_UNLESS_FOUND = (
+    pg_insert(artifacts)
+    .on_conflict_do_nothing(index_elements=["algorithm", "digest", "format"])
+    .returning(artifacts.c.id)
+)
 
 # The next version number is computed inside the INSERT, under the write lock
-# of the enclosing BEGIN IMMEDIATE transaction, so two writers never collide.
+# of the enclosing BEGIN IMMEDIATE transaction (SQLite) or the name's advisory
+# lock (PostgreSQL, READ COMMITTED), so two writers never collide.
 INSERT_BINDING = (
     insert(bindings)
     .values(
