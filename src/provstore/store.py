@@ -287,20 +287,20 @@ class Store:
         def transaction() -> tuple[int, int | None]:
             now = utcnow()
             with write(self.engine) as conn:
-                # Binds of one name take turns (PostgreSQL): the head read
-                # below and the next version number see every earlier bind.
+                # Binds of one name take turns (PostgreSQL): the current
+                # version and the next number below see every earlier bind.
                 lock_for_write(conn, f"binding {scope_id} {name}")
                 artifact_id = None
                 if prepared is not None:
                     artifact_id = self.commit_artifact(conn, prepared, run_id, now)
-                head = conn.execute(q.HEAD, {"scope_id": scope_id, "name": name}).first()
-                if head is not None and artifact_id is not None and head.artifact_id == artifact_id:
-                    return int(head.version), artifact_id  # same value: no new version
                 version = conn.execute(q.INSERT_BINDING, {
                     "p_scope_id": scope_id, "p_name": name, "p_artifact_id": artifact_id,
                     "p_created": now, "p_run_id": run_id, "p_origin": origin,
                     "p_call_id": prepared.call_id if prepared is not None else None,
-                }).scalar_one()
+                }).scalar()
+                if version is None:  # the same value: no new version
+                    version = conn.execute(q.HEAD, {"scope_id": scope_id,
+                                                    "name": name}).one().version
             return int(version), artifact_id
 
         try:
