@@ -17,9 +17,11 @@ time, by different means:
   (:func:`lock_for_write`): the name it binds, the call key it claims or
   commits. Two bindings of one name therefore take turns and never get the
   same version number, and two workers claiming one key never both read
-  "no lease yet". Every such writer also holds a shared lock that ``gc``
-  takes exclusively (:func:`lock_out_writers`), so that, as on SQLite, no
-  writer commits between gc's plan and its deletions. Under
+  "no lease yet". Each of these (and pins, and scope creation) also holds
+  a shared lock that ``gc`` takes exclusively (:func:`lock_out_writers`),
+  so that, as on SQLite, none commits between gc's plan and its deletions;
+  the writes that take no lock (run rows, lease renewals, a failed call's
+  status, hit times) change single rows that no plan relies on. Under
   ``SERIALIZABLE`` the server instead aborted one of two overlapping
   transactions, and tracked some reads by index page, so that writers of
   different names conflicted too (22-67 of 800 concurrent binds ran again).
