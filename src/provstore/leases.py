@@ -16,8 +16,10 @@ its fence outdated and its result is discarded.
 Expiry is read and written on the database's clock (:func:`db_now`): the
 server's for PostgreSQL, so workers on hosts whose clocks disagree still
 agree on when a lease expired; this host's for SQLite. On PostgreSQL the
-claim runs at ``SERIALIZABLE`` isolation: of two workers that both read
-"free", one commits and the other is rerun and then reads "taken".
+claim and the commit of a key first take an advisory lock on it
+(:func:`~provstore.db.engine.lock_for_write`): a claim then reads the
+finished call and the lease as of one moment, never "not finished" before
+a commit and "no lease" after it.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from sqlalchemy import Connection, Engine
 from . import hashing
 from .codeversion import CodeVersion
 from .db import queries as q
-from .db.engine import db_now, retrying, write
+from .db.engine import db_now, lock_for_write, retrying, write
 from .records import InputRecord, Prepared
 from .runs import utcnow
 from .store import Store
@@ -89,6 +91,7 @@ def claim(engine: Engine, key: str, call_row: dict[str, Any], *,
 
     def locked_attempt() -> Claim | int | None:
         with write(engine) as conn:
+            lock_for_write(conn, f"lease {key}")  # PostgreSQL: one claim or commit at a time
             done = None if force else finished_call(conn, key)
             if done is not None:
                 return done
@@ -279,6 +282,7 @@ def commit(store: Store, c: Claim, prepared: list[Prepared], *, kind: str, durat
     def transaction() -> bool:
         now = utcnow()
         with write(store.engine) as conn:
+            lock_for_write(conn, f"lease {c.key}")  # a claim reads all of this or none
             finish = {"p_id": c.call_id, "p_finished": now, "p_duration": duration,
                       "p_kind": kind, "p_error": None}
             if not still_mine(conn, c):

@@ -2,7 +2,9 @@
 
 A save hashes the value, publishes its file (outside any transaction, so a
 1 GB write never holds the database lock) and then commits the artifact row
-and the binding row together in one ``BEGIN IMMEDIATE`` transaction. A crash
+and the binding row together in one transaction: ``BEGIN IMMEDIATE`` on
+SQLite, and on PostgreSQL ``READ COMMITTED`` under an advisory lock on the
+name (:func:`~provstore.db.engine.lock_for_write`). A crash
 before the commit leaves at most an unreferenced object file, which ``gc``
 removes; a crash after it loses nothing.
 """
@@ -29,6 +31,7 @@ from .db.engine import (
     check_schema,
     display_url,
     is_sqlite,
+    lock_for_write,
     lost_connection,
     make_engine,
     readonly_reason,
@@ -193,6 +196,9 @@ class Store:
 
     def _create_scopes(self, segments: tuple[Segment, ...]) -> int:
         with write(self.engine) as conn:
+            # One creator at a time (PostgreSQL): two workers making "a/b"
+            # and "a/c" would otherwise both insert "a". Rare: paths are cached.
+            lock_for_write(conn, "scopes")
             parent: int | None = None
             for depth in range(len(segments) + 1):
                 path = format_path(segments[:depth])
@@ -281,17 +287,20 @@ class Store:
         def transaction() -> tuple[int, int | None]:
             now = utcnow()
             with write(self.engine) as conn:
+                # Binds of one name take turns (PostgreSQL): the current
+                # version and the next number below see every earlier bind.
+                lock_for_write(conn, f"binding {scope_id} {name}")
                 artifact_id = None
                 if prepared is not None:
                     artifact_id = self.commit_artifact(conn, prepared, run_id, now)
-                head = conn.execute(q.HEAD, {"scope_id": scope_id, "name": name}).first()
-                if head is not None and artifact_id is not None and head.artifact_id == artifact_id:
-                    return int(head.version), artifact_id  # same value: no new version
                 version = conn.execute(q.INSERT_BINDING, {
                     "p_scope_id": scope_id, "p_name": name, "p_artifact_id": artifact_id,
                     "p_created": now, "p_run_id": run_id, "p_origin": origin,
                     "p_call_id": prepared.call_id if prepared is not None else None,
-                }).scalar_one()
+                }).scalar()
+                if version is None:  # the same value: no new version
+                    version = conn.execute(q.HEAD, {"scope_id": scope_id,
+                                                    "name": name}).one().version
             return int(version), artifact_id
 
         try:
@@ -348,16 +357,28 @@ class Store:
                 "algorithm": hashing.ALGORITHM, "digest": p.digest, "format": p.backend.name,
             }).scalar()
         if artifact_id is None:
-            artifact_id = conn.execute(q.INSERT_ARTIFACT, {
-                "algorithm": hashing.ALGORITHM, "digest": p.digest, "format": p.backend.name,
-                "suffix": p.suffix, "size": p.size, "file_digest": p.file_digest,
-                "inline": p.inline, "meta": json.dumps(p.meta or {}),
-                "summary": json.dumps(p.summary or {}), "created": now, "run_id": run_id,
-            }).scalar_one()
+            artifact_id = self._insert_artifact(conn, p, run_id, now)
         if p.file_record is not None:
             conn.execute(insert(q.files), {**p.file_record, "artifact_id": artifact_id,
                                            "seen": now})
         return int(artifact_id)
+
+    @staticmethod
+    def _insert_artifact(conn: Connection, p: Prepared, run_id: int, now: dt.datetime) -> int:
+        row = {
+            "algorithm": hashing.ALGORITHM, "digest": p.digest, "format": p.backend.name,
+            "suffix": p.suffix, "size": p.size, "file_digest": p.file_digest,
+            "inline": p.inline, "meta": json.dumps(p.meta or {}),
+            "summary": json.dumps(p.summary or {}), "created": now, "run_id": run_id,
+        }
+        if conn.dialect.name == "sqlite":  # one writer at a time: nobody inserts meanwhile
+            return int(conn.execute(q.INSERT_ARTIFACT, row).scalar_one())
+        # Two writers storing the same new content under different names hold
+        # different locks: the second waits for the first's row and takes it.
+        found = conn.execute(q.INSERT_ARTIFACT_UNLESS_FOUND, row).scalar()
+        if found is None:
+            found = conn.execute(q.ARTIFACT_BY_DIGEST, row).scalar_one()
+        return int(found)
 
     def resolve(self, chain: list[int], name: str) -> tuple[int, int] | None:
         """Return (scope_id, artifact_id) of *name*'s current binding, innermost first."""
@@ -591,6 +612,7 @@ class Store:
 
         def transaction() -> bool:
             with write(self.engine) as conn:
+                lock_for_write(conn, f"pin {scope_id} {name}")  # gc waits: it reads pins
                 if conn.execute(q.PIN_BY_NAME, {"scope_id": scope_id, "name": name}).first():
                     return False
                 conn.execute(q.INSERT_PIN, {"scope_id": scope_id, "name": name,
@@ -605,6 +627,7 @@ class Store:
 
         def transaction() -> bool:
             with write(self.engine) as conn:
+                lock_for_write(conn, f"pin {scope_id} {name}")
                 params = {"scope_id": scope_id, "name": name}
                 return bool(conn.execute(q.DELETE_PIN, params).rowcount)
 

@@ -11,11 +11,22 @@ time, by different means:
   writer and fails at once with "database is locked" whatever the busy
   timeout (22 % of attempts with two writers, measured here), while an
   immediate one waits its turn.
-- PostgreSQL runs write transactions at ``SERIALIZABLE`` isolation, so
-  writers proceed in parallel and the server aborts one of two that
-  conflict (SQLSTATE 40001); :func:`retrying` runs it again. This is how two
-  workers reading "no lease yet" cannot both take it, and how two bindings
-  of one name cannot get the same version number.
+- PostgreSQL runs write transactions at ``READ COMMITTED`` isolation, so
+  writers proceed in parallel, and each transaction first takes
+  transaction-scoped advisory locks on what it contends for
+  (:func:`lock_for_write`): the name it binds, the call key it claims or
+  commits. Two bindings of one name therefore take turns and never get the
+  same version number, and two workers claiming one key never both read
+  "no lease yet". Each of these (and pins, and scope creation) also holds
+  a shared lock that ``gc`` takes exclusively (:func:`lock_out_writers`),
+  so that, as on SQLite, none commits between gc's plan and its deletions;
+  the writes that take no lock (run rows, lease renewals, a failed call's
+  status, hit times) change single rows that no plan relies on. Under
+  ``SERIALIZABLE`` the server instead aborted one of two overlapping
+  transactions, and tracked some reads by index page, so that writers of
+  different names conflicted too (22-67 of 800 concurrent binds ran again).
+  :func:`retrying` still reruns a transaction that the server aborts
+  (a deadlock, a unique violation from a race no lock covers), rarely now.
 
 Reads are single statements in autocommit mode: they never block writers
 and hold no snapshot between statements.
@@ -36,6 +47,7 @@ import contextlib
 import datetime as dt
 import errno
 import fcntl
+import hashlib
 import logging
 import os
 import random
@@ -76,10 +88,14 @@ __all__ = [
     "integrity_check",
     "is_readonly",
     "is_sqlite",
+    "lock_for_write",
+    "lock_key",
+    "lock_out_writers",
     "lost_connection",
     "make_engine",
     "migrations_dir",
     "readonly_reason",
+    "reruns",
     "retrying",
     "upgrade",
     "write",
@@ -343,9 +359,9 @@ atexit.register(_close_at_exit)
 # PostgreSQL's answers that mean "run the transaction again": serialization
 # failure, deadlock, and lock not available.
 _RETRY_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
-# A unique violation between two concurrent inserts is normally reported as
-# a serialization failure; retried a few times in case it is not, but never
-# forever, since a real constraint error would repeat.
+# A unique violation between two concurrent inserts of one row (two workers
+# creating the same code version) is retried a few times, but never forever,
+# since a real constraint error would repeat.
 _UNIQUE_VIOLATION = "23505"
 _UNIQUE_RETRIES = 5
 
@@ -362,14 +378,30 @@ def _should_retry(exc: DBAPIError, unique_seen: int) -> bool:
     return "locked" in message or "busy" in message
 
 
+# Transactions this process ran again because the database asked; a plain
+# int bumped under the GIL costs nothing on the hot path.
+_reruns = [0]
+
+
+def reruns() -> int:
+    """How many write transactions this process has run again since it started.
+
+    Each is a serialization failure, deadlock, lock timeout or unique
+    violation that :func:`retrying` answered by rerunning the transaction;
+    ``benchmarks/bench_postgres.py`` and the concurrency tests read it.
+    """
+    return _reruns[0]
+
+
 def retrying(func: Callable[[], T], *, timeout: float = 300.0) -> T:
     """Run the transaction *func*, again with jittered backoff while the database asks.
 
     On SQLite the busy timeout already waits inside the library; this loop
     covers the rare cases it does not (a lock taken during connection setup,
     WAL recovery after a crash) so that no user ever sees "database is
-    locked". On PostgreSQL it reruns a serializable transaction that lost a
-    conflict. *func* must open its own transaction, so a rerun starts afresh.
+    locked". On PostgreSQL it reruns a transaction the server aborted (a
+    deadlock, or a unique violation between two inserts no lock ordered).
+    *func* must open its own transaction, so a rerun starts afresh.
     """
     deadline = time.monotonic() + timeout
     delay = 0.01
@@ -381,6 +413,7 @@ def retrying(func: Callable[[], T], *, timeout: float = 300.0) -> T:
             if not _should_retry(exc, unique_seen):
                 raise
             unique_seen += getattr(exc.orig, "sqlstate", None) == _UNIQUE_VIOLATION
+            _reruns[0] += 1
             if time.monotonic() > deadline:
                 raise LockTimeoutError(
                     f"the database stayed locked for {timeout:.0f} s; another process "
@@ -394,7 +427,10 @@ def retrying(func: Callable[[], T], *, timeout: float = 300.0) -> T:
 def write(engine: Engine) -> Iterator[Connection]:
     """Open a write transaction; commit on success, roll back on error.
 
-    ``BEGIN IMMEDIATE`` on SQLite, ``SERIALIZABLE`` on a server database.
+    ``BEGIN IMMEDIATE`` on SQLite, ``READ COMMITTED`` on a server database,
+    where the transaction's first statement should be :func:`lock_for_write`
+    (or :func:`lock_out_writers`): each later statement then sees every
+    commit made before the locks were granted.
 
     Raises
     ------
@@ -408,7 +444,9 @@ def write(engine: Engine) -> Iterator[Connection]:
             "not write to it; copy the store, or ask its owner for write access")
     options: dict[str, Any] = (
         {_WRITE_OPTION: True} if engine.dialect.name == "sqlite"
-        else {"isolation_level": "SERIALIZABLE"}
+        # Set explicitly: a server whose default_transaction_isolation is
+        # REPEATABLE READ would read from a snapshot taken before the lock.
+        else {"isolation_level": "READ COMMITTED"}
     )
     try:
         with engine.connect().execution_options(**options) as conn:
@@ -425,6 +463,49 @@ def write(engine: Engine) -> Iterator[Connection]:
         raise
     except OSError as exc:
         raise storage_error(exc, "write the database", _where(engine)) from exc
+
+
+# The advisory lock every writer holds shared and gc takes exclusively; an
+# arbitrary constant ("provgc"), apart from _UPGRADE_LOCK.
+_GC_LOCK = 0x70726F766763
+_LOCK_SHARED = text("SELECT pg_advisory_xact_lock_shared(CAST(:gc AS bigint))")
+_LOCK_ONE = text("SELECT pg_advisory_xact_lock_shared(CAST(:gc AS bigint)), "
+                 "pg_advisory_xact_lock(CAST(:key AS bigint))")
+_LOCK_ALL = text("SELECT pg_advisory_xact_lock(CAST(:gc AS bigint))")
+
+
+def lock_key(subject: str) -> int:
+    """The 64-bit advisory lock key of *subject* (a stable hash of its text)."""
+    digest = hashlib.blake2b(subject.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def lock_for_write(conn: Connection, subject: str | None = None) -> None:
+    """Lock *subject* for the rest of the write transaction *conn* (PostgreSQL).
+
+    Call it first in the transaction. It waits while another transaction
+    holds *subject* (for example ``"binding 3 x"``) or while ``gc`` runs, so
+    the statements after it read what those committed. Both locks are
+    released at commit or rollback. A no-op on SQLite, whose
+    ``BEGIN IMMEDIATE`` already runs one writer at a time.
+    """
+    if conn.dialect.name == "sqlite":
+        return
+    if subject is None:
+        conn.execute(_LOCK_SHARED, {"gc": _GC_LOCK})
+    else:
+        conn.execute(_LOCK_ONE, {"gc": _GC_LOCK, "key": lock_key(subject)})
+
+
+def lock_out_writers(conn: Connection) -> None:
+    """Wait for every writer holding :func:`lock_for_write` to finish, and keep new ones out.
+
+    For ``gc`` (PostgreSQL): no such writer commits until *conn*'s
+    transaction ends, so a plan read after this stays exact. A no-op on
+    SQLite (``BEGIN IMMEDIATE``).
+    """
+    if conn.dialect.name != "sqlite":
+        conn.execute(_LOCK_ALL, {"gc": _GC_LOCK})
 
 
 # SQLite's primary result codes for a full disk and an I/O error; PostgreSQL's

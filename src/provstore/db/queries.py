@@ -9,11 +9,14 @@ from __future__ import annotations
 from typing import cast
 
 from sqlalchemy import (
+    DateTime,
     Integer,
     String,
     Table,
+    Text,
     bindparam,
     delete,
+    exists,
     func,
     insert,
     or_,
@@ -21,6 +24,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import cast as sql_cast
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from .engine import SCHEMA_HEAD
 from .models import (
@@ -61,25 +65,40 @@ ARTIFACT_BY_DIGEST = select(artifacts.c.id, artifacts.c.suffix, artifacts.c.inli
 )
 
 INSERT_ARTIFACT = insert(artifacts).returning(artifacts.c.id)
-
-# The next version number is computed inside the INSERT, under the write lock
-# of the enclosing BEGIN IMMEDIATE transaction, so two writers never collide.
-INSERT_BINDING = (
-    insert(bindings)
-    .values(
-        scope_id=bindparam("p_scope_id"),
-        name=bindparam("p_name"),
-        version=select(func.coalesce(func.max(_b2.c.version), 0) + 1)
-        .where(_b2.c.scope_id == bindparam("p_scope_id"), _b2.c.name == bindparam("p_name"))
-        .scalar_subquery(),
-        artifact_id=bindparam("p_artifact_id"),
-        created=bindparam("p_created"),
-        run_id=bindparam("p_run_id"),
-        origin=bindparam("p_origin"),
-        call_id=bindparam("p_call_id"),
-    )
-    .returning(bindings.c.version)
+# PostgreSQL: no row back when a concurrent writer inserted the same content
+# first (it waits for that writer's commit); the caller then reads its id.
+INSERT_ARTIFACT_UNLESS_FOUND = (
+    pg_insert(artifacts)
+    .on_conflict_do_nothing(index_elements=["algorithm", "digest", "format"])
+    .returning(artifacts.c.id)
 )
+
+# A new version of (scope, name), unless its current version already holds
+# the artifact (binding an equal value again adds nothing): no row back then.
+# One statement instead of reading the head first saves a round trip per bind.
+# The next version number is computed inside the INSERT, under the write lock
+# of the enclosing BEGIN IMMEDIATE transaction (SQLite) or the name's advisory
+# lock (PostgreSQL, READ COMMITTED), so two writers never collide.
+_p_scope = bindparam("p_scope_id", type_=Integer)
+_p_name = bindparam("p_name", type_=String)
+_p_artifact = bindparam("p_artifact_id", type_=Integer)
+_b3 = bindings.alias("b3")
+_head_version = (
+    select(func.max(_b2.c.version))
+    .where(_b2.c.scope_id == _p_scope, _b2.c.name == _p_name)
+    .scalar_subquery()
+)
+_unchanged = exists().where(
+    _b3.c.scope_id == _p_scope, _b3.c.name == _p_name, _b3.c.version == _head_version,
+    _b3.c.artifact_id == _p_artifact)
+INSERT_BINDING = insert(bindings).from_select(
+    ["scope_id", "name", "version", "artifact_id", "created", "run_id", "origin", "call_id"],
+    select(
+        _p_scope, _p_name, func.coalesce(_head_version, 0) + 1, _p_artifact,
+        bindparam("p_created", type_=DateTime), bindparam("p_run_id", type_=Integer),
+        bindparam("p_origin", type_=Text), bindparam("p_call_id", type_=Integer),
+    ).where(~_unchanged),
+).returning(bindings.c.version)
 
 HEAD = (
     select(bindings.c.version, bindings.c.artifact_id)

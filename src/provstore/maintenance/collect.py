@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from sqlalchemy import Connection, delete, func, select, update
 
 from ..db import queries as q
-from ..db.engine import db_now, display_url, retrying, write
+from ..db.engine import db_now, display_url, lock_out_writers, retrying, write
 from ..errors import DatabaseDamagedError, StoreError
 from ..lineage import format_size
 from ..runs import utcnow
@@ -284,9 +284,11 @@ def _count_file_rows(conn: Connection, artifacts: list[int]) -> int:
 
 
 def _delete_rows(store: Store, report: GcReport, rules: Rules) -> Plan:
-    # One BEGIN IMMEDIATE transaction: no writer commits between the plan and
-    # the deletions, so the plan stays exact.
+    # One BEGIN IMMEDIATE transaction (SQLite), or one holding the lock every
+    # writer shares (PostgreSQL): no writer commits between the plan and the
+    # deletions, so the plan stays exact.
     with write(store.engine) as conn:
+        lock_out_writers(conn)
         _, p = _plan(conn, report, rules)
         # Children before parents: every foreign key stays satisfied.
         for chunk in chunks(p.bindings):
