@@ -39,8 +39,9 @@ Cases:
 Single-process cases (a-e) take turns in blocks of calls within each repeat, rotating
 which backend goes first, and report the median of the repeats; (f) and (g) run one
 round per repeat (at most 3) on pools of worker processes started once per backend, and
-report how many write transactions the database asked to run again (PostgreSQL aborts
-one of two conflicting SERIALIZABLE transactions; SQLite makes writers wait instead).
+report how many write transactions the database asked to run again (on PostgreSQL, which
+runs writes at READ COMMITTED behind advisory locks, only a deadlock or a unique-key race
+does; SQLite makes writers wait instead).
 ratio = PostgreSQL cost / SQLite cost (time per operation or wall time): above 1,
 PostgreSQL is slower.
 """
