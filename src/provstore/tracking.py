@@ -607,8 +607,8 @@ class _Computation:
                   for name, i in self.inputs.items()]
         prepared = [prepare(self.store, v) for v in elements]  # files published first
         try:
-            committed = leases.commit(self.store, c, prepared, kind=kind, duration=duration,
-                                      code=self.cv, inputs=inputs)
+            outputs = leases.commit(self.store, c, prepared, kind=kind, duration=duration,
+                                    code=self.cv, inputs=inputs)
         except IntegrityError:
             relinked = self.store.relinked(inputs)
             if not self.store.collected(prepared) and relinked == inputs:
@@ -616,9 +616,13 @@ class _Computation:
             # gc removed a stored copy an output or input was linked to: store them again.
             inputs = relinked
             prepared = [prepare(self.store, v) for v in elements]
-            committed = leases.commit(self.store, c, prepared, kind=kind, duration=duration,
-                                      code=self.cv, inputs=inputs)
-        return c.call_id if committed else None
+            outputs = leases.commit(self.store, c, prepared, kind=kind, duration=duration,
+                                    code=self.cv, inputs=inputs)
+        if outputs is None:
+            return None
+        # The rows just committed: loading the result reads none of them back.
+        self.store.memo.note_outputs(c.call_id, outputs)
+        return c.call_id
 
 
 class _Holding:
