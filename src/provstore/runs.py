@@ -30,7 +30,6 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .db import queries as q
 from .db.engine import retrying, write
-from .db.models import Run
 from .errors import ProvstoreError
 
 __all__ = [
@@ -189,7 +188,7 @@ class RunRecorder:
             try:
                 counts = self.counts()
                 with write(self._engine) as conn:
-                    conn.execute(update(Run).where(Run.id == run_id)
+                    conn.execute(update(q.runs).where(q.runs.c.id == run_id)
                                  .values(heartbeat=utcnow(), **counts))
             except Exception:
                 continue
@@ -206,7 +205,8 @@ class RunRecorder:
 
         def insert_run() -> int:
             with write(self._engine) as conn:
-                return int(conn.execute(insert(Run).values(**row).returning(Run.id)).scalar_one())
+                return int(conn.execute(insert(q.runs).values(**row).returning(q.runs.c.id))
+                           .scalar_one())
 
         return retrying(insert_run)
 
@@ -221,8 +221,8 @@ class RunRecorder:
             counts = self.counts()
             with write(self._engine) as conn:
                 conn.execute(
-                    update(Run)
-                    .where(Run.id == self._id)
+                    update(q.runs)
+                    .where(q.runs.c.id == self._id)
                     .values(status=status, ended=now, heartbeat=now, **counts)
                 )
         except Exception:

@@ -37,8 +37,6 @@ from .codeversion import FINGERPRINTS, CodeVersion, defined_at, function_identit
 from .errors import InvalidNameError, NotCachedError, ProvstoreError, UnsupportedTypeError
 from .files import File
 from .leases import Claim, LeaseKeeper, claim, lease_seconds
-from .lineage import InputInfo
-from .lineage.explain import explain_call
 from .records import InputRecord
 from .saving import prepare
 from .store import Store
@@ -171,6 +169,11 @@ class TrackedFunction:
         if ctx is None:
             return f"no provstore store is open: {self.identity} would run untracked"
         key, cv, inputs = self._key(ctx.store, args, kwargs)
+        # Imported here: a process that only calls tracked functions never
+        # needs lineage, which cost ~40 ms of its start-up (-X importtime).
+        from .lineage import InputInfo
+        from .lineage.explain import explain_call
+
         described = {name: InputInfo(name, i.digest, i.artifact_id, i.file_path,
                                      _summary(i.summary)) for name, i in inputs.items()}
         return explain_call(ctx.store, self.identity, key, cv, described)
