@@ -226,8 +226,9 @@ class TrackedFunction:
             hit = store.memo.call_for(key)
             if hit is None:
                 hit = store.finished_call(key)
+                if hit is not None:
+                    store.memo.note_key(key, hit)
             if hit is not None:
-                store.memo.note_key(key, hit)
                 try:
                     value = _load_outputs(store, hit)
                 except Exception:
@@ -453,6 +454,11 @@ def _fill_shell(tracked: TrackedFunction, state: tuple[Any, ...]) -> None:
     tracked._carried = carried
 
 
+# Exact types only: a bool or an IntEnum is an int with a digest of its own.
+_SCALARS = frozenset({int, str})
+_SCALAR_DIGESTS: dict[tuple[type, Any], str] = {}
+
+
 class _Input:
     """One bound argument: its digest, and the artifact it is, if known."""
 
@@ -467,6 +473,18 @@ class _Input:
 
     @classmethod
     def of(cls, store: Store | None, value: Any, *, instance: bool = False) -> _Input:
+        kind = type(value)
+        if kind in _SCALARS and not instance and (kind is int or len(value) <= 256):
+            # Ints and short strings, the most common small arguments: their
+            # digest depends on their value only, so it is computed once (and
+            # the identity map never holds them: they are not rememberable).
+            digest = _SCALAR_DIGESTS.get((kind, value))
+            if digest is None:
+                if len(_SCALAR_DIGESTS) >= 4096:
+                    _SCALAR_DIGESTS.clear()
+                digest = _SCALAR_DIGESTS[(kind, value)] = callkeys.value_digest(value)
+            recent = store.identity.recent_artifact(digest) if store is not None else None
+            return cls(digest, recent, None, value)
         known = store.identity.known(value) if store is not None else None
         if known is not None:
             return cls(known.digest, known.artifact_id, None, None)
