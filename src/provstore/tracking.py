@@ -225,7 +225,7 @@ class TrackedFunction:
         if not recompute:
             hit = store.memo.call_for(key)
             if hit is None:
-                hit = store.finished_call(key)
+                hit = leases.finished_call(store, key)
                 if hit is not None:
                     store.memo.note_key(key, hit)
             if hit is not None:

@@ -35,9 +35,9 @@ from sqlalchemy.sql.expression import ClauseElement
 from .. import faults
 from ..errors import ProvstoreError
 from ..objects import storage_error
-from .engine import db_now, is_readonly, retrying, write
+from .engine import Readers, db_now, is_readonly, retrying, write
 
-__all__ = ["Rows", "Tx", "transaction"]
+__all__ = ["Rows", "Tx", "read", "transaction"]
 
 T = TypeVar("T")
 Params = dict[str, Any] | list[dict[str, Any]]
@@ -165,6 +165,29 @@ class _Driver:
 
     def now(self) -> dt.datetime:
         return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def read(readers: Readers, stmt: Executable, params: dict[str, Any]) -> Rows | None:
+    """Run the read *stmt* on this thread's SQLite reader connection, without SQLAlchemy.
+
+    Returns None when the store is not SQLite, or when the driver reported
+    an error: the caller then reads through :meth:`provstore.store.Store.query`,
+    which gives the error its provstore form. Reads run in autocommit mode,
+    as through SQLAlchemy.
+    """
+    conn = readers.get()
+    if conn.dialect.name != "sqlite":
+        return None
+    raw = conn.connection.driver_connection
+    if not isinstance(raw, sqlite3.Connection):
+        return None
+    cursor = raw.cursor()
+    try:
+        return _Driver(cursor, conn.dialect).execute(stmt, params)
+    except sqlite3.Error:
+        return None
+    finally:
+        cursor.close()
 
 
 class _DriverFailed(Exception):
