@@ -44,6 +44,18 @@ HIT_FLUSH_SECONDS = 5.0  # reuse times are written at most once per this many se
 _PACKAGES = ("numpy", "nibabel", "tables", "SQLAlchemy", "provstore", "pandas", "scipy")
 
 
+# This process's id, kept up to date across fork: every hit counts itself,
+# and os.getpid() is a system call.
+_pid = [os.getpid()]
+
+
+def _forked() -> None:
+    _pid[0] = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 def utcnow() -> dt.datetime:
     """Return the current UTC time without tzinfo (how the database stores it)."""
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
@@ -119,9 +131,9 @@ class RunRecorder:
 
     def _same_process(self) -> None:
         # Call with the lock held: a forked child counts its own calls only.
-        if self._counted_in != os.getpid():
+        if self._counted_in != _pid[0]:
             self._pending, self._hits, self._misses, self._saved = Counter(), 0, 0, 0.0
-            self._counted_in = os.getpid()
+            self._counted_in = _pid[0]
 
     def count_hit(self, call_id: int) -> None:
         """Count a tracked call answered from the store (the result of *call_id*)."""

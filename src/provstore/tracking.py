@@ -669,9 +669,11 @@ def _load_outputs(store: Store, call_id: int, computed: Any = None) -> Any:
     values = []
     for position, (_, _, artifact_id) in enumerate(rows):
         row = store.artifact(artifact_id)
-        store.identity.note_output(row.digest, call_id, artifact_id)
-        values.append(store.load_output(artifact_id, call_id,
-                                        computed=_element(computed, kind, position)))
+        element = _element(computed, kind, position)
+        if row.inline is None or element is not None:
+            # (Store.load notes an inline value it loads for this call itself.)
+            store.identity.note_output(row.digest, call_id, artifact_id)
+        values.append(store.load_output(artifact_id, call_id, computed=element))
     return tuple(values) if kind == "tuple" else values[0]
 
 
