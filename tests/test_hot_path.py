@@ -8,6 +8,7 @@ Timings are in ``benchmarks/bench_tracking.py``.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import sys
@@ -18,8 +19,11 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event
+from sqlalchemy.exc import IntegrityError
 
 import provstore
+from provstore.db import queries as q
+from provstore.db.driver import transaction
 
 
 def tiny(a: int, b: int) -> int:
@@ -110,3 +114,25 @@ def test_a_process_that_opens_a_store_and_calls_imports_no_orm_lineage_or_mainte
     unneeded = {"sqlalchemy.orm", "alembic", "provstore.lineage", "provstore.maintenance",
                 "provstore.parallel", "joblib"}
     assert modules & unneeded == set()
+
+
+def test_a_driver_transaction_writes_what_sqlalchemy_reads_and_fails_as_it_does(
+        tmp_path: Path) -> None:
+    ctx = provstore.open(tmp_path / "store")
+    engine = ctx.store.engine
+    expires = dt.datetime(2031, 5, 6, 7, 8, 9, 123456)
+    lease = {"key": "k", "owner": "o", "fence": 1, "expires": expires, "host": "h", "pid": 1,
+             "call_id": None}
+    transaction(engine, lambda tx: tx.execute(q.INSERT_LEASE, lease))
+    # A timestamp written on the driver reads back through SQLAlchemy unchanged.
+    found = ctx.store.query(q.LEASE_BY_KEY, {"key": "k"}).one()
+    assert found.expires == expires and found.fence == 1
+    assert transaction(engine, lambda tx: tx.execute(q.LEASE_BY_KEY, {"key": "k"}).first()
+                       ).expires == expires
+    # The driver's error, rerun through SQLAlchemy: SQLAlchemy's error, nothing written.
+    with pytest.raises(IntegrityError):
+        transaction(engine, lambda tx: (tx.execute(q.DELETE_LEASE, {
+            "p_key": "k", "p_owner": "o", "p_fence": 1}), tx.execute(q.INSERT_LEASE, {
+                **lease, "key": "k2"}), tx.execute(q.INSERT_LEASE, {**lease, "key": "k2"})))
+    assert [r.key for r in ctx.store.query(q.LEASE_BY_KEY, {"key": "k"})] == ["k"]
+    assert ctx.store.query(q.LEASE_BY_KEY, {"key": "k2"}).first() is None
