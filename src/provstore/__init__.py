@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .api import open
 from .context import Context
@@ -27,13 +27,22 @@ from .errors import (
     UnsupportedTypeError,
 )
 from .files import File
-from .lineage import History, Version
 from .tracking import TrackedFunction, track
+
+if TYPE_CHECKING:
+    from .lineage import History, Version
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
+    # History and Version (the lineage package, ~40 ms to import) load when
+    # first asked for: a process that only opens a store and calls tracked
+    # functions never needs them.
+    if name in ("History", "Version"):
+        from . import lineage
+
+        return getattr(lineage, name)
     # provstore.Memory is a joblib.Memory: importing joblib costs ~120 ms, so
     # only code that asks for it pays.
     if name == "Memory":

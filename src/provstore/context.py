@@ -28,18 +28,19 @@ from .errors import (
     NotFoundError,
     ReservedNameError,
 )
-from .lineage import Dependent, History, StaleList
-from .lineage.impact import dependents, stale
 from .locations import StoreRef
-from .maintenance.calls import CallSummary, list_calls
-from .parallel import map_calls
 from .saving import prepare
 from .scope import Segment, check_name, display, format_path, parse_path, segment_for_param
 from .store import ArtifactCollectedError, Store
 from .sweeps import Found, find, table
 from .tracking import track
 
+# Lineage, maintenance and parallel mapping are imported by the methods that
+# use them: a process that opens a store and gets a hit needs none of them,
+# and they cost it ~60 ms of its start-up (python -X importtime, 2026-12-07).
 if TYPE_CHECKING:
+    from .lineage import Dependent, History, StaleList
+    from .maintenance.calls import CallSummary
     from .memory import Memory
 
 __all__ = ["Context", "active_context"]
@@ -254,6 +255,8 @@ class Context:
         sid = bound[0]
         rows = self._store.versions(sid, name)
         scope_path = self._store.scope_path(sid)
+        from .lineage import History  # start-up cost: see the imports
+
         return History.from_rows(scope_path, name, rows, store=self._store)
 
     def history(self, name: str) -> History:
@@ -313,6 +316,8 @@ class Context:
         h = self.history(name)
         if h.latest.artifact_id is None:
             raise MissingKeyError(f"{h.path} is deleted (v{h.latest.number}): no dependents")
+        from .lineage.impact import dependents  # start-up cost: see the imports
+
         return dependents(self._store, h.latest.artifact_id, transitive=transitive,
                           exclude=h.path)
 
@@ -343,6 +348,8 @@ class Context:
             recompute too), sorted by path; its ``unchecked`` lists the results
             that could not be checked and why (``summary()`` counts them).
         """
+        from .lineage.impact import stale  # start-up cost: see the imports
+
         return stale(self._store, self.path, unimportable=unimportable)
 
     def table(self, name: str, func: Callable[[Any], Any] | None = None, *,
@@ -442,6 +449,8 @@ class Context:
             exception is raised when the iterator reaches it (with the worker's
             traceback as its cause); the other calls still run and commit.
         """
+        from .parallel import map_calls  # start-up cost: see the imports
+
         return map_calls(self, func, iterable, executor=executor, chunksize=chunksize,
                          progress=progress)
 
@@ -585,6 +594,8 @@ class Context:
             Function, scope (of the bindings made from it), status, duration,
             run, error of a failure, and lease owner of a running call.
         """
+        from .maintenance.calls import list_calls  # start-up cost: see the imports
+
         return list_calls(self._store, function=function, status=status, run=run, limit=limit)
 
     # ------------------------------------------------------------ plumbing

@@ -30,7 +30,6 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .db import queries as q
 from .db.engine import retrying, write
-from .db.models import Run
 from .errors import ProvstoreError
 
 __all__ = [
@@ -43,6 +42,18 @@ _HOST = socket.gethostname()  # what environment() records as a run's host
 HEARTBEAT_SECONDS = 60.0  # well inside STALE_AFTER, so a live run never reads as crashed
 HIT_FLUSH_SECONDS = 5.0  # reuse times are written at most once per this many seconds
 _PACKAGES = ("numpy", "nibabel", "tables", "SQLAlchemy", "provstore", "pandas", "scipy")
+
+
+# This process's id, kept up to date across fork: every hit counts itself,
+# and os.getpid() is a system call.
+_pid = [os.getpid()]
+
+
+def _forked() -> None:
+    _pid[0] = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def utcnow() -> dt.datetime:
@@ -120,9 +131,9 @@ class RunRecorder:
 
     def _same_process(self) -> None:
         # Call with the lock held: a forked child counts its own calls only.
-        if self._counted_in != os.getpid():
+        if self._counted_in != _pid[0]:
             self._pending, self._hits, self._misses, self._saved = Counter(), 0, 0, 0.0
-            self._counted_in = os.getpid()
+            self._counted_in = _pid[0]
 
     def count_hit(self, call_id: int) -> None:
         """Count a tracked call answered from the store (the result of *call_id*)."""
@@ -186,7 +197,7 @@ class RunRecorder:
             return
         counts = self.counts()
         with write(self._engine) as conn:
-            conn.execute(update(Run).where(Run.id == run_id)
+            conn.execute(update(q.runs).where(q.runs.c.id == run_id)
                          .values(heartbeat=utcnow(), **counts))
 
     def after_fork(self) -> None:
@@ -205,7 +216,8 @@ class RunRecorder:
 
         def insert_run() -> int:
             with write(self._engine) as conn:
-                return int(conn.execute(insert(Run).values(**row).returning(Run.id)).scalar_one())
+                return int(conn.execute(insert(q.runs).values(**row).returning(q.runs.c.id))
+                           .scalar_one())
 
         return retrying(insert_run)
 
@@ -220,8 +232,8 @@ class RunRecorder:
             counts = self.counts()
             with write(self._engine) as conn:
                 conn.execute(
-                    update(Run)
-                    .where(Run.id == self._id)
+                    update(q.runs)
+                    .where(q.runs.c.id == self._id)
                     .values(status=status, ended=now, heartbeat=now, **counts)
                 )
         except Exception:

@@ -250,6 +250,10 @@ class Store:
         self._artifacts[artifact_id] = row
         return row
 
+    def note_artifact(self, row: ArtifactRow) -> None:
+        """Remember the row of an artifact this process just committed (rows never change)."""
+        self._artifacts[row.id] = row
+
     def existing_artifact(self, digest: str, backend: Backend) -> int | None:
         """The id of the stored artifact with *digest* in *backend*'s format, if its file is there.
 

@@ -37,8 +37,6 @@ from .codeversion import FINGERPRINTS, CodeVersion, defined_at, function_identit
 from .errors import InvalidNameError, NotCachedError, ProvstoreError, UnsupportedTypeError
 from .files import File
 from .leases import Claim, LeaseKeeper, claim, lease_seconds
-from .lineage import InputInfo
-from .lineage.explain import explain_call
 from .records import InputRecord
 from .saving import prepare
 from .store import Store
@@ -171,6 +169,11 @@ class TrackedFunction:
         if ctx is None:
             return f"no provstore store is open: {self.identity} would run untracked"
         key, cv, inputs = self._key(ctx.store, args, kwargs)
+        # Imported here: a process that only calls tracked functions never
+        # needs lineage, which cost ~40 ms of its start-up (-X importtime).
+        from .lineage import InputInfo
+        from .lineage.explain import explain_call
+
         described = {name: InputInfo(name, i.digest, i.artifact_id, i.file_path,
                                      _summary(i.summary)) for name, i in inputs.items()}
         return explain_call(ctx.store, self.identity, key, cv, described)
@@ -222,9 +225,10 @@ class TrackedFunction:
         if not recompute:
             hit = store.memo.call_for(key)
             if hit is None:
-                hit = store.finished_call(key)
+                hit = leases.finished_call(store, key)
+                if hit is not None:
+                    store.memo.note_key(key, hit)
             if hit is not None:
-                store.memo.note_key(key, hit)
                 try:
                     value = _load_outputs(store, hit)
                 except Exception:
@@ -450,6 +454,11 @@ def _fill_shell(tracked: TrackedFunction, state: tuple[Any, ...]) -> None:
     tracked._carried = carried
 
 
+# Exact types only: a bool or an IntEnum is an int with a digest of its own.
+_SCALARS = frozenset({int, str})
+_SCALAR_DIGESTS: dict[tuple[type, Any], str] = {}
+
+
 class _Input:
     """One bound argument: its digest, and the artifact it is, if known."""
 
@@ -464,6 +473,18 @@ class _Input:
 
     @classmethod
     def of(cls, store: Store | None, value: Any, *, instance: bool = False) -> _Input:
+        kind = type(value)
+        if kind in _SCALARS and not instance and (kind is int or len(value) <= 256):
+            # Ints and short strings, the most common small arguments: their
+            # digest depends on their value only, so it is computed once (and
+            # the identity map never holds them: they are not rememberable).
+            digest = _SCALAR_DIGESTS.get((kind, value))
+            if digest is None:
+                if len(_SCALAR_DIGESTS) >= 4096:
+                    _SCALAR_DIGESTS.clear()
+                digest = _SCALAR_DIGESTS[(kind, value)] = callkeys.value_digest(value)
+            recent = store.identity.recent_artifact(digest) if store is not None else None
+            return cls(digest, recent, None, value)
         known = store.identity.known(value) if store is not None else None
         if known is not None:
             return cls(known.digest, known.artifact_id, None, None)
@@ -607,8 +628,8 @@ class _Computation:
                   for name, i in self.inputs.items()]
         prepared = [prepare(self.store, v) for v in elements]  # files published first
         try:
-            committed = leases.commit(self.store, c, prepared, kind=kind, duration=duration,
-                                      code=self.cv, inputs=inputs)
+            outputs = leases.commit(self.store, c, prepared, kind=kind, duration=duration,
+                                    code=self.cv, inputs=inputs)
         except IntegrityError:
             relinked = self.store.relinked(inputs)
             if not self.store.collected(prepared) and relinked == inputs:
@@ -616,9 +637,13 @@ class _Computation:
             # gc removed a stored copy an output or input was linked to: store them again.
             inputs = relinked
             prepared = [prepare(self.store, v) for v in elements]
-            committed = leases.commit(self.store, c, prepared, kind=kind, duration=duration,
-                                      code=self.cv, inputs=inputs)
-        return c.call_id if committed else None
+            outputs = leases.commit(self.store, c, prepared, kind=kind, duration=duration,
+                                    code=self.cv, inputs=inputs)
+        if outputs is None:
+            return None
+        # The rows just committed: loading the result reads none of them back.
+        self.store.memo.note_outputs(c.call_id, outputs)
+        return c.call_id
 
 
 class _Holding:
@@ -644,9 +669,11 @@ def _load_outputs(store: Store, call_id: int, computed: Any = None) -> Any:
     values = []
     for position, (_, _, artifact_id) in enumerate(rows):
         row = store.artifact(artifact_id)
-        store.identity.note_output(row.digest, call_id, artifact_id)
-        values.append(store.load_output(artifact_id, call_id,
-                                        computed=_element(computed, kind, position)))
+        element = _element(computed, kind, position)
+        if row.inline is None or element is not None:
+            # (Store.load notes an inline value it loads for this call itself.)
+            store.identity.note_output(row.digest, call_id, artifact_id)
+        values.append(store.load_output(artifact_id, call_id, computed=element))
     return tuple(values) if kind == "tuple" else values[0]
 
 

@@ -1,17 +1,25 @@
-"""SQLAlchemy 2.0 models of a provstore database.
+"""The tables of a provstore database, as SQLAlchemy Core ``Table`` objects.
 
 The schema itself is created and changed only by the Alembic migrations in
-``migrations/``; these models describe it for queries. A test checks that the
-migrated schema and these models agree.
+``migrations/``; these tables describe it for queries. A test checks that the
+migrated schema and these tables agree.
+
+They are Core tables, not ORM models: provstore runs prebuilt Core
+statements only, and importing ``sqlalchemy.orm`` cost every process ~60 ms
+of start-up (of ~0.5 s for a process that opens a store and gets one hit).
+The classes below keep the names the ORM models had, each holding its table
+as ``__table__``, and :class:`Base` holds the :data:`metadata` that Alembic
+compares against.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from typing import ClassVar
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Column,
     DateTime,
     Float,
     ForeignKey,
@@ -20,10 +28,10 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
     "Artifact",
@@ -38,217 +46,252 @@ __all__ = [
     "Pin",
     "Run",
     "Scope",
+    "metadata",
 ]
 
-
-class Base(DeclarativeBase):
-    """Declarative base of every provstore table."""
-
-    # Named constraints: SQLite batch migrations can only drop what has a name.
-    metadata = MetaData(
-        naming_convention={
-            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-            "pk": "pk_%(table_name)s",
-        }
-    )
+# Named constraints: SQLite batch migrations can only drop what has a name.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
 
 
-class Run(Base):
-    """One process that wrote to the store."""
+def _id() -> Column[int]:
+    return Column("id", Integer, primary_key=True)
 
-    __tablename__ = "runs"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    uuid: Mapped[str] = mapped_column(String(32), unique=True)
-    host: Mapped[str] = mapped_column(String(255))
-    pid: Mapped[int] = mapped_column(Integer)
-    user: Mapped[str | None] = mapped_column(String(255))
-    argv: Mapped[str | None] = mapped_column(Text)  # JSON list
-    cwd: Mapped[str | None] = mapped_column(Text)
-    git_commit: Mapped[str | None] = mapped_column(String(64))
-    git_dirty: Mapped[bool | None] = mapped_column(Boolean)
-    python: Mapped[str | None] = mapped_column(String(64))
-    packages: Mapped[str | None] = mapped_column(Text)  # JSON {name: version}
-    started: Mapped[datetime] = mapped_column(DateTime)
-    heartbeat: Mapped[datetime] = mapped_column(DateTime)
-    ended: Mapped[datetime | None] = mapped_column(DateTime)
-    status: Mapped[str] = mapped_column(String(16))  # running / finished / failed
+runs = Table(
+    "runs", metadata,  # one process that wrote to the store
+    _id(),
+    Column("uuid", String(32), nullable=False, unique=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("user", String(255)),
+    Column("argv", Text),  # JSON list
+    Column("cwd", Text),
+    Column("git_commit", String(64)),
+    Column("git_dirty", Boolean),
+    Column("python", String(64)),
+    Column("packages", Text),  # JSON {name: version}
+    Column("started", DateTime, nullable=False),
+    Column("heartbeat", DateTime, nullable=False),
+    Column("ended", DateTime),
+    Column("status", String(16), nullable=False),  # running / finished / failed
     # Tracked calls this run found cached / computed, and the recorded compute
     # time of the cached ones (NULL before schema 0004).
-    hits: Mapped[int | None] = mapped_column(Integer)
-    misses: Mapped[int | None] = mapped_column(Integer)
-    saved_seconds: Mapped[float | None] = mapped_column(Float)
+    Column("hits", Integer),
+    Column("misses", Integer),
+    Column("saved_seconds", Float),
+)
+
+scopes = Table(
+    "scopes", metadata,  # a node in the tree of namespaces; the root has path ""
+    _id(),
+    Column("parent_id", Integer, ForeignKey("scopes.id")),
+    Column("segment", String(512), nullable=False),
+    Column("key", String(255)),
+    Column("value", Text),  # JSON scalar of a key=value segment
+    Column("path", Text, nullable=False, unique=True),
+    Column("depth", Integer, nullable=False),
+    UniqueConstraint("parent_id", "segment"),
+)
+
+artifacts = Table(
+    "artifacts", metadata,  # an immutable stored value, named by its content digest
+    _id(),
+    Column("algorithm", String(32), nullable=False),
+    Column("digest", String(128), nullable=False),
+    Column("format", String(64), nullable=False),
+    Column("suffix", String(32), nullable=False),  # "" for inline values
+    Column("size", BigInteger, nullable=False),
+    Column("file_digest", String(128)),  # bytes on disk
+    Column("inline", LargeBinary),
+    Column("meta", Text, nullable=False),  # JSON from the backend
+    Column("summary", Text, nullable=False),  # JSON: type, dtype, shape
+    Column("created", DateTime, nullable=False),
+    Column("run_id", Integer, ForeignKey("runs.id")),
+    UniqueConstraint("algorithm", "digest", "format"),
+    Index(None, "file_digest"),
+)
+
+bindings = Table(
+    "bindings", metadata,  # one version of (scope, name); artifact_id NULL: a deletion
+    _id(),
+    Column("scope_id", Integer, ForeignKey("scopes.id"), nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("artifact_id", Integer, ForeignKey("artifacts.id")),
+    Column("created", DateTime, nullable=False),
+    Column("run_id", Integer, ForeignKey("runs.id")),
+    Column("origin", Text),  # file:line of an untracked assignment
+    Column("call_id", Integer, ForeignKey("calls.id")),  # the producing call
+    UniqueConstraint("scope_id", "name", "version"),
+    Index(None, "name"),
+    Index(None, "artifact_id"),
+)
+
+files = Table(
+    "files", metadata,  # an external file seen by provstore.File: path, stat, digest
+    _id(),
+    Column("path", Text, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("mtime_ns", BigInteger, nullable=False),
+    Column("inode", BigInteger, nullable=False),
+    Column("algorithm", String(32), nullable=False),
+    Column("digest", String(128), nullable=False),
+    Column("artifact_id", Integer, ForeignKey("artifacts.id")),
+    Column("seen", DateTime, nullable=False),
+    Index(None, "path", "size", "mtime_ns", "inode"),
+    Index(None, "digest"),
+    Index(None, "artifact_id"),
+)
+
+code_versions = Table(
+    "code_versions", metadata,  # the normalized source and dependencies of a version
+    _id(),
+    Column("digest", String(128), nullable=False, unique=True),
+    Column("identity", Text, nullable=False),  # module:qualname
+    Column("source", Text, nullable=False),
+    Column("deps", Text, nullable=False),  # JSON {dependency: digest or version}
+    Column("pinned", String(255)),
+    Column("created", DateTime, nullable=False),
+)
+
+calls = Table(
+    "calls", metadata,  # one execution (or attempt) of a tracked function
+    _id(),
+    Column("key", String(128), nullable=False),
+    Column("function", Text, nullable=False),  # module:qualname
+    Column("code_digest", String(128), nullable=False),
+    Column("params", Text, nullable=False),  # JSON {argument: short repr}
+    Column("status", String(16), nullable=False),  # running / done / failed / orphaned
+    Column("output_kind", String(16)),  # single / tuple
+    Column("run_id", Integer, ForeignKey("runs.id")),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("fence", Integer, nullable=False),
+    Column("takeover_of", String(64)),  # owner whose lease expired
+    Column("started", DateTime, nullable=False),
+    Column("finished", DateTime),
+    Column("duration", Float),
+    Column("error", Text),
+    Column("defined_at", Text),  # module:qualname where it lived
+    Column("last_hit", DateTime),  # newest reuse, batched
+    Index(None, "key", "status"),
+    Index(None, "function"),
+)
+
+call_inputs = Table(
+    "call_inputs", metadata,  # an argument of a call: digest, and artifact when stored
+    Column("call_id", Integer, ForeignKey("calls.id"), primary_key=True),
+    Column("name", String(255), primary_key=True),
+    Column("digest", String(128), nullable=False),
+    Column("artifact_id", Integer, ForeignKey("artifacts.id")),
+    Column("file_path", Text),  # for provstore.File arguments
+    Column("summary", Text, nullable=False),  # JSON: type, dtype, shape, or the value
+    Index(None, "artifact_id"),
+)
+
+call_outputs = Table(
+    "call_outputs", metadata,  # element *position* of a call's value (0: a single value)
+    Column("call_id", Integer, ForeignKey("calls.id"), primary_key=True),
+    Column("position", Integer, primary_key=True),
+    Column("artifact_id", Integer, ForeignKey("artifacts.id"), nullable=False),
+    Index(None, "artifact_id"),
+)
+
+pins = Table(
+    "pins", metadata,  # a (scope, name) whose versions, and their sources, gc keeps
+    _id(),
+    Column("scope_id", Integer, ForeignKey("scopes.id"), nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("created", DateTime, nullable=False),
+    UniqueConstraint("scope_id", "name"),
+)
+
+leases = Table(
+    "leases", metadata,  # who computes a call key now, until when, under which fence
+    Column("key", String(128), primary_key=True),
+    Column("owner", String(64), nullable=False),
+    Column("fence", Integer, nullable=False),
+    Column("expires", DateTime, nullable=False),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("call_id", Integer, ForeignKey("calls.id")),
+)
 
 
-class Scope(Base):
+class Base:
+    """Holds :data:`metadata`, every provstore table (what Alembic and the tests compare)."""
+
+    metadata: ClassVar[MetaData] = metadata
+
+
+class Run:
+    """One process that wrote to the store."""
+
+    __table__: ClassVar[Table] = runs
+
+
+class Scope:
     """A node in the tree of namespaces; the root has ``path == ""``."""
 
-    __tablename__ = "scopes"
-    __table_args__ = (UniqueConstraint("parent_id", "segment"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    parent_id: Mapped[int | None] = mapped_column(ForeignKey("scopes.id"))
-    segment: Mapped[str] = mapped_column(String(512))
-    key: Mapped[str | None] = mapped_column(String(255))
-    value: Mapped[str | None] = mapped_column(Text)  # JSON scalar of a key=value segment
-    path: Mapped[str] = mapped_column(Text, unique=True)
-    depth: Mapped[int] = mapped_column(Integer)
+    __table__: ClassVar[Table] = scopes
 
 
-class Artifact(Base):
+class Artifact:
     """An immutable stored value, identified by its canonical content digest."""
 
-    __tablename__ = "artifacts"
-    __table_args__ = (
-        UniqueConstraint("algorithm", "digest", "format"),
-        Index(None, "file_digest"),
-    )
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    algorithm: Mapped[str] = mapped_column(String(32))
-    digest: Mapped[str] = mapped_column(String(128))
-    format: Mapped[str] = mapped_column(String(64))
-    suffix: Mapped[str] = mapped_column(String(32))  # "" for inline values
-    size: Mapped[int] = mapped_column(BigInteger)
-    file_digest: Mapped[str | None] = mapped_column(String(128))  # bytes on disk
-    inline: Mapped[bytes | None] = mapped_column(LargeBinary)
-    meta: Mapped[str] = mapped_column(Text)  # JSON from the backend
-    summary: Mapped[str] = mapped_column(Text)  # JSON: type, dtype, shape
-    created: Mapped[datetime] = mapped_column(DateTime)
-    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+    __table__: ClassVar[Table] = artifacts
 
 
-class Binding(Base):
+class Binding:
     """One version of (scope, name) → artifact; ``artifact_id`` is NULL for a deletion."""
 
-    __tablename__ = "bindings"
-    __table_args__ = (
-        UniqueConstraint("scope_id", "name", "version"),
-        Index(None, "name"),
-        Index(None, "artifact_id"),
-    )
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    scope_id: Mapped[int] = mapped_column(ForeignKey("scopes.id"))
-    name: Mapped[str] = mapped_column(String(255))
-    version: Mapped[int] = mapped_column(Integer)
-    artifact_id: Mapped[int | None] = mapped_column(ForeignKey("artifacts.id"))
-    created: Mapped[datetime] = mapped_column(DateTime)
-    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
-    origin: Mapped[str | None] = mapped_column(Text)  # file:line of an untracked assignment
-    call_id: Mapped[int | None] = mapped_column(ForeignKey("calls.id"))  # the producing call
+    __table__: ClassVar[Table] = bindings
 
 
-class FileRecord(Base):
+class FileRecord:
     """An external file seen by :class:`provstore.File`: path, stat and byte digest."""
 
-    __tablename__ = "files"
-    __table_args__ = (
-        Index(None, "path", "size", "mtime_ns", "inode"),
-        Index(None, "digest"),
-        Index(None, "artifact_id"),
-    )
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    path: Mapped[str] = mapped_column(Text)
-    size: Mapped[int] = mapped_column(BigInteger)
-    mtime_ns: Mapped[int] = mapped_column(BigInteger)
-    inode: Mapped[int] = mapped_column(BigInteger)
-    algorithm: Mapped[str] = mapped_column(String(32))
-    digest: Mapped[str] = mapped_column(String(128))
-    artifact_id: Mapped[int | None] = mapped_column(ForeignKey("artifacts.id"))
-    seen: Mapped[datetime] = mapped_column(DateTime)
+    __table__: ClassVar[Table] = files
 
 
-
-class CodeVersionRow(Base):
+class CodeVersionRow:
     """The normalized source and dependencies of one code version of a function."""
 
-    __tablename__ = "code_versions"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    digest: Mapped[str] = mapped_column(String(128), unique=True)
-    identity: Mapped[str] = mapped_column(Text)  # module:qualname
-    source: Mapped[str] = mapped_column(Text)
-    deps: Mapped[str] = mapped_column(Text)  # JSON {dependency: digest or version}
-    pinned: Mapped[str | None] = mapped_column(String(255))
-    created: Mapped[datetime] = mapped_column(DateTime)
+    __table__: ClassVar[Table] = code_versions
 
 
-class Call(Base):
+class Call:
     """One execution (or attempt) of a tracked function."""
 
-    __tablename__ = "calls"
-    __table_args__ = (Index(None, "key", "status"), Index(None, "function"))
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    key: Mapped[str] = mapped_column(String(128))
-    function: Mapped[str] = mapped_column(Text)  # module:qualname
-    code_digest: Mapped[str] = mapped_column(String(128))
-    params: Mapped[str] = mapped_column(Text)  # JSON {argument: short repr}
-    status: Mapped[str] = mapped_column(String(16))  # running / done / failed / orphaned
-    output_kind: Mapped[str | None] = mapped_column(String(16))  # single / tuple
-    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
-    host: Mapped[str] = mapped_column(String(255))
-    pid: Mapped[int] = mapped_column(Integer)
-    fence: Mapped[int] = mapped_column(Integer)
-    takeover_of: Mapped[str | None] = mapped_column(String(64))  # owner whose lease expired
-    started: Mapped[datetime] = mapped_column(DateTime)
-    finished: Mapped[datetime | None] = mapped_column(DateTime)
-    duration: Mapped[float | None] = mapped_column(Float)
-    error: Mapped[str | None] = mapped_column(Text)
-    defined_at: Mapped[str | None] = mapped_column(Text)  # module:qualname where it lived
-    last_hit: Mapped[datetime | None] = mapped_column(DateTime)  # newest reuse, batched
+    __table__: ClassVar[Table] = calls
 
 
-class CallInput(Base):
+class CallInput:
     """An argument of a call: its digest, and the artifact it was, when stored."""
 
-    __tablename__ = "call_inputs"
-    __table_args__ = (Index(None, "artifact_id"),)
-
-    call_id: Mapped[int] = mapped_column(ForeignKey("calls.id"), primary_key=True)
-    name: Mapped[str] = mapped_column(String(255), primary_key=True)
-    digest: Mapped[str] = mapped_column(String(128))
-    artifact_id: Mapped[int | None] = mapped_column(ForeignKey("artifacts.id"))
-    file_path: Mapped[str | None] = mapped_column(Text)  # for provstore.File arguments
-    summary: Mapped[str] = mapped_column(Text)  # JSON: type, dtype, shape, or the value
+    __table__: ClassVar[Table] = call_inputs
 
 
-class CallOutput(Base):
+class CallOutput:
     """Element *position* of a call's return value (0 for a single value)."""
 
-    __tablename__ = "call_outputs"
-    __table_args__ = (Index(None, "artifact_id"),)
-
-    call_id: Mapped[int] = mapped_column(ForeignKey("calls.id"), primary_key=True)
-    position: Mapped[int] = mapped_column(Integer, primary_key=True)
-    artifact_id: Mapped[int] = mapped_column(ForeignKey("artifacts.id"))
+    __table__: ClassVar[Table] = call_outputs
 
 
-class Pin(Base):
+class Pin:
     """A (scope, name) whose every version, and all it was made from, gc keeps."""
 
-    __tablename__ = "pins"
-    __table_args__ = (UniqueConstraint("scope_id", "name"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    scope_id: Mapped[int] = mapped_column(ForeignKey("scopes.id"))
-    name: Mapped[str] = mapped_column(String(255))
-    created: Mapped[datetime] = mapped_column(DateTime)
+    __table__: ClassVar[Table] = pins
 
 
-class Lease(Base):
+class Lease:
     """Who computes a call key right now, until when, under which fence number."""
 
-    __tablename__ = "leases"
-
-    key: Mapped[str] = mapped_column(String(128), primary_key=True)
-    owner: Mapped[str] = mapped_column(String(64))
-    fence: Mapped[int] = mapped_column(Integer)
-    expires: Mapped[datetime] = mapped_column(DateTime)
-    host: Mapped[str] = mapped_column(String(255))
-    pid: Mapped[int] = mapped_column(Integer)
-    call_id: Mapped[int | None] = mapped_column(ForeignKey("calls.id"))
+    __table__: ClassVar[Table] = leases
