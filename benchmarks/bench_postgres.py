@@ -36,10 +36,10 @@ import sys
 import tempfile
 import textwrap
 import time
-from contextlib import suppress
 from pathlib import Path
 
-from bench_backends import postgres_database  # same directory: the durable local server
+import bench_backends as backends_bench  # same directory: its worker pool
+from bench_backends import postgres_database  # the durable local server
 from bench_store import cpu_model
 
 import provstore
@@ -86,46 +86,15 @@ WORKER = textwrap.dedent("""\
 """)
 
 
-class Pool:
-    """Worker processes on one store, each waiting for commands on stdin."""
+class Pool(backends_bench.Pool):
+    """bench_backends' worker pool, with this benchmark's worker arguments (a rank each)."""
 
     def __init__(self, script: Path, where: Path, log: Path, procs: int) -> None:
         self.log = log
         self.procs = [subprocess.Popen(
             [sys.executable, str(script), str(where), str(log), str(rank)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for rank in range(procs)]
-        for p in self.procs:
-            self._line(p, "READY")
-
-    def round(self, commands: list[str]) -> tuple[float, int]:
-        """Send one command to each worker at once; return the wall time and the reruns."""
-        for p, command in zip(self.procs, commands):
-            assert p.stdin is not None
-            p.stdin.write(command + "\n")
-            p.stdin.flush()
-        spans = [self._line(p, "DONE").split()[1:] for p in self.procs]
-        wall = max(float(s[1]) for s in spans) - min(float(s[0]) for s in spans)
-        return wall, sum(int(s[2]) for s in spans)
-
-    @staticmethod
-    def _line(p: subprocess.Popen[str], expected: str) -> str:
-        assert p.stdout is not None
-        line = p.stdout.readline()
-        if not line.startswith(expected):
-            raise RuntimeError(f"worker {p.pid}: expected {expected}, got {line!r}")
-        return line
-
-    def close(self) -> None:
-        for p in self.procs:
-            with suppress(Exception):
-                assert p.stdin is not None
-                p.stdin.close()
-        for p in self.procs:
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        self.ready()
 
 
 def measure(pool: Pool, ctx: provstore.Context, args: argparse.Namespace,
