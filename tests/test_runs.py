@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import provstore
+from provstore.periodic import THREAD_NAME
 from provstore.runs import STALE_AFTER, status_of, utcnow
 from sql import sql, timestamp
 
@@ -98,14 +99,20 @@ def test_runs_record_the_git_commit_and_dirty_flag_of_the_script(store_dir: Path
     assert dirty["git_commit"] == head and dirty["git_dirty"] == 1
 
 
-def test_many_open_stores_share_one_heartbeat_thread(tmp_path: Path) -> None:
+def _double(x: int) -> int:
+    return 2 * x
+
+
+def test_many_open_stores_share_one_background_thread(tmp_path: Path) -> None:
     # A thread per store piled up to hundreds in one process (a service, a
     # test suite), and every extra thread makes a later fork() riskier.
     stores = [provstore.open(tmp_path / f"s{i}") for i in range(12)]
     for i, ctx in enumerate(stores):
         ctx.x = i  # the first write opens each store's run
-    beating = [t for t in threading.enumerate() if t.name == "provstore-heartbeat"]
-    assert len(beating) == 1
+    ctx = stores[0]
+    assert ctx.track(_double)(21) == 42  # a tracked call: the same thread renews its lease
+    names = [t.name for t in threading.enumerate() if t.name.startswith("provstore")]
+    assert names == [THREAD_NAME]
     for i in range(12):
         assert _runs(tmp_path / f"s{i}")[-1]["status"] == "running"
 

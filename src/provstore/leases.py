@@ -28,8 +28,6 @@ import datetime as dt
 import json
 import os
 import socket
-import threading
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +38,7 @@ from . import hashing
 from .codeversion import CodeVersion
 from .db import queries as q
 from .db.driver import Tx, read, transaction
+from .periodic import timer
 from .records import ArtifactRow, InputRecord, Prepared
 from .runs import utcnow
 from .store import Store
@@ -173,8 +172,9 @@ class LeaseKeeper:
     leave the lease valid. A renewal that finds the lease gone (taken over)
     sets :attr:`lost`; the result will then be refused at commit.
 
-    One daemon thread per process renews every held lease (:class:`_Renewer`):
-    starting a thread per call cost more than the rest of a tiny call's miss.
+    The process's one periodic thread (:mod:`provstore.periodic`) renews
+    every held lease: starting a thread per call cost more than the rest of a
+    tiny call's miss.
     """
 
     def __init__(self, engine: Engine, c: Claim, ttl: float) -> None:
@@ -184,11 +184,16 @@ class LeaseKeeper:
         self.lost = False
 
     def __enter__(self) -> LeaseKeeper:
-        _renewer().add(self)
+        timer().add(self, self.ttl / 3)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _renewer().remove(self)
+        timer().remove(self)
+
+    def beat(self) -> bool:
+        """Renew, from the periodic thread; a lost lease needs no more renewals."""
+        self.renew()
+        return not self.lost
 
     def renew(self) -> None:
         """Push the lease's expiry one lifetime ahead; note when it was taken over."""
@@ -199,66 +204,6 @@ class LeaseKeeper:
             return not tx.execute(q.RENEW_LEASE, params).rowcount
 
         self.lost = transaction(self.engine, push)
-
-
-class _Renewer:
-    """The process's lease-renewing thread, started when the first lease is held."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._due: dict[LeaseKeeper, float] = {}
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._next_wake: float | None = None  # when the thread wakes by itself; None: never
-
-    def add(self, keeper: LeaseKeeper) -> None:
-        with self._lock:
-            due = self._due[keeper] = time.monotonic() + keeper.ttl / 3
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="provstore-leases",
-                                                daemon=True)
-                self._thread.start()
-            # Waking the thread costs a context switch: only when it would
-            # otherwise sleep past this lease's first renewal.
-            early = self._next_wake is None or due < self._next_wake
-        if early:
-            self._wake.set()
-
-    def remove(self, keeper: LeaseKeeper) -> None:
-        with self._lock:
-            self._due.pop(keeper, None)
-
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                now = time.monotonic()
-                due = [k for k, t in self._due.items() if t <= now]
-                for k in due:
-                    self._due[k] = now + k.ttl / 3
-                wait = min((t - now for t in self._due.values()), default=None)
-                self._next_wake = None if wait is None else now + wait
-            for keeper in due:
-                try:
-                    keeper.renew()
-                except Exception:  # a busy database: the next beat tries again
-                    continue
-                if keeper.lost:
-                    self.remove(keeper)
-            self._wake.wait(timeout=wait)
-            self._wake.clear()
-
-
-_renewers: dict[int, _Renewer] = {}
-
-
-def _renewer() -> _Renewer:
-    # Per process: a forked child inherits the parent's renewer object but
-    # not its thread, and must start its own.
-    pid = os.getpid()
-    found = _renewers.get(pid)
-    if found is None:
-        found = _renewers[pid] = _Renewer()
-    return found
 
 
 def fail(engine: Engine, c: Claim, error: str) -> None:

@@ -10,7 +10,6 @@ on another host, which cannot be asked).
 from __future__ import annotations
 
 import atexit
-import contextlib
 import datetime as dt
 import getpass
 import json
@@ -31,6 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from .db import queries as q
 from .db.engine import retrying, write
 from .errors import ProvstoreError
+from .periodic import timer
 
 __all__ = [
     "HIT_FLUSH_SECONDS", "ReuseLog", "RunRecorder", "environment", "process_gone", "status_of",
@@ -186,19 +186,20 @@ class RunRecorder:
             if self._id is None or self._pid != os.getpid():  # new process after fork
                 self._id = self._open()
                 self._pid = os.getpid()
-                _heart().add(self)
+                timer().add(self, self.interval)
                 atexit.register(self._close)
             return self._id
 
-    def beat(self) -> None:
-        """Write the heartbeat and counts of this process's open run, if any."""
+    def beat(self) -> bool:
+        """Write the heartbeat and counts of this process's open run (periodic thread)."""
         run_id = self._id
         if run_id is None or self._pid != os.getpid():
-            return
+            return False
         counts = self.counts()
         with write(self._engine) as conn:
             conn.execute(update(q.runs).where(q.runs.c.id == run_id)
                          .values(heartbeat=utcnow(), **counts))
+        return True
 
     def after_fork(self) -> None:
         """Replace the lock a thread of the parent may have held at ``fork()``."""
@@ -224,7 +225,7 @@ class RunRecorder:
     def _close(self) -> None:
         if self._id is None or self._pid != os.getpid():
             return
-        _heart().remove(self)
+        timer().remove(self)
         failed = getattr(sys, "last_value", None) is not None
         status = "failed" if failed else "finished"
         now = utcnow()
@@ -345,65 +346,6 @@ def process_gone(host: str | None, pid: int | None) -> bool:
     except PermissionError:  # alive, another user's
         return False
     return False
-
-
-class _Heart:
-    """The process's one heartbeat thread, beating every open run in turn.
-
-    One thread per store piled up in processes that open many stores (a
-    service, a test suite), and each thread alive at a ``fork()`` is one more
-    chance that the child inherits a lock held mid-write.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._due: dict[RunRecorder, float] = {}
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def add(self, recorder: RunRecorder) -> None:
-        with self._lock:
-            self._due[recorder] = time.monotonic() + recorder.interval
-            if self._thread is None:
-                # At interpreter exit (a process that only hit records its
-                # counts then) Python 3.12+ starts no thread: none is needed.
-                with contextlib.suppress(RuntimeError):
-                    thread = threading.Thread(target=self._run, name="provstore-heartbeat",
-                                              daemon=True)
-                    thread.start()
-                    self._thread = thread
-        self._wake.set()  # the new run may be due before the thread would wake
-
-    def remove(self, recorder: RunRecorder) -> None:
-        with self._lock:
-            self._due.pop(recorder, None)
-
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                now = time.monotonic()
-                due = [r for r, t in self._due.items() if t <= now]
-                for r in due:
-                    self._due[r] = now + r.interval
-                wait = min((t - now for t in self._due.values()), default=None)
-            for recorder in due:
-                # A busy database or a closed store: the next beat tries again.
-                with contextlib.suppress(Exception):
-                    recorder.beat()
-            self._wake.wait(timeout=wait)
-            self._wake.clear()
-
-
-_hearts: dict[int, _Heart] = {}
-
-
-def _heart() -> _Heart:
-    # Per process: a forked child inherits the parent's object but not its thread.
-    pid = os.getpid()
-    found = _hearts.get(pid)
-    if found is None:
-        found = _hearts[pid] = _Heart()
-    return found
 
 
 # Locks a heartbeat or flushing thread may hold at the moment another thread
