@@ -292,7 +292,7 @@ def _commit_artifact(tx: Tx, p: Prepared, run_id: int, now: dt.datetime) -> tupl
         else:
             # Two calls committing the same new content hold different key
             # locks: the second waits for the first's row and takes it.
-            artifact_id = tx.execute(q.INSERT_ARTIFACT_UNLESS_FOUND, row).scalar()
+            artifact_id = tx.execute(q.insert_artifact_unless_found(), row).scalar()
             if artifact_id is None:
                 inserted = False
                 artifact_id = tx.execute(q.ARTIFACT_BY_DIGEST, row).scalar_one()

@@ -379,7 +379,7 @@ class Store:
             return int(conn.execute(q.INSERT_ARTIFACT, row).scalar_one())
         # Two writers storing the same new content under different names hold
         # different locks: the second waits for the first's row and takes it.
-        found = conn.execute(q.INSERT_ARTIFACT_UNLESS_FOUND, row).scalar()
+        found = conn.execute(q.insert_artifact_unless_found(), row).scalar()
         if found is None:
             found = conn.execute(q.ARTIFACT_BY_DIGEST, row).scalar_one()
         return int(found)

@@ -6,10 +6,12 @@ per call costs ~150 µs here, a prebuilt Core statement ~30 µs.
 
 from __future__ import annotations
 
+import functools
 from typing import cast
 
 from sqlalchemy import (
     DateTime,
+    Executable,
     Integer,
     String,
     Table,
@@ -24,7 +26,6 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import cast as sql_cast
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from .engine import SCHEMA_HEAD
 from .models import (
@@ -41,7 +42,7 @@ from .models import (
     Scope,
 )
 
-__all__ = ["SCHEMA_HEAD"]
+__all__ = ["SCHEMA_HEAD", "insert_artifact_unless_found"]
 
 scopes = cast(Table, Scope.__table__)
 artifacts = cast(Table, Artifact.__table__)
@@ -65,13 +66,21 @@ ARTIFACT_BY_DIGEST = select(artifacts.c.id, artifacts.c.suffix, artifacts.c.inli
 )
 
 INSERT_ARTIFACT = insert(artifacts).returning(artifacts.c.id)
-# PostgreSQL: no row back when a concurrent writer inserted the same content
-# first (it waits for that writer's commit); the caller then reads its id.
-INSERT_ARTIFACT_UNLESS_FOUND = (
-    pg_insert(artifacts)
-    .on_conflict_do_nothing(index_elements=["algorithm", "digest", "format"])
-    .returning(artifacts.c.id)
-)
+
+
+@functools.cache
+def insert_artifact_unless_found() -> Executable:
+    """PostgreSQL's artifact insert: no row back when a concurrent writer inserted it first.
+
+    That writer's commit is waited for; the caller then reads its id. Built on
+    first use: the PostgreSQL dialect costs ~30 ms of start-up that an SQLite
+    store never needs.
+    """
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+    return (pg_insert(artifacts)
+            .on_conflict_do_nothing(index_elements=["algorithm", "digest", "format"])
+            .returning(artifacts.c.id))
 
 # A new version of (scope, name), unless its current version already holds
 # the artifact (binding an equal value again adds nothing): no row back then.
