@@ -91,7 +91,9 @@ def _wait_for_acks(outs: list[Path], at_least: int, deadline: float) -> None:
         if all(len(_acks(p)) >= at_least for p in outs):
             return
         time.sleep(0.05)
-    raise AssertionError(f"workers did not reach {at_least} acknowledgements")
+    tails = "\n".join(f"--- {p.name}:\n" + "\n".join(p.read_text().splitlines()[-8:])
+                      for p in outs)
+    raise AssertionError(f"workers did not reach {at_least} acknowledgements:\n{tails}")
 
 
 def test_restart_and_killed_backends_lose_nothing(cluster: PostgresCluster,
