@@ -37,11 +37,11 @@ from .errors import (
     UnsupportedTypeError,
 )
 from .files import File, FileStat
-from .objects import storage_error
+from .objects import ObjectDir, storage_error
 from .records import Prepared
 from .store import Store
 
-__all__ = ["prepare", "prepare_file"]
+__all__ = ["prepare", "prepare_file", "publish_element"]
 
 
 def prepare(store: Store, value: Any, *, format: str | None = None,
@@ -89,7 +89,7 @@ def prepare(store: Store, value: Any, *, format: str | None = None,
     if prepared.existing_id is None:  # skip rewriting a file that is already stored
         prepared.suffix = backend.suffix_for(value, options)
         if layout is not None:
-            options = {**options, "files": [_publish_element(store, leaf)
+            options = {**options, "files": [publish_element(store.objects, leaf)
                                              for leaf in layout.leaves]}
         _publish(store, prepared, lambda tmp: _write(backend, value, tmp, options))
     return prepared
@@ -100,8 +100,11 @@ def _elements_present(store: Store, artifact_id: int) -> bool:
     return all(store.objects.exists(f.digest, f.suffix) for f in element_files(row.meta))
 
 
-def _publish_element(store: Store, leaf: Leaf) -> dict[str, Any]:
-    """Write one element of a container and publish it under the digest of its bytes.
+def publish_element(objects: ObjectDir, leaf: Leaf) -> dict[str, Any]:
+    """Write one element of a container into *objects*, named by the digest of its bytes.
+
+    Returns the element's record for the container's manifest
+    (``files=`` of :meth:`~provstore.backends.container.ContainerBackend.save`).
 
     Named by its bytes, an element file is shared by every container holding
     the same element and is only ever replaced by the same bytes. It is
@@ -110,9 +113,9 @@ def _publish_element(store: Store, leaf: Leaf) -> dict[str, Any]:
     If a later element fails, those published before it stay as orphans
     that ``gc`` removes: no row names them.
     """
-    with store.objects.staging(leaf.suffix) as scratch:
+    with objects.staging(leaf.suffix) as scratch:
         meta, file_digest, size = _write(leaf.backend, leaf.value, scratch, leaf.options)
-        store.objects.publish(file_digest, leaf.suffix, lambda tmp: os.replace(scratch, tmp))
+        objects.publish(file_digest, leaf.suffix, lambda tmp: os.replace(scratch, tmp))
     return {"format": leaf.backend.name, "digest": file_digest, "suffix": leaf.suffix,
             "size": size, "meta": meta}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import json
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,8 @@ import pytest
 from backend_samples import RNG, affine, nifti_images, numpy_scalars, structured, tricky_arrays
 
 from provstore.backends import registry
+from provstore.objects import ObjectDir
+from provstore.saving import publish_element
 from provstore.testing import BackendConformance, assert_values_equal
 
 
@@ -115,6 +118,66 @@ class TestNiftiCompressed(TestNifti):
     def large_sample(self) -> Any:
         # gzip runs at ~30 MB/s here: 16 MB keeps the case under a second.
         return nib.Nifti1Image(RNG.normal(size=(64, 64, 32, 32)).astype(np.float32), affine())
+
+
+class TestContainer(BackendConformance):
+    """Lists, tuples and dicts of images: a manifest whose elements are their own files.
+
+    The store publishes the elements before the manifest (``saving.publish_element``);
+    here they go to an object directory beside the test's, so that the
+    manifest stays the only file the save leaves in it, as the suite checks.
+    """
+
+    backend = registry.get("container")
+
+    def sample_values(self) -> list[Any]:
+        img1, img2, img3, *_ = nifti_images()
+        arrays = tricky_arrays()
+        return [
+            [img1, img2],
+            (img3,),
+            {"anat": img1, "mask": arrays[0], "tr": 2.0, "name": "sub-01", "none": None},
+            [img2, {"runs": (img3, img1), "n": 3}, [arrays[1], True]],
+            {"": [img1], "ü/x": img3},
+        ]
+
+    def corruptible_sample(self) -> Any:
+        return {"a": nifti_images()[0], "b": [1, 2, 3]}
+
+    def large_sample(self) -> Any:
+        run = nib.Nifti1Image(RNG.normal(size=(64, 64, 32, 64)).astype(np.float32), affine())
+        return [run, run.get_fdata(dtype=np.float32)[..., 0]]  # 32 MB and an array
+
+    @staticmethod
+    def _objects(directory: Path) -> ObjectDir:
+        return ObjectDir(directory.parent / f"{directory.name}-objects", durable=False)
+
+    def store(self, value: Any, directory: Path) -> tuple[Path | None, dict[str, Any], bytes]:
+        options = dict(self.save_options)
+        layout = self.backend.layout(value, options)
+        objects = self._objects(directory)
+        files = [publish_element(objects, leaf) for leaf in layout.leaves]
+        path = directory / ("object" + self.backend.suffix_for(value, options))
+        meta = self.backend.save(value, path, **options, files=files)
+        return path, json.loads(json.dumps(meta)), b""
+
+    def fetch(self, path: Path | None, meta: dict[str, Any], data: bytes,
+              mmap_mode: str | None = None) -> Any:
+        assert path is not None
+        return self.backend.load(path, meta, mmap_mode=mmap_mode,
+                                 objects=self._objects(path.parent))
+
+    def test_each_image_is_a_file_nibabel_opens(self, tmp_path: Path) -> None:
+        value = self.sample_values()[2]
+        _, meta, _ = self.store(value, tmp_path)
+        objects = self._objects(tmp_path)
+        (image,) = [f for f in meta["files"] if f["format"] == "nifti"]
+        opened = nib.load(objects.path(image["digest"], image["suffix"]))
+        assert_values_equal(opened, value["anat"])
+
+
+class TestContainerCompressed(TestContainer):
+    save_options = {"compress": True}
 
 
 @dataclasses.dataclass

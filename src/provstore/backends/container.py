@@ -177,12 +177,12 @@ class ContainerBackend(Backend):
             another size, or (with *verify*) other bytes; the message names
             the element.
         """
+        if options:
+            raise BackendError(f"containers take no load options, got {sorted(options)}")
+        manifest = _read_manifest(Path(path))  # a damaged manifest says so in any case
         if objects is None:
             raise BackendError(f"{Path(path).name} is a container manifest: it is read "
                                "through its store, which holds its element files")
-        if options:
-            raise BackendError(f"containers take no load options, got {sorted(options)}")
-        manifest = _read_manifest(Path(path))
         files = manifest["files"]
         loaded = [_load_element(objects, f, mmap_mode, safe, verify) for f in files]
         try:

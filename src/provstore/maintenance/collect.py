@@ -207,7 +207,7 @@ def gc(store: Store, *, dry_run: bool = True, grace_seconds: float = 3600.0,
     doomed_paths = {store.objects.path(d, s): n for d, s, n in p.files}
     # Elements of dropped containers go like orphans, once old enough: a
     # writer about to commit another container naming one has just
-    # republished it (saving._publish_element).
+    # republished it (saving.publish_element).
     elements = {store.objects.path(d, s) for d, s, _ in p.element_files}
     referenced = _referenced_paths(store) - set(doomed_paths) - elements
     victims: list[tuple[Path, Literal["orphan", "unreferenced"]]] = []
