@@ -32,7 +32,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine
 
 from . import hashing
 from .codeversion import CodeVersion
@@ -41,7 +41,7 @@ from .db.driver import Tx, read, transaction
 from .periodic import timer
 from .records import ArtifactRow, InputRecord, Prepared
 from .runs import utcnow
-from .store import Store
+from .store import Store, commit_artifact
 
 __all__ = [
     "DEFAULT_LEASE_SECONDS", "Claim", "LeaseKeeper", "claim", "commit", "fail", "finished_call",
@@ -219,7 +219,6 @@ def fail(engine: Engine, c: Claim, error: str) -> None:
 
 
 OutputRows = list[tuple[str, int, int]]
-_INSERT_FILE = insert(q.files)  # prebuilt: the driver compiles each statement once
 
 
 def commit(store: Store, c: Claim, prepared: list[Prepared], *, kind: str, duration: float,
@@ -243,7 +242,7 @@ def commit(store: Store, c: Claim, prepared: list[Prepared], *, kind: str, durat
             tx.execute(q.FINISH_CALL, {**finish, "p_status": "orphaned"})
             return None
         _record_code(tx, code, now)
-        stored = [_commit_artifact(tx, p, run_id, now) for p in prepared]
+        stored = [commit_artifact(tx, p, run_id, now) for p in prepared]
         if stored:  # a call returning () has none, and is still done
             tx.execute(q.INSERT_CALL_OUTPUT, [
                 {"call_id": c.call_id, "position": i, "artifact_id": a}
@@ -265,40 +264,6 @@ def commit(store: Store, c: Claim, prepared: list[Prepared], *, kind: str, durat
                 meta=json.loads(json.dumps(p.meta or {})),
                 summary=json.loads(json.dumps(p.summary or {}))))
     return [(kind, i, artifact_id) for i, (artifact_id, _) in enumerate(stored)]
-
-
-def _commit_artifact(tx: Tx, p: Prepared, run_id: int, now: dt.datetime) -> tuple[int, bool]:
-    """Insert *p*'s artifact row (and file record) unless the same content is stored.
-
-    The rule of :meth:`Store.commit_artifact`, which binds use, in a
-    transaction of :func:`transaction`. Returns the artifact id and whether
-    this inserted its row.
-    """
-    artifact_id = p.existing_id
-    if artifact_id is None:
-        artifact_id = tx.execute(q.ARTIFACT_BY_DIGEST, {
-            "algorithm": hashing.ALGORITHM, "digest": p.digest, "format": p.backend.name,
-        }).scalar()
-    inserted = artifact_id is None
-    if artifact_id is None:
-        row = {
-            "algorithm": hashing.ALGORITHM, "digest": p.digest, "format": p.backend.name,
-            "suffix": p.suffix, "size": p.size, "file_digest": p.file_digest,
-            "inline": p.inline, "meta": json.dumps(p.meta or {}),
-            "summary": json.dumps(p.summary or {}), "created": now, "run_id": run_id,
-        }
-        if not tx.server:  # one writer at a time: nobody inserts meanwhile
-            artifact_id = tx.execute(q.INSERT_ARTIFACT, row).scalar_one()
-        else:
-            # Two calls committing the same new content hold different key
-            # locks: the second waits for the first's row and takes it.
-            artifact_id = tx.execute(q.insert_artifact_unless_found(), row).scalar()
-            if artifact_id is None:
-                inserted = False
-                artifact_id = tx.execute(q.ARTIFACT_BY_DIGEST, row).scalar_one()
-    if p.file_record is not None:
-        tx.execute(_INSERT_FILE, {**p.file_record, "artifact_id": artifact_id, "seen": now})
-    return int(artifact_id), inserted
 
 
 def _record_code(tx: Tx, code: CodeVersion, now: dt.datetime) -> None:

@@ -26,6 +26,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from . import hashing
 from .backends.base import Backend, registry
 from .db import queries as q
+from .db.driver import Tx, as_tx
 from .db.engine import (
     Readers,
     check_schema,
@@ -58,7 +59,7 @@ from .scope import Segment, format_path
 # records re-exported for callers
 __all__ = [
     "ArtifactCollectedError", "ArtifactRow", "Prepared", "Store", "check_database_file",
-    "object_count",
+    "commit_artifact", "object_count",
 ]
 
 
@@ -296,7 +297,7 @@ class Store:
                 lock_for_write(conn, f"binding {scope_id} {name}")
                 artifact_id = None
                 if prepared is not None:
-                    artifact_id = self.commit_artifact(conn, prepared, run_id, now)
+                    artifact_id, _ = commit_artifact(as_tx(conn), prepared, run_id, now)
                 version = conn.execute(q.INSERT_BINDING, {
                     "p_scope_id": scope_id, "p_name": name, "p_artifact_id": artifact_id,
                     "p_created": now, "p_run_id": run_id, "p_origin": origin,
@@ -347,42 +348,6 @@ class Store:
             return inputs
         self.identity.clear()
         return [replace(i, artifact_id=None) if i.artifact_id in gone else i for i in inputs]
-
-    def commit_artifact(self, conn: Connection, p: Prepared, run_id: int,
-                        now: dt.datetime) -> int:
-        """Insert *p*'s artifact row (and file record) in the open transaction *conn*.
-
-        Returns the artifact id: the existing row's when one holds the same
-        content in the same format.
-        """
-        artifact_id = p.existing_id
-        if artifact_id is None:
-            artifact_id = conn.execute(q.ARTIFACT_BY_DIGEST, {
-                "algorithm": hashing.ALGORITHM, "digest": p.digest, "format": p.backend.name,
-            }).scalar()
-        if artifact_id is None:
-            artifact_id = self._insert_artifact(conn, p, run_id, now)
-        if p.file_record is not None:
-            conn.execute(insert(q.files), {**p.file_record, "artifact_id": artifact_id,
-                                           "seen": now})
-        return int(artifact_id)
-
-    @staticmethod
-    def _insert_artifact(conn: Connection, p: Prepared, run_id: int, now: dt.datetime) -> int:
-        row = {
-            "algorithm": hashing.ALGORITHM, "digest": p.digest, "format": p.backend.name,
-            "suffix": p.suffix, "size": p.size, "file_digest": p.file_digest,
-            "inline": p.inline, "meta": json.dumps(p.meta or {}),
-            "summary": json.dumps(p.summary or {}), "created": now, "run_id": run_id,
-        }
-        if conn.dialect.name == "sqlite":  # one writer at a time: nobody inserts meanwhile
-            return int(conn.execute(q.INSERT_ARTIFACT, row).scalar_one())
-        # Two writers storing the same new content under different names hold
-        # different locks: the second waits for the first's row and takes it.
-        found = conn.execute(q.insert_artifact_unless_found(), row).scalar()
-        if found is None:
-            found = conn.execute(q.ARTIFACT_BY_DIGEST, row).scalar_one()
-        return int(found)
 
     def resolve(self, chain: list[int], name: str) -> tuple[int, int] | None:
         """Return (scope_id, artifact_id) of *name*'s current binding, innermost first."""
@@ -711,3 +676,40 @@ def _database_lost(where: str, what: str, root: Path) -> DatabaseDamagedError:
         "Restore provstore.db (with its -wal file, if any) from a backup copy. Without a "
         "backup, move objects/ aside (for example to objects.lost) to start an empty store "
         "there; see docs/guarantees.md, 'Damaged or missing database'.")
+
+
+_INSERT_FILE = insert(q.files)  # prebuilt: the SQLite driver compiles each statement once
+
+
+def commit_artifact(tx: Tx, p: Prepared, run_id: int, now: dt.datetime) -> tuple[int, bool]:
+    """Insert *p*'s artifact row (and file record) in the open write transaction *tx*.
+
+    The one rule for binds and tracked calls. Returns the artifact id (the
+    existing row's when one holds the same content in the same format) and
+    whether this inserted the row.
+    """
+    artifact_id = p.existing_id
+    if artifact_id is None:
+        artifact_id = tx.execute(q.ARTIFACT_BY_DIGEST, {
+            "algorithm": hashing.ALGORITHM, "digest": p.digest, "format": p.backend.name,
+        }).scalar()
+    inserted = artifact_id is None
+    if artifact_id is None:
+        row = {
+            "algorithm": hashing.ALGORITHM, "digest": p.digest, "format": p.backend.name,
+            "suffix": p.suffix, "size": p.size, "file_digest": p.file_digest,
+            "inline": p.inline, "meta": json.dumps(p.meta or {}),
+            "summary": json.dumps(p.summary or {}), "created": now, "run_id": run_id,
+        }
+        if not tx.server:  # one writer at a time: nobody inserts meanwhile
+            artifact_id = tx.execute(q.INSERT_ARTIFACT, row).scalar_one()
+        else:
+            # Two writers storing the same new content under different locks
+            # (names, call keys): the second waits for the first's row and takes it.
+            artifact_id = tx.execute(q.insert_artifact_unless_found(), row).scalar()
+            if artifact_id is None:
+                inserted = False
+                artifact_id = tx.execute(q.ARTIFACT_BY_DIGEST, row).scalar_one()
+    if p.file_record is not None:
+        tx.execute(_INSERT_FILE, {**p.file_record, "artifact_id": artifact_id, "seen": now})
+    return int(artifact_id), inserted

@@ -37,7 +37,7 @@ from ..errors import ProvstoreError
 from ..objects import storage_error
 from .engine import Readers, db_now, is_readonly, lock_for_write, retrying, write
 
-__all__ = ["Rows", "Tx", "read", "transaction"]
+__all__ = ["Rows", "Tx", "as_tx", "read", "transaction"]
 
 T = TypeVar("T")
 Params = dict[str, Any] | list[dict[str, Any]]
@@ -103,6 +103,11 @@ class _Alchemy:
 
     def now(self) -> dt.datetime:
         return db_now(self.conn)
+
+
+def as_tx(conn: Connection) -> Tx:
+    """The open SQLAlchemy write transaction *conn*, seen as a :class:`Tx`."""
+    return _Alchemy(conn)
 
 
 class _Compiled:
