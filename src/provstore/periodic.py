@@ -36,6 +36,10 @@ class Timer:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_wake: float | None = None  # when the thread wakes by itself; None: never
+        # Held while a task runs, and by fork() (see _hold_for_fork): a child
+        # forked mid-beat would inherit SQLite's own mutexes locked and hang
+        # on its first database call.
+        self.beating = threading.Lock()
 
     def add(self, task: Task, interval: float) -> None:
         """Run *task* every *interval* seconds, the first time one interval from now."""
@@ -71,7 +75,8 @@ class Timer:
                 self._next_wake = None if wait is None else now + wait
             for task in due:
                 try:
-                    keep = task.beat()
+                    with self.beating:
+                        keep = task.beat()
                 except Exception:  # a busy database: the next beat tries again
                     continue
                 if not keep:
@@ -90,3 +95,24 @@ def timer() -> Timer:
     if found is None:
         found = _timers[pid] = Timer()
     return found
+
+
+_held_for_fork: list[Timer] = []
+
+
+def _hold_for_fork() -> None:
+    # A fork waits for the beat in progress, so the child never starts with a
+    # lock (Python's or SQLite's) that this thread held at that instant.
+    found = _timers.get(os.getpid())
+    if found is not None:
+        found.beating.acquire()
+        _held_for_fork.append(found)
+
+
+def _release_after_fork() -> None:
+    while _held_for_fork:
+        _held_for_fork.pop().beating.release()
+
+
+os.register_at_fork(before=_hold_for_fork, after_in_parent=_release_after_fork,
+                    after_in_child=_release_after_fork)
