@@ -119,10 +119,7 @@ class PostgresCluster:
     def _start(self) -> None:
         for _ in range(5):
             self.port = _free_port()
-            opts = (f"-c listen_addresses=127.0.0.1 -p {self.port} "
-                    f"-c unix_socket_directories={self.dir} {_SETTINGS}")
-            result = self._run("pg_ctl", "-w", "-t", "60", "-D", str(self.data),
-                               "-l", str(self.log), "-o", opts, "start")
+            result = self._pg_ctl_start()
             if result.returncode == 0:
                 self._running = True
                 return
@@ -131,6 +128,26 @@ class PostgresCluster:
                 break  # not a port collision: retrying will not help
         tail = "\n".join(log.splitlines()[-30:])
         raise RuntimeError(f"PostgreSQL did not start:\n{result.stderr}\n{tail}")
+
+    def _pg_ctl_start(self) -> subprocess.CompletedProcess[str]:
+        opts = (f"-c listen_addresses=127.0.0.1 -p {self.port} "
+                f"-c unix_socket_directories={self.dir} {_SETTINGS}")
+        return self._run("pg_ctl", "-w", "-t", "60", "-D", str(self.data),
+                         "-l", str(self.log), "-o", opts, "start")
+
+    def pause(self) -> None:
+        """Shut the server down (``-m fast``), keeping its data: clients get refused."""
+        result = self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+        if result.returncode != 0:
+            raise RuntimeError(f"pg_ctl stop failed:\n{result.stderr}")
+        self._running = False
+
+    def resume(self) -> None:
+        """Start the paused server again on the same port."""
+        result = self._pg_ctl_start()
+        if result.returncode != 0:
+            raise RuntimeError(f"PostgreSQL did not start again:\n{result.stderr}")
+        self._running = True
 
     def url(self, dbname: str) -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{dbname}"

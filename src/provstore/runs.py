@@ -28,7 +28,7 @@ from sqlalchemy import Engine, insert, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from .db import queries as q
-from .db.engine import retrying, write
+from .db.engine import reading, retrying, write
 from .errors import ProvstoreError
 from .periodic import timer
 
@@ -155,7 +155,7 @@ class RunRecorder:
             pending, self._pending = self._pending, Counter()
         saved = 0.0
         if pending:
-            with self._engine.connect() as conn:
+            with reading(self._engine) as conn:
                 ids = sorted(pending)
                 for i in range(0, len(ids), 500):
                     for r in conn.execute(q.CALL_DURATIONS, {"ids": ids[i:i + 500]}):

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -26,6 +27,8 @@ from sqlalchemy import create_engine, text
 import provstore
 from pgserver import PostgresCluster, find_bindir
 from provstore import locations
+from provstore.errors import StoreError
+from provstore.maintenance import gc, verify
 
 WORKERS = 4
 KEYS = 12
@@ -86,13 +89,18 @@ def _acks(path: Path) -> list[list[str]]:
     return [line.split() for line in path.read_text().splitlines() if line.startswith("ack ")]
 
 
-def _wait_for_acks(outs: list[Path], at_least: int, deadline: float) -> None:
+def _wait_for_acks(outs: list[Path], procs: list[subprocess.Popen[bytes]], at_least: int,
+                   deadline: float) -> None:
     while time.monotonic() < deadline:
         if all(len(_acks(p)) >= at_least for p in outs):
             return
+        if any(p.poll() not in (None, 0) for p in procs):
+            break  # a worker died: its traceback says why, no need to wait
         time.sleep(0.05)
-    tails = "\n".join(f"--- {p.name}:\n" + "\n".join(p.read_text().splitlines()[-8:])
-                      for p in outs)
+    # A traceback is longer than the few last acknowledgements.
+    tails = "\n".join(f"--- {p.name} (exit {proc.poll()}):\n"
+                      + "\n".join(p.read_text().splitlines()[-70:])
+                      for p, proc in zip(outs, procs))
     raise AssertionError(f"workers did not reach {at_least} acknowledgements:\n{tails}")
 
 
@@ -112,12 +120,12 @@ def test_restart_and_killed_backends_lose_nothing(cluster: PostgresCluster,
                  str(log)], stdout=f, stderr=subprocess.STDOUT, env=env))
     deadline = time.monotonic() + 240
     try:
-        _wait_for_acks(outs, 4, deadline)
+        _wait_for_acks(outs, procs, 4, deadline)
         # -l: the new server must not inherit (and hold open) pg_ctl's pipes.
         restarted = cluster._run("pg_ctl", "-D", str(cluster.data), "-l", str(cluster.log),
                                  "-m", "fast", "-w", "-t", "60", "restart")
         assert restarted.returncode == 0, restarted.stderr
-        _wait_for_acks(outs, 24, deadline)
+        _wait_for_acks(outs, procs, 24, deadline)
         admin = create_engine(cluster.url("postgres"), isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
             killed = conn.execute(text(
@@ -150,5 +158,48 @@ def test_restart_and_killed_backends_lose_nothing(cluster: PostgresCluster,
         assert sorted(done.values()) == [1] * KEYS  # exactly one finished call per key
         bodies = Counter(log.read_text().split())
         assert set(bodies) == {str(k) for k in range(KEYS)}
+    finally:
+        locations.close(ctx.store)
+
+
+def test_a_stopped_server_gives_provstore_errors_then_work_resumes(
+        cluster: PostgresCluster, tmp_path: Path) -> None:
+    """Every kind of operation on a store whose server is down says so in provstore's words.
+
+    A reader connection that was never opened in this thread, one the
+    shutdown cut, a write and a new tracked call's lookup each raise
+    :class:`StoreError`, never the driver's ``OperationalError``; once the
+    server is back the same context works without being reopened.
+    """
+    ctx = provstore.open(tmp_path / "study", db=cluster.create_database("down"))
+    try:
+        @ctx.track
+        def square(i: int) -> int:
+            return i * i
+
+        ctx["x"] = 1
+        assert square(3) == 9
+        cluster.pause()
+        fresh_thread: list[BaseException] = []
+
+        def read_in_a_new_thread() -> None:
+            try:
+                ctx["x"]
+            except BaseException as exc:  # the test inspects it
+                fresh_thread.append(exc)
+
+        worker = threading.Thread(target=read_in_a_new_thread)
+        worker.start()
+        worker.join()
+        assert len(fresh_thread) == 1 and isinstance(fresh_thread[0], StoreError), fresh_thread
+        for op in (lambda: ctx["x"], lambda: ctx.__setitem__("y", 2), lambda: square(4),
+                   lambda: ctx["x"], lambda: verify(ctx.store), lambda: gc(ctx.store)):
+            with pytest.raises(StoreError, match="lost the connection"):
+                op()
+        assert square(3) == 9  # a result this process already loaded needs no server
+        cluster.resume()
+        assert ctx["x"] == 1 and square(3) == 9 and square(4) == 16
+        ctx["y"] = 2
+        assert ctx["y"] == 2
     finally:
         locations.close(ctx.store)

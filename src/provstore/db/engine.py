@@ -90,6 +90,7 @@ __all__ = [
     "is_sqlite",
     "lock_for_write",
     "lock_key",
+    "reading",
     "lock_out_writers",
     "lost_connection",
     "make_engine",
@@ -465,6 +466,23 @@ def write(engine: Engine) -> Iterator[Connection]:
         raise storage_error(exc, "write the database", _where(engine)) from exc
 
 
+@contextlib.contextmanager
+def reading(engine: Engine) -> Iterator[Connection]:
+    """A connection for a series of reads (verify, gc's plan, run counts).
+
+    A server that is down or that ended the session raises
+    :class:`StoreError` saying so, as a write would, not the driver's error.
+    """
+    try:
+        with engine.connect() as conn:
+            yield conn
+    except DBAPIError as exc:
+        lost = lost_connection(engine, exc)
+        if lost is None:
+            raise
+        raise lost from exc
+
+
 # The advisory lock every writer holds shared and gc takes exclusively; an
 # arbitrary constant ("provgc"), apart from _UPGRADE_LOCK.
 _GC_LOCK = 0x70726F766763
@@ -582,7 +600,13 @@ class Readers:
         """Return this thread's read connection."""
         local = self._local
         if getattr(local, "pid", None) != os.getpid():
-            local.conn = self._engine.connect()
+            try:
+                local.conn = self._engine.connect()
+            except DBAPIError as exc:  # a server that is down or refuses this client
+                lost = lost_connection(self._engine, exc)
+                if lost is None:
+                    raise
+                raise lost from exc
             if self._engine.dialect.name != "sqlite":
                 # Otherwise the first SELECT opens a transaction that stays
                 # idle for the life of the thread, holding locks that block

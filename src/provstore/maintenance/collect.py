@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from sqlalchemy import Connection, delete, func, select, update
 
 from ..db import queries as q
-from ..db.engine import db_now, display_url, lock_out_writers, retrying, write
+from ..db.engine import db_now, display_url, lock_out_writers, reading, retrying, write
 from ..errors import DatabaseDamagedError, StoreError
 from ..lineage import format_size
 from ..runs import utcnow
@@ -200,7 +200,7 @@ def gc(store: Store, *, dry_run: bool = True, grace_seconds: float = 3600.0,
     if not force:
         refuse_unaccounted(store, on_disk, started - grace_seconds)
     if dry_run:
-        with store.engine.connect() as conn:
+        with reading(store.engine) as conn:
             p = _plan(conn, report, rules)[1]
     else:
         p = retrying(lambda: _delete_rows(store, report, rules))

@@ -15,7 +15,7 @@ from .. import hashing
 from ..backends.base import registry
 from ..backends.container import ElementFile, element_files
 from ..db import queries as q
-from ..db.engine import damaged, integrity_check, is_sqlite
+from ..db.engine import damaged, integrity_check, is_sqlite, reading
 from ..errors import CorruptObjectError, DatabaseDamagedError
 from ..fstype import sqlite_file
 
@@ -81,7 +81,7 @@ def _verify(store: Store, progress: Progress | None) -> VerifyReport:
     # Listed before rows are read: a file committed meanwhile has both.
     on_disk = scan_objects(store)
     a = q.artifacts
-    with store.engine.connect() as conn:
+    with reading(store.engine) as conn:
         rows = conn.execute(select(a.c.id, a.c.digest, a.c.suffix, a.c.size, a.c.file_digest,
                                    a.c.format, a.c.inline.is_not(None).label("is_inline"))
                             .order_by(a.c.digest)).all()
@@ -95,7 +95,7 @@ def _verify(store: Store, progress: Progress | None) -> VerifyReport:
             report.problems.append(problem)
         tick(progress, "hashing objects", done, len(files))
     element_paths = _check_elements(store, manifests, report, progress)
-    with store.engine.connect() as conn:
+    with reading(store.engine) as conn:
         _check_inline(store, conn, report, progress, len(rows) - len(files))
         if is_sqlite(store.url):
             report.problems += _sqlite_checks(conn)
