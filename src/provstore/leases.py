@@ -38,6 +38,7 @@ from . import hashing
 from .codeversion import CodeVersion
 from .db import queries as q
 from .db.driver import Tx, read, transaction
+from .db.engine import Readers
 from .periodic import timer
 from .records import ArtifactRow, InputRecord, Prepared
 from .runs import utcnow
@@ -45,7 +46,7 @@ from .store import Store, commit_artifact
 
 __all__ = [
     "DEFAULT_LEASE_SECONDS", "Claim", "LeaseKeeper", "claim", "commit", "fail", "finished_call",
-    "lease_seconds", "release", "still_mine",
+    "lease_seconds", "release",
 ]
 
 DEFAULT_LEASE_SECONDS = 30.0
@@ -81,7 +82,7 @@ def finished_call(store: Store, key: str) -> int | None:
 
 
 def claim(engine: Engine, key: str, call_row: dict[str, Any], *,
-          ttl: float, force: bool = False) -> Claim | int | None:
+          ttl: float, force: bool = False, readers: Readers | None = None) -> Claim | int | None:
     """Try to take the lease of *key*.
 
     Returns a :class:`Claim` when this attempt now computes the call, the id
@@ -101,7 +102,7 @@ def claim(engine: Engine, key: str, call_row: dict[str, Any], *,
         return _take(tx, key, lease, call_row, now, ttl)
 
     try:
-        return transaction(engine, attempt)
+        return transaction(engine, attempt, readers)
     except _TakenMeanwhile:
         return None
 
@@ -151,14 +152,9 @@ def _take(tx: Tx, key: str, lease: Any, call_row: dict[str, Any], now: dt.dateti
     return Claim(key, owner, fence, int(call_id), takeover)
 
 
-def still_mine(tx: Tx, c: Claim) -> bool:
-    """Whether *c* still holds its lease (call inside the committing transaction)."""
-    return tx.execute(q.LEASE_HELD, _held(c)).first() is not None
-
-
-def release(tx: Tx, c: Claim) -> None:
-    """Drop the lease of *c* if it still holds it."""
-    tx.execute(q.DELETE_LEASE, _held(c))
+def release(tx: Tx, c: Claim) -> bool:
+    """Drop the lease of *c* if it still holds it; return whether it did."""
+    return bool(tx.execute(q.DELETE_LEASE, _held(c)).rowcount)
 
 
 def _held(c: Claim) -> dict[str, Any]:
@@ -238,7 +234,9 @@ def commit(store: Store, c: Claim, prepared: list[Prepared], *, kind: str, durat
         now = utcnow()
         finish = {"p_id": c.call_id, "p_finished": now, "p_duration": duration,
                   "p_kind": kind, "p_error": None}
-        if not still_mine(tx, c):
+        # Releasing first tells whether the lease is still ours, in one
+        # statement: a taken-over call rolls nothing else in.
+        if not release(tx, c):
             tx.execute(q.FINISH_CALL, {**finish, "p_status": "orphaned"})
             return None
         _record_code(tx, code, now)
@@ -249,10 +247,9 @@ def commit(store: Store, c: Claim, prepared: list[Prepared], *, kind: str, durat
                 for i, (a, _) in enumerate(stored)])
         _record_inputs(tx, c.call_id, inputs)
         tx.execute(q.FINISH_CALL, {**finish, "p_status": "done"})
-        release(tx, c)
         return stored
 
-    stored = transaction(store.engine, body)
+    stored = transaction(store.engine, body, store.readers)
     if stored is None:
         return None
     for (artifact_id, inserted), p in zip(stored, prepared):
@@ -288,7 +285,7 @@ def _record_inputs(tx: Tx, call_id: int, inputs: list[InputRecord]) -> None:
     rows = []
     for i in inputs:
         artifact_id = i.artifact_id
-        if artifact_id is None:  # an argument equal to a stored value still links to it
+        if artifact_id is None and i.stored_file:  # equal to a stored value: links to it
             # Only stored files (arrays, images...): an argument 5 is not
             # the lineage of every artifact whose value is 5.
             artifact_id = tx.execute(q.ANY_ARTIFACT_BY_DIGEST, {

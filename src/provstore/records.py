@@ -47,7 +47,9 @@ class InputRecord:
     """One argument of a tracked call, as its call record keeps it.
 
     ``summary`` is a small JSON-able description (the value itself for short
-    scalars, else type, dtype and shape).
+    scalars, else type, dtype and shape). ``stored_file`` is False for an
+    argument that cannot be the value of a stored object file (a short int or
+    string, always stored inline), so the commit need not look one up.
     """
 
     name: str
@@ -55,3 +57,4 @@ class InputRecord:
     artifact_id: int | None
     file_path: str | None
     summary: Any
+    stored_file: bool = True

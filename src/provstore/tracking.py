@@ -462,14 +462,15 @@ _SCALAR_DIGESTS: dict[tuple[type, Any], str] = {}
 class _Input:
     """One bound argument: its digest, and the artifact it is, if known."""
 
-    __slots__ = ("artifact_id", "digest", "file_path", "summary")
+    __slots__ = ("artifact_id", "digest", "file_path", "short_scalar", "summary")
 
     def __init__(self, digest: str, artifact_id: int | None, file_path: str | None,
-                 summary: Any) -> None:
+                 summary: Any, *, short_scalar: bool = False) -> None:
         self.digest = digest
         self.artifact_id = artifact_id
         self.file_path = file_path
         self.summary = summary
+        self.short_scalar = short_scalar
 
     @classmethod
     def of(cls, store: Store | None, value: Any, *, instance: bool = False) -> _Input:
@@ -484,7 +485,7 @@ class _Input:
                     _SCALAR_DIGESTS.clear()
                 digest = _SCALAR_DIGESTS[(kind, value)] = callkeys.value_digest(value)
             recent = store.identity.recent_artifact(digest) if store is not None else None
-            return cls(digest, recent, None, value)
+            return cls(digest, recent, None, value, short_scalar=True)
         known = store.identity.known(value) if store is not None else None
         if known is not None:
             return cls(known.digest, known.artifact_id, None, None)
@@ -594,7 +595,8 @@ class _Computation:
     def _claim(self, recompute: bool) -> Claim | int:
         row, delay = self._call_row(), 0.005
         while True:
-            c = claim(self.store.engine, self.key, row, ttl=lease_seconds(), force=recompute)
+            c = claim(self.store.engine, self.key, row, ttl=lease_seconds(), force=recompute,
+                      readers=self.store.readers)
             if c is not None:
                 return c
             time.sleep(delay)  # a live owner computes it: wait, then look again
@@ -603,7 +605,8 @@ class _Computation:
     async def _aclaim(self, recompute: bool) -> Claim | int:
         row, delay = self._call_row(), 0.005
         while True:
-            c = claim(self.store.engine, self.key, row, ttl=lease_seconds(), force=recompute)
+            c = claim(self.store.engine, self.key, row, ttl=lease_seconds(), force=recompute,
+                      readers=self.store.readers)
             if c is not None:
                 return c
             await asyncio.sleep(delay)  # another task or process computes it
@@ -624,7 +627,8 @@ class _Computation:
     def _commit(self, c: Claim, value: Any, duration: float) -> int | None:
         kind = "tuple" if type(value) is tuple else "single"
         elements = list(value) if kind == "tuple" else [value]
-        inputs = [InputRecord(name, i.digest, i.artifact_id, i.file_path, _summary(i.summary))
+        inputs = [InputRecord(name, i.digest, i.artifact_id, i.file_path, _summary(i.summary),
+                              stored_file=not i.short_scalar)
                   for name, i in self.inputs.items()]
         prepared = [prepare(self.store, v) for v in elements]  # files published first
         try:

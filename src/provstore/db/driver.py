@@ -29,6 +29,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 from sqlalchemy import Connection, Engine, Executable
 from sqlalchemy.engine import Dialect
+from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
 
@@ -216,16 +217,23 @@ def read(readers: Readers, stmt: Executable, params: dict[str, Any]) -> Rows | N
         cursor.close()
 
 
+def _reader_of(readers: Readers | None) -> PoolProxiedConnection:
+    assert readers is not None
+    return readers.get().connection
+
+
 class _DriverFailed(Exception):
     """The driver reported an error; the transaction was rolled back."""
 
 
-def transaction(engine: Engine, body: Callable[[Tx], T]) -> T:
+def transaction(engine: Engine, body: Callable[[Tx], T], readers: Readers | None = None) -> T:
     """Run *body* in one write transaction, again while the database asks; return its result.
 
     The equivalent of ``retrying(lambda: body(conn))`` inside
     ``with write(engine) as conn``; on SQLite, on the driver connection
-    first (see the module's docstring). *body* may run more than once.
+    first (see the module's docstring), and on this thread's reader
+    connection of *readers* when given: a pool checkout and return cost as
+    much as two statements. *body* may run more than once.
     """
 
     def through_alchemy() -> T:
@@ -234,16 +242,18 @@ def transaction(engine: Engine, body: Callable[[Tx], T]) -> T:
 
     if engine.dialect.name == "sqlite" and not is_readonly(engine):
         try:
-            return _on_driver(engine, body)
+            return _on_driver(engine, body, readers)
         except _DriverFailed:
             pass  # the same transaction again, where errors get their provstore form
     return retrying(through_alchemy)
 
 
-def _on_driver(engine: Engine, body: Callable[[Tx], T]) -> T:
-    pooled = engine.raw_connection()  # configured by make_engine's connect hook
+def _on_driver(engine: Engine, body: Callable[[Tx], T], readers: Readers | None) -> T:
+    # Both are configured by make_engine's connect hook; the reader stays open.
+    pooled = engine.raw_connection() if readers is None else None
     try:
-        conn = pooled.driver_connection
+        held = pooled if pooled is not None else _reader_of(readers)
+        conn = held.driver_connection
         assert isinstance(conn, sqlite3.Connection)
         cursor = conn.cursor()
         try:
@@ -266,4 +276,5 @@ def _on_driver(engine: Engine, body: Callable[[Tx], T]) -> T:
     except OSError as exc:  # as write() does: an injected fault, a disk error
         raise storage_error(exc, "write the database", str(engine.url.database)) from exc
     finally:
-        pooled.close()
+        if pooled is not None:
+            pooled.close()

@@ -259,7 +259,6 @@ _held = (
     & (leases.c.owner == bindparam("p_owner"))
     & (leases.c.fence == bindparam("p_fence"))
 )
-LEASE_HELD = select(leases.c.key).where(_held)
 RENEW_LEASE = update(leases).where(_held).values(expires=bindparam("p_expires"))
 DELETE_LEASE = delete(leases).where(_held)
 
