@@ -44,7 +44,7 @@ import provstore
 from provstore import hashing
 from provstore.db import lineage_queries as lq
 from provstore.db import queries as q
-from provstore.db.engine import SCHEMA_HEAD
+from provstore.db.schema import SCHEMA_HEAD
 
 LAYOUT = 2  # bump when the generated data changes: invalidates cached stores
 BATCH = 100_000

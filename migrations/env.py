@@ -1,6 +1,6 @@
 """Alembic environment of provstore.
 
-provstore runs migrations programmatically (``provstore.db.engine.upgrade``)
+provstore runs migrations programmatically (``provstore.db.schema.upgrade``)
 and hands Alembic an open connection through ``config.attributes``. Running
 ``alembic`` by hand also works: set ``sqlalchemy.url`` on the command line
 (``alembic -x url=sqlite:///study/provstore.db upgrade head``).

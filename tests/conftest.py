@@ -22,6 +22,7 @@ import pytest
 import provstore
 from provstore import locations
 from provstore.db import engine as db_engine
+from provstore.db import schema as db_schema
 
 sys.path.insert(0, str(Path(__file__).parent))
 from pgserver import PostgresCluster, find_bindir
@@ -49,7 +50,7 @@ def pg_cluster() -> Iterator[PostgresCluster]:
     cluster = PostgresCluster()
     try:
         engine = db_engine.make_engine(cluster.create_database(TEMPLATE))
-        db_engine.upgrade(engine)
+        db_schema.upgrade(engine)
         engine.dispose()  # a template must have no open connections
         yield cluster
     finally:

@@ -19,8 +19,8 @@ from sqlalchemy import create_engine
 
 import provstore
 from provstore.api import database_url
-from provstore.db.engine import SCHEMA_HEAD, SCHEMA_REVISIONS, migrations_dir
 from provstore.db.models import Base
+from provstore.db.schema import SCHEMA_HEAD, SCHEMA_REVISIONS, migrations_dir
 from provstore.errors import ProvstoreError, StoreError, StoreNotFoundError, StoreVersionError
 from sql import scalar, sql
 
@@ -97,7 +97,8 @@ def test_an_old_store_is_upgraded_on_open_with_its_data(tmp_path: Path) -> None:
 
 
 def test_store_version_error_from_check(store_dir: Path) -> None:
-    from provstore.db.engine import check_schema, make_engine
+    from provstore.db.engine import make_engine
+    from provstore.db.schema import check_schema
 
     provstore.open(store_dir).x = 1
     sql(store_dir, "UPDATE alembic_version SET version_num = '0042'", write=True)

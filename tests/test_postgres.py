@@ -23,6 +23,7 @@ from sqlalchemy.pool import NullPool
 import provstore
 from provstore.cli import cli
 from provstore.db import engine as db_engine
+from provstore.db import schema as db_schema
 from provstore.errors import StoreError, StoreVersionError
 from sql import scalar, sql
 
@@ -56,7 +57,7 @@ def test_an_empty_database_gets_the_schema_and_the_directory_records_it(
     recorded = (study / "provstore.url").read_text().strip()
     assert recorded == pg_url  # the password is never written to disk
     assert not (study / "provstore.db").exists()
-    assert scalar(study, "SELECT version_num FROM alembic_version") == db_engine.SCHEMA_HEAD
+    assert scalar(study, "SELECT version_num FROM alembic_version") == db_schema.SCHEMA_HEAD
     # A plain open, here and in another process, finds the database again.
     assert provstore.open(study).x == 1
     code = "import sys, provstore; print(provstore.open(sys.argv[1]).x + 1)"
@@ -89,22 +90,22 @@ def test_a_server_database_is_never_upgraded_silently(pg_url: str, tmp_path: Pat
 
     engine = create_engine(pg_url, poolclass=NullPool)
     cfg = Config()
-    cfg.set_main_option("script_location", str(db_engine.migrations_dir()))
+    cfg.set_main_option("script_location", str(db_schema.migrations_dir()))
     with engine.connect() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, db_engine.SCHEMA_REVISIONS[-2])
+        command.upgrade(cfg, db_schema.SCHEMA_REVISIONS[-2])
         conn.commit()
     engine.dispose()
 
     study = tmp_path / "study"
     with pytest.raises(StoreVersionError, match=r"provstore --store .* upgrade") as info:
         provstore.open(study, db=pg_url)
-    assert db_engine.SCHEMA_REVISIONS[-2] in str(info.value)
+    assert db_schema.SCHEMA_REVISIONS[-2] in str(info.value)
     assert "postgres@" in str(info.value) and "s3cret" not in str(info.value)
 
     result = CliRunner().invoke(cli, ["--store", str(study), "--db", pg_url, "upgrade"])
     assert result.exit_code == 0, result.output
-    assert f"to {db_engine.SCHEMA_HEAD}" in result.output
+    assert f"to {db_schema.SCHEMA_HEAD}" in result.output
     provstore.open(study, db=pg_url).x = 3
     assert provstore.open(study).x == 3
 

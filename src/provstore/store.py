@@ -29,7 +29,6 @@ from .db import queries as q
 from .db.driver import Tx, as_tx
 from .db.engine import (
     Readers,
-    check_schema,
     display_url,
     is_sqlite,
     lock_for_write,
@@ -37,9 +36,9 @@ from .db.engine import (
     make_engine,
     readonly_reason,
     retrying,
-    upgrade,
     write,
 )
+from .db.schema import check_schema, upgrade
 from .errors import (
     CorruptObjectError,
     DatabaseDamagedError,

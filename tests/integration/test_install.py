@@ -36,7 +36,7 @@ def test_wheel_ships_migrations_and_creates_a_store(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """
         import sys, provstore
-        from provstore.db.engine import migrations_dir
+        from provstore.db.schema import migrations_dir
         print(provstore.__file__)
         print(migrations_dir())
         ctx = provstore.open(sys.argv[1])

@@ -9,14 +9,8 @@ from typing import Any
 import click
 
 from .. import api, maintenance
-from ..db.engine import (
-    SCHEMA_HEAD,
-    check_schema,
-    display_url,
-    make_engine,
-    readonly_reason,
-    upgrade,
-)
+from ..db.engine import display_url, make_engine, readonly_reason
+from ..db.schema import SCHEMA_HEAD, check_schema, upgrade
 from ..errors import DatabaseDamagedError, NotFoundError, StoreNotFoundError
 from ..fstype import sqlite_file
 from ..scope import display, escape, parse_path

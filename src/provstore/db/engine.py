@@ -1,4 +1,6 @@
-"""Engines, connection settings, write transactions and schema upgrades.
+"""Engines, connection settings, write transactions, and their errors in provstore's words.
+
+The schema (its version check and upgrades) is :mod:`provstore.db.schema`.
 
 Every write is one transaction run by :func:`retrying`, which repeats the
 whole transaction when the database asks for it. The two databases get the
@@ -46,7 +48,6 @@ import atexit
 import contextlib
 import datetime as dt
 import errno
-import fcntl
 import hashlib
 import logging
 import os
@@ -56,14 +57,13 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect, make_url, text
+from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.engine import ExceptionContext
-from sqlalchemy.exc import DatabaseError, DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from .. import faults
 from ..errors import (
@@ -72,16 +72,13 @@ from ..errors import (
     ProvstoreError,
     StorageError,
     StoreError,
-    StoreVersionError,
 )
 from ..fstype import sqlite_file
 from ..objects import storage_error
 
 __all__ = [
+    "WRITE_OPTION",
     "Readers",
-    "SCHEMA_HEAD",
-    "SCHEMA_REVISIONS",
-    "check_schema",
     "damaged",
     "db_now",
     "display_url",
@@ -94,37 +91,15 @@ __all__ = [
     "lock_out_writers",
     "lost_connection",
     "make_engine",
-    "migrations_dir",
     "readonly_reason",
     "reruns",
     "retrying",
-    "upgrade",
     "write",
 ]
 
-# Alembic revisions in order; the last is what this code writes. Keeping them
-# here lets `open()` compare versions without importing Alembic (~100 ms).
-SCHEMA_REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004")
-SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
-
 BUSY_TIMEOUT_MS = 60_000
-_WRITE_OPTION = "provstore_write"
+WRITE_OPTION = "provstore_write"
 T = TypeVar("T")
-
-
-def migrations_dir() -> Path:
-    """Return the directory of the Alembic environment.
-
-    Installed wheels carry it as ``provstore/_migrations``; an editable
-    checkout finds the repository's top-level ``migrations/``.
-    """
-    shipped = resources.files("provstore") / "_migrations"
-    if shipped.is_dir():
-        return Path(str(shipped))
-    source = Path(__file__).resolve().parents[3] / "migrations"
-    if source.is_dir():
-        return source
-    raise StoreError("provstore's migrations are missing from this installation; reinstall it")
 
 
 def is_sqlite(url: str) -> bool:
@@ -185,7 +160,7 @@ def make_engine(url: str, *, durability: str = "normal", readonly: bool = False)
     def _on_begin(conn: Connection) -> None:
         # Reads run in SQLite's autocommit mode: each SELECT is atomic on its
         # own, and skipping BEGIN saves a round trip on every load.
-        if conn.get_execution_options().get(_WRITE_OPTION, False):
+        if conn.get_execution_options().get(WRITE_OPTION, False):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
@@ -444,7 +419,7 @@ def write(engine: Engine) -> Iterator[Connection]:
             "read-only because it or its directory is not writable): provstore can read it but "
             "not write to it; copy the store, or ask its owner for write access")
     options: dict[str, Any] = (
-        {_WRITE_OPTION: True} if engine.dialect.name == "sqlite"
+        {WRITE_OPTION: True} if engine.dialect.name == "sqlite"
         # Set explicitly: a server whose default_transaction_isolation is
         # REPEATABLE READ would read from a snapshot taken before the lock.
         else {"isolation_level": "READ COMMITTED"}
@@ -636,122 +611,3 @@ class Readers:
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
-
-
-def _current_revision(conn: Connection) -> str | None:
-    tables = set(inspect(conn).get_table_names())
-    if "alembic_version" not in tables:
-        if tables:
-            raise StoreError(
-                "this database holds tables but no provstore schema version "
-                f"({', '.join(sorted(tables)[:5])}); it is not a provstore store"
-            )
-        return None
-    rows = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
-    return rows[0] if rows else None
-
-
-def check_schema(engine: Engine) -> str | None:
-    """Return the store's revision, or None for an empty database.
-
-    Raises
-    ------
-    StoreVersionError
-        The store was written by a newer provstore.
-    DatabaseDamagedError
-        The SQLite file is damaged (with ``PRAGMA integrity_check``'s findings).
-    StoreError
-        The file is not an SQLite database, or not a provstore one.
-    """
-    try:
-        with engine.connect() as conn:
-            return _checked_revision(conn, engine)
-    except DatabaseDamagedError as exc:
-        path = sqlite_file(str(engine.url))
-        if path is None:
-            raise
-        cause = exc.__cause__ if exc.__cause__ is not None else str(exc)
-        raise damaged(path, cause, integrity_check(path)) from exc
-    except DatabaseError as exc:
-        raise _not_a_store(engine, exc) from exc
-
-
-def _not_a_store(engine: Engine, exc: DatabaseError) -> StoreError:
-    return StoreError(
-        f"{engine.url.database or engine.url} is not a provstore database "
-        f"({exc.orig}); point provstore.open() at a store directory"
-    )
-
-
-def _checked_revision(conn: Connection, engine: Engine) -> str | None:
-    try:
-        revision = _current_revision(conn)
-    except DatabaseError as exc:
-        raise _not_a_store(engine, exc) from exc
-    if revision is not None and revision not in SCHEMA_REVISIONS:
-        raise StoreVersionError(
-            f"the store's schema version is {revision}, newer than {SCHEMA_HEAD}, the "
-            "newest this provstore knows; upgrade provstore (pip install -U provstore)"
-        )
-    return revision
-
-
-def upgrade(engine: Engine, *, lock_path: Path | None = None) -> None:
-    """Bring the schema to :data:`SCHEMA_HEAD` through Alembic (upgrade only).
-
-    Concurrent callers are serialised, by the lock file *lock_path* next to
-    an SQLite store or by a PostgreSQL advisory lock, and all but the first
-    find the work done.
-    """
-    from alembic import command
-    from alembic.config import Config
-
-    server = engine.dialect.name != "sqlite"
-    with _file_lock(None if server else lock_path), engine.connect() as conn:
-        if server:
-            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _UPGRADE_LOCK})
-            conn.commit()
-        try:
-            if _checked_revision(conn, engine) == SCHEMA_HEAD:
-                return  # another process upgraded while we waited for the lock
-            conn.rollback()
-            cfg = Config()
-            cfg.set_main_option("script_location", str(migrations_dir()))
-            cfg.attributes["connection"] = conn
-            event.listen(conn, "after_cursor_execute", _schema_statement_ran)
-            if not server:
-                # One transaction for the whole upgrade: the driver is in
-                # autocommit mode (we issue BEGIN ourselves), so without it a
-                # process killed mid-migration leaves half a schema behind.
-                conn.execution_options(**{_WRITE_OPTION: True}).begin()
-            command.upgrade(cfg, SCHEMA_HEAD)
-            conn.commit()
-        finally:
-            if server:
-                conn.rollback()
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _UPGRADE_LOCK})
-                conn.commit()
-
-
-def _schema_statement_ran(*_: Any) -> None:
-    faults.hit("schema.statement")
-
-
-# An arbitrary constant naming provstore's schema lock among advisory locks.
-_UPGRADE_LOCK = 0x70726F76
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path | None) -> Iterator[None]:
-    # Serialises first-time creation between processes opening a new SQLite
-    # store at once; server databases use an advisory lock instead.
-    if path is None:
-        yield
-        return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)

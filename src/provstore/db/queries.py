@@ -27,7 +27,6 @@ from sqlalchemy import (
 )
 from sqlalchemy import cast as sql_cast
 
-from .engine import SCHEMA_HEAD
 from .models import (
     Artifact,
     Binding,
@@ -41,6 +40,7 @@ from .models import (
     Run,
     Scope,
 )
+from .schema import SCHEMA_HEAD
 
 __all__ = ["SCHEMA_HEAD", "insert_artifact_unless_found"]
 
