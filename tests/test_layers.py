@@ -23,7 +23,8 @@ PACKAGE = SRC / "provstore"
 LAYERS: list[tuple[int, str]] = [
     (4, "provstore.cli"), (4, "provstore.api"), (4, "provstore.context"),
     (4, "provstore.__main__"), (4, "provstore"),
-    (3, "provstore.tracking"), (3, "provstore.parallel"), (3, "provstore.mapping"),
+    (3, "provstore.tracking"), (3, "provstore.computing"), (3, "provstore.parallel"),
+    (3, "provstore.mapping"),
     (3, "provstore.sweeps"), (3, "provstore.lineage"), (3, "provstore.maintenance"),
     (3, "provstore.testing"), (3, "provstore.memory"),
     (2, "provstore.ambient"), (2, "provstore.locations"),

@@ -11,34 +11,30 @@ Callers that find the lease held wait, then load the winner's result.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 import importlib
 import inspect
-import json
-import os
 import pickle
 import socket
-import time
-import traceback
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
 import xxhash
-from sqlalchemy.exc import IntegrityError
 
 from . import ambient, byvalue, callkeys, hashing, leases
 from .ambient import View
 from .codeversion import FINGERPRINTS, CodeVersion, defined_at, function_identity
+from .computing import (
+    COMPUTING,
+    Computation,
+    Hit,
+    Input,
+    args_text,
+    load_outputs,
+    summary_of,
+)
 from .errors import InvalidNameError, NotCachedError, ProvstoreError, UnsupportedTypeError
-from .files import File
-from .leases import Claim, LeaseKeeper, claim, lease_seconds
-from .records import InputRecord
-from .saving import prepare
 from .store import Store
 
 __all__ = [
@@ -56,9 +52,6 @@ _warned_untracked: set[str] = set()
 # collision.
 CALL_SCHEME = "provstore-call/2"
 _HASH_SCHEME = f"hashing/{hashing.SCHEME_VERSION}"
-# Keys this thread or task is computing right now: a call that needs its own
-# key again would wait forever on its own lease.
-_computing: ContextVar[frozenset[str]] = ContextVar("provstore_computing", default=frozenset())
 
 
 class RecursiveCallError(ProvstoreError, RuntimeError):
@@ -175,7 +168,7 @@ class TrackedFunction:
         from .lineage.explain import explain_call
 
         described = {name: InputInfo(name, i.digest, i.artifact_id, i.file_path,
-                                     _summary(i.summary)) for name, i in inputs.items()}
+                                     summary_of(i.summary)) for name, i in inputs.items()}
         return explain_call(ctx.store, self.identity, key, cv, described)
 
     @property
@@ -202,7 +195,7 @@ class TrackedFunction:
             self._warn_untracked()
             return self._func(*args, **kwargs)
         found = self._lookup(ctx.store, args, kwargs, recompute)
-        if isinstance(found, _Computation):
+        if isinstance(found, Computation):
             return found.run(args, kwargs, recompute)
         return found.value
 
@@ -213,10 +206,10 @@ class TrackedFunction:
                           "call provstore.open() first", stacklevel=4)
 
     def _lookup(self, store: Store, args: tuple[Any, ...], kwargs: dict[str, Any],
-                recompute: bool) -> _Hit | _Computation:
+                recompute: bool) -> Hit | Computation:
         """A hit's value, or the computation a miss needs."""
         key, cv, inputs = self._key(store, args, kwargs)
-        if key in _computing.get():
+        if key in COMPUTING.get():
             raise RecursiveCallError(
                 f"{self.identity} recursed into its own call: while computing it called "
                 "itself with arguments that give the same key (only ignore= parameters "
@@ -230,29 +223,29 @@ class TrackedFunction:
                     store.memo.note_key(key, hit)
             if hit is not None:
                 try:
-                    value = _load_outputs(store, hit)
+                    value = load_outputs(store, hit)
                 except Exception:
                     # gc may have dropped the call since this process saw it: compute again.
                     if not store.forget_if_collected(hit):
                         raise
                 else:
                     store.note_hit(hit)
-                    return _Hit(value)
+                    return Hit(value)
         if store.readonly:
             raise NotCachedError(
-                f"{self.identity}{_args_text(inputs)} is not in the store {store.root}, which "
+                f"{self.identity}{args_text(inputs)} is not in the store {store.root}, which "
                 "was opened with readonly=True: nothing is computed. Open it without readonly= "
                 "to compute it")
-        return _Computation(self, store, key, cv, inputs)
+        return Computation(self._func, self.identity, self.defined_at, store, key, cv, inputs)
 
     def _key(self, store: Store | None, args: tuple[Any, ...],
-             kwargs: dict[str, Any]) -> tuple[str, CodeVersion, dict[str, _Input]]:
+             kwargs: dict[str, Any]) -> tuple[str, CodeVersion, dict[str, Input]]:
         if self._positional is not None and not kwargs and len(args) == len(self._positional):
             arguments = dict(zip(self._positional, args))
         else:
             arguments = self._call.bind(args, kwargs)
         owner = self._call.owner
-        inputs = {name: _Input.of(store, value, instance=name == owner)
+        inputs = {name: Input.of(store, value, instance=name == owner)
                   for name, value in arguments.items() if name not in self._ignore}
         if self._call.captures:
             inputs.update(self._captured())
@@ -263,7 +256,7 @@ class TrackedFunction:
                           *sorted(f"{name}={i.digest}" for name, i in inputs.items())])
         return xxhash.xxh3_128_hexdigest(text.encode("utf-8", "surrogatepass")), cv, inputs
 
-    def _captured(self) -> dict[str, _Input]:
+    def _captured(self) -> dict[str, Input]:
         """Inputs for what the function closes over (``ignore=`` may name closure variables)."""
         found = {}
         for name, value in self._call.captured().items():
@@ -272,7 +265,7 @@ class TrackedFunction:
             try:
                 # Keyed by content, never linked by identity: a captured object
                 # may outlive the stored row it was loaded from (gc).
-                found[name] = _Input.of(None, value, instance=name == "<self>")
+                found[name] = Input.of(None, value, instance=name == "<self>")
             except UnsupportedTypeError as exc:
                 raise UnsupportedTypeError(
                     f"{self.identity} closes over {name} (a {type(value).__qualname__}), "
@@ -351,7 +344,7 @@ class AsyncTrackedFunction(TrackedFunction):
             self._warn_untracked()
             return await self._func(*args, **kwargs)
         found = self._lookup(ctx.store, args, kwargs, recompute)
-        if isinstance(found, _Computation):
+        if isinstance(found, Computation):
             return await found.arun(args, kwargs, recompute)
         return found.value
 
@@ -452,266 +445,6 @@ def _fill_shell(tracked: TrackedFunction, state: tuple[Any, ...]) -> None:
     TrackedFunction.__init__(tracked, func, context=context, version=version, ignore=ignore,
                              name=name)
     tracked._carried = carried
-
-
-# Exact types only: a bool or an IntEnum is an int with a digest of its own.
-_SCALARS = frozenset({int, str})
-_SCALAR_DIGESTS: dict[tuple[type, Any], str] = {}
-
-
-class _Input:
-    """One bound argument: its digest, and the artifact it is, if known."""
-
-    __slots__ = ("artifact_id", "digest", "file_path", "short_scalar", "summary")
-
-    def __init__(self, digest: str, artifact_id: int | None, file_path: str | None,
-                 summary: Any, *, short_scalar: bool = False) -> None:
-        self.digest = digest
-        self.artifact_id = artifact_id
-        self.file_path = file_path
-        self.summary = summary
-        self.short_scalar = short_scalar
-
-    @classmethod
-    def of(cls, store: Store | None, value: Any, *, instance: bool = False) -> _Input:
-        kind = type(value)
-        if kind in _SCALARS and not instance and (kind is int or len(value) <= 256):
-            # Ints and short strings, the most common small arguments: their
-            # digest depends on their value only, so it is computed once (and
-            # the identity map never holds them: they are not rememberable).
-            digest = _SCALAR_DIGESTS.get((kind, value))
-            if digest is None:
-                if len(_SCALAR_DIGESTS) >= 4096:
-                    _SCALAR_DIGESTS.clear()
-                digest = _SCALAR_DIGESTS[(kind, value)] = callkeys.value_digest(value)
-            recent = store.identity.recent_artifact(digest) if store is not None else None
-            return cls(digest, recent, None, value, short_scalar=True)
-        known = store.identity.known(value) if store is not None else None
-        if known is not None:
-            return cls(known.digest, known.artifact_id, None, None)
-        path = str(value.path) if isinstance(value, File) else None
-        # Instances bound to a method are keyed by their state; callables and
-        # estimators by code and state (see callkeys); other values by content.
-        digest = (callkeys.instance_digest(value) if instance
-                  else callkeys.value_digest(value))
-        # A small value equal to what a tracked call just returned is that
-        # output (ints, lists...: no identity to remember them by).
-        recent = store.identity.recent_artifact(digest) if store is not None else None
-        return cls(digest, recent, path, value)
-
-
-class _Hit:
-    """A finished call's outputs, loaded."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-
-class _Computation:
-    """A miss: lease, compute, commit (or defer to whoever committed first).
-
-    Whatever fails once the lease is held (the body, storing its result,
-    the database) records the call ``failed`` and releases the lease at
-    once, so the next caller with the key computes instead of waiting.
-    """
-
-    def __init__(self, tf: TrackedFunction, store: Store, key: str, cv: CodeVersion,
-                 inputs: dict[str, _Input]) -> None:
-        self.tf, self.store, self.key, self.cv, self.inputs = tf, store, key, cv, inputs
-
-    def run(self, args: tuple[Any, ...], kwargs: dict[str, Any], recompute: bool) -> Any:
-        c = self._claim(recompute)
-        if isinstance(c, int):  # another process computed it meanwhile
-            self.store.note_hit(c)
-            return _load_outputs(self.store, c)
-        self.store.runs.count_miss()
-        with self._holding(c) as holding:
-            started = time.perf_counter()
-            value = self.tf._func(*args, **kwargs)
-            holding.committed = self._commit_until_done(holding, value,
-                                                        time.perf_counter() - started)
-        return self._loaded(holding, value)
-
-    async def arun(self, args: tuple[Any, ...], kwargs: dict[str, Any],
-                   recompute: bool) -> Any:
-        """:meth:`run` for a coroutine function: waits and computes without blocking the loop."""
-        c = await self._aclaim(recompute)
-        if isinstance(c, int):  # another task or process computed it meanwhile
-            self.store.note_hit(c)
-            return _load_outputs(self.store, c)
-        self.store.runs.count_miss()
-        with self._holding(c) as holding:
-            started = time.perf_counter()
-            value = await self.tf._func(*args, **kwargs)
-            holding.committed = self._commit_until_done(holding, value,
-                                                        time.perf_counter() - started)
-        return self._loaded(holding, value)
-
-    @contextmanager
-    def _holding(self, c: Claim) -> Iterator[_Holding]:
-        """Keep the lease while computing and storing; fail the call on any error."""
-        holding = _Holding(c)
-        token = _computing.set(_computing.get() | {self.key})
-        try:
-            with LeaseKeeper(self.store.engine, c, lease_seconds()):
-                yield holding
-        except BaseException as exc:
-            if holding.committed is None:
-                self._abandon(holding.claim, exc)
-            raise
-        finally:
-            _computing.reset(token)
-
-    def _loaded(self, holding: _Holding, value: Any) -> Any:
-        assert holding.committed is not None
-        self.store.memo.note_key(self.key, holding.committed)
-        # Another attempt's result won (ours was refused): return what it stored.
-        computed = value if holding.ours else None
-        return _load_outputs(self.store, holding.committed, computed=computed)
-
-    def _commit_until_done(self, holding: _Holding, value: Any, duration: float) -> int:
-        committed = self._commit(holding.claim, value, duration)
-        while committed is None:
-            # Our lease was taken over while we stalled. The taker's result wins
-            # if it commits; if the taker dies first, our value is as good as
-            # any: claim the key again and commit it.
-            again = self._claim(recompute=False)
-            if isinstance(again, int):
-                holding.ours = False
-                return again
-            holding.claim = again
-            committed = self._commit(again, value, duration)
-        return committed
-
-    def _call_row(self) -> dict[str, Any]:
-        params = {name: _short(i) for name, i in self.inputs.items()}
-        return {"function": self.tf.identity, "defined_at": self.tf.defined_at,
-                "code_digest": self.cv.digest,
-                "params": json.dumps(params), "run_id": self.store.runs.run_id(),
-                "host": _HOST, "pid": os.getpid()}
-
-    def _claim(self, recompute: bool) -> Claim | int:
-        row, delay = self._call_row(), 0.005
-        while True:
-            c = claim(self.store.engine, self.key, row, ttl=lease_seconds(), force=recompute,
-                      readers=self.store.readers)
-            if c is not None:
-                return c
-            time.sleep(delay)  # a live owner computes it: wait, then look again
-            delay = min(delay * 1.5, 0.5)
-
-    async def _aclaim(self, recompute: bool) -> Claim | int:
-        row, delay = self._call_row(), 0.005
-        while True:
-            c = claim(self.store.engine, self.key, row, ttl=lease_seconds(), force=recompute,
-                      readers=self.store.readers)
-            if c is not None:
-                return c
-            await asyncio.sleep(delay)  # another task or process computes it
-            delay = min(delay * 1.5, 0.5)
-
-    def _fail(self, c: Claim, exc: BaseException) -> None:
-        text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        leases.fail(self.store.engine, c, text)
-
-    def _abandon(self, c: Claim, exc: BaseException) -> None:
-        # Publishing the outputs or committing them failed (a full disk): drop
-        # the lease now, or every retry waits for it to expire. Unless the
-        # error came after the commit itself, which then stands.
-        with contextlib.suppress(Exception):  # the database may be what failed
-            if self.store.finished_call(self.key) != c.call_id:
-                self._fail(c, exc)
-
-    def _commit(self, c: Claim, value: Any, duration: float) -> int | None:
-        kind = "tuple" if type(value) is tuple else "single"
-        elements = list(value) if kind == "tuple" else [value]
-        inputs = [InputRecord(name, i.digest, i.artifact_id, i.file_path, _summary(i.summary),
-                              stored_file=not i.short_scalar)
-                  for name, i in self.inputs.items()]
-        prepared = [prepare(self.store, v) for v in elements]  # files published first
-        try:
-            outputs = leases.commit(self.store, c, prepared, kind=kind, duration=duration,
-                                    code=self.cv, inputs=inputs)
-        except IntegrityError:
-            relinked = self.store.relinked(inputs)
-            if not self.store.collected(prepared) and relinked == inputs:
-                raise
-            # gc removed a stored copy an output or input was linked to: store them again.
-            inputs = relinked
-            prepared = [prepare(self.store, v) for v in elements]
-            outputs = leases.commit(self.store, c, prepared, kind=kind, duration=duration,
-                                    code=self.cv, inputs=inputs)
-        if outputs is None:
-            return None
-        # The rows just committed: loading the result reads none of them back.
-        self.store.memo.note_outputs(c.call_id, outputs)
-        return c.call_id
-
-
-class _Holding:
-    """The claim a computation holds, and the call it committed, once it has."""
-
-    __slots__ = ("claim", "committed", "ours")
-
-    def __init__(self, claim: Claim) -> None:
-        self.claim = claim
-        self.committed: int | None = None
-        self.ours = True  # False when another attempt's call finished the key instead
-
-
-def _load_outputs(store: Store, call_id: int, computed: Any = None) -> Any:
-    """Load a finished call's outputs, remembering them and their call."""
-    rows = store.memo.outputs(call_id)
-    if rows is None:
-        rows = store.call_outputs(call_id)
-        store.memo.note_outputs(call_id, rows)
-    if not rows:  # a single output always has its row: no rows is an empty tuple
-        return ()
-    kind = rows[0][0]
-    values = []
-    for position, (_, _, artifact_id) in enumerate(rows):
-        row = store.artifact(artifact_id)
-        element = _element(computed, kind, position)
-        if row.inline is None or element is not None:
-            # (Store.load notes an inline value it loads for this call itself.)
-            store.identity.note_output(row.digest, call_id, artifact_id)
-        values.append(store.load_output(artifact_id, call_id, computed=element))
-    return tuple(values) if kind == "tuple" else values[0]
-
-
-def _element(computed: Any, kind: str, position: int) -> Any:
-    if computed is None:
-        return None
-    return computed[position] if kind == "tuple" else computed
-
-
-def _args_text(inputs: dict[str, _Input]) -> str:
-    text = ", ".join(f"{name}={_short(i)!r}" for name, i in inputs.items())
-    return f"({text[:197]}...)" if len(text) > 200 else f"({text})"
-
-
-def _short(i: _Input) -> Any:
-    if i.artifact_id is not None:
-        return {"artifact": i.artifact_id}
-    if i.file_path is not None:
-        return {"file": i.file_path}
-    return _summary(i.summary)
-
-
-def _summary(value: Any) -> Any:
-    """A small JSON-able description of an argument for history and params."""
-    if value is None or (isinstance(value, (bool, int, str)) and len(str(value)) <= 200):
-        return value
-    if isinstance(value, float):
-        return value if value == value and abs(value) != float("inf") else repr(value)
-    shape = getattr(value, "shape", None)
-    dtype = getattr(value, "dtype", None)
-    if shape is not None:
-        return {"type": type(value).__name__, "shape": list(shape), "dtype": str(dtype)}
-    text = repr(value)
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 @overload
