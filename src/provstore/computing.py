@@ -180,25 +180,23 @@ class Computation:
                 "params": json.dumps(params), "run_id": self.store.runs.run_id(),
                 "host": _HOST, "pid": os.getpid()}
 
+    def _try_claim(self, row: dict[str, Any], recompute: bool) -> Claim | int | None:
+        return claim(self.store.engine, self.key, row, ttl=lease_seconds(), force=recompute,
+                     readers=self.store.readers)
+
     def _claim(self, recompute: bool) -> Claim | int:
         row, delay = self._call_row(), 0.005
-        while True:
-            c = claim(self.store.engine, self.key, row, ttl=lease_seconds(), force=recompute,
-                      readers=self.store.readers)
-            if c is not None:
-                return c
+        while (c := self._try_claim(row, recompute)) is None:
             time.sleep(delay)  # a live owner computes it: wait, then look again
             delay = min(delay * 1.5, 0.5)
+        return c
 
     async def _aclaim(self, recompute: bool) -> Claim | int:
         row, delay = self._call_row(), 0.005
-        while True:
-            c = claim(self.store.engine, self.key, row, ttl=lease_seconds(), force=recompute,
-                      readers=self.store.readers)
-            if c is not None:
-                return c
+        while (c := self._try_claim(row, recompute)) is None:
             await asyncio.sleep(delay)  # another task or process computes it
             delay = min(delay * 1.5, 0.5)
+        return c
 
     def _fail(self, c: Claim, exc: BaseException) -> None:
         text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
