@@ -160,7 +160,7 @@ def _format_value(value: Any) -> str:
 
 def _parse_value(text: str) -> Scalar:
     try:
-        value = json.loads(text)
+        value: Scalar | dict[str, Any] | list[Any] = json.loads(text)
     except ValueError:
         return text
     if isinstance(value, (dict, list)):
@@ -176,9 +176,9 @@ def _coerce(key: str, value: Any) -> Scalar:
     if isinstance(value, float) and not math.isfinite(value):
         raise InvalidNameError(f"scope parameter {key}={value!r} is not a finite number")
     if isinstance(value, str):
-        value = unicodedata.normalize("NFC", value)
-        _check_value_text(key, value)
-        return value
+        text = unicodedata.normalize("NFC", value)
+        _check_value_text(key, text)
+        return text
     if value is None or isinstance(value, (int, float, bool)):
         return value
     raise InvalidNameError(
