@@ -188,7 +188,8 @@ class BackendRegistry:
             raise UnsupportedTypeError(f"no backend called {name!r}; known backends: {known}")
         module_name, _, attr = spec.partition(":")
         try:
-            cls = getattr(importlib.import_module(module_name), attr)
+            # A spec names a Backend subclass: the built-ins' and the entry-point contract.
+            cls: type[Backend] = getattr(importlib.import_module(module_name), attr)
         except ImportError as exc:
             raise BackendError(
                 f"backend {name!r} needs a package that is not installed ({exc.name}); "
