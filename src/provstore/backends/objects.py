@@ -224,7 +224,7 @@ def _is_user_object(obj: Any) -> bool:
     if not all(klass is object or _python_class(klass) for klass in kind.__mro__):
         return False  # a dict/list/int/exception subclass keeps data outside __dict__
     # A class with its own __reduce__ follows pickle's protocol, which we do not replay.
-    if kind.__reduce_ex__ is not object.__reduce_ex__ or kind.__reduce__ is not object.__reduce__:
+    if _overrides_object(kind, "__reduce_ex__") or _overrides_object(kind, "__reduce__"):
         return False
     if _custom_getstate(kind):
         return True
@@ -238,6 +238,17 @@ def _python_class(klass: type) -> bool:
     fields that neither ``__dict__`` nor ``__slots__`` show.
     """
     return bool(klass.__flags__ & _HEAPTYPE) and klass.__module__ != "builtins"
+
+
+def _overrides_object(kind: type, name: str) -> bool:
+    """Whether *kind* (or a base) replaces ``object``'s method *name*.
+
+    Looked up on the class, as pickle does: an inherited method is the very
+    object ``object`` holds, an override any other. (``getattr`` because
+    typing sees ``kind.__reduce__`` as bound and ``object.__reduce__`` as
+    unbound, which could never be the same object.)
+    """
+    return getattr(kind, name) is not getattr(object, name)
 
 
 def _custom_getstate(kind: type) -> bool:
