@@ -300,7 +300,9 @@ def db_now(conn: Connection) -> dt.datetime:
     """
     if conn.dialect.name == "sqlite":
         return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-    found = conn.execute(text("SELECT CAST(now() AT TIME ZONE 'UTC' AS timestamp)")).scalar_one()
+    # A textual query's column is untyped; a `timestamp` comes back as a datetime.
+    found: dt.datetime = conn.execute(
+        text("SELECT CAST(now() AT TIME ZONE 'UTC' AS timestamp)")).scalar_one()
     return found
 
 
