@@ -7,14 +7,12 @@ per call costs ~150 µs here, a prebuilt Core statement ~30 µs.
 from __future__ import annotations
 
 import functools
-from typing import cast
 
 from sqlalchemy import (
     DateTime,
     Executable,
     Integer,
     String,
-    Table,
     Text,
     bindparam,
     delete,
@@ -28,28 +26,37 @@ from sqlalchemy import (
 from sqlalchemy import cast as sql_cast
 
 from .models import (
-    Artifact,
-    Binding,
-    Call,
-    CallInput,
-    CallOutput,
-    CodeVersionRow,
-    FileRecord,
-    Lease,
-    Pin,
-    Run,
-    Scope,
+    artifacts,
+    bindings,
+    call_inputs,
+    call_outputs,
+    calls,
+    code_versions,
+    files,
+    leases,
+    pins,
+    runs,
+    scopes,
 )
 from .schema import SCHEMA_HEAD
 
-__all__ = ["SCHEMA_HEAD", "insert_artifact_unless_found"]
-
-scopes = cast(Table, Scope.__table__)
-artifacts = cast(Table, Artifact.__table__)
-bindings = cast(Table, Binding.__table__)
-files = cast(Table, FileRecord.__table__)
-runs = cast(Table, Run.__table__)
-pins = cast(Table, Pin.__table__)
+# The tables are re-exported: the store, maintenance and lineage modules build
+# their statements on them as ``q.calls`` and the like.
+__all__ = [
+    "SCHEMA_HEAD",
+    "artifacts",
+    "bindings",
+    "call_inputs",
+    "call_outputs",
+    "calls",
+    "code_versions",
+    "files",
+    "insert_artifact_unless_found",
+    "leases",
+    "pins",
+    "runs",
+    "scopes",
+]
 
 _b2 = bindings.alias("b2")
 
@@ -196,9 +203,6 @@ FILE_BY_STAT = (
     .limit(1)
 )
 
-calls = cast(Table, Call.__table__)
-call_outputs = cast(Table, CallOutput.__table__)
-
 FINISHED_CALL = (
     select(calls.c.id)
     .where(calls.c.key == bindparam("key"), calls.c.status == "done")
@@ -214,10 +218,6 @@ CALL_OUTPUTS = (
 )
 
 # ----------------------------------------------------------------- tracking
-call_inputs = cast(Table, CallInput.__table__)
-code_versions = cast(Table, CodeVersionRow.__table__)
-leases = cast(Table, Lease.__table__)
-
 INSERT_CALL = insert(calls).returning(calls.c.id)
 EXPIRE_CALL = (
     update(calls)
