@@ -84,8 +84,8 @@ class Graph:
 
     def size(self, artifact_id: int) -> int:
         """Bytes an artifact takes: its row's size plus its element files (containers)."""
-        return (self.artifacts[artifact_id].size
-                + sum(n for _, _, n in self.elements.get(artifact_id, ())))
+        own: int = self.artifacts[artifact_id].size  # artifacts.size, an Integer column
+        return own + sum(n for _, _, n in self.elements.get(artifact_id, ()))
 
     def __post_init__(self) -> None:
         # A dry run reads without a write lock: rows of calls committed or
@@ -247,7 +247,9 @@ def _producer_of_binding(g: Graph, b: Any) -> int | None:
 
 def last_used(row: Any) -> dt.datetime:
     """When a call's result was last used: its newest hit, else when it finished."""
-    times = [t for t in (row.last_hit, row.finished, row.started) if t is not None]
+    # DateTime columns of calls (rows are untyped: the graph holds plain Rows).
+    times: list[dt.datetime] = [t for t in (row.last_hit, row.finished, row.started)
+                                if t is not None]
     return max(times)
 
 
