@@ -68,6 +68,14 @@ class Context:
     """
 
     __slots__ = ("__weakref__", "_handle", "_lineage", "_mmap_mode", "_segments", "_token")
+    # Declared for the type checker: set through object.__setattr__ (our own
+    # __setattr__ stores artifacts), so otherwise they would resolve through
+    # __getattr__ as Any.
+    _handle: Store | StoreRef
+    _lineage: frozenset[object]
+    _mmap_mode: str | None
+    _segments: tuple[Segment, ...]
+    _token: object
 
     def __init__(self, store: Store | StoreRef, segments: tuple[Segment, ...] = (), *,
                  mmap_mode: str | None = "r", lineage: frozenset[object] = frozenset()) -> None:
@@ -86,7 +94,7 @@ class Context:
     def _active_entry(self) -> Context | None:
         for entry in reversed(ambient.stack()):
             if entry is self or (isinstance(entry, Context) and self._token in entry._lineage):
-                return cast(Context, entry)
+                return entry
         return None
 
     def _current(self) -> tuple[Segment, ...]:
@@ -615,7 +623,7 @@ class Context:
     @property
     def _store(self) -> Store:
         handle = self._handle
-        if type(handle) is StoreRef:
+        if isinstance(handle, StoreRef):
             handle = handle.open()
             object.__setattr__(self, "_handle", handle)
         return handle
@@ -625,7 +633,7 @@ class Context:
         # first use only, so a Dask scheduler that unpickles every task but
         # runs none never connects to the database or the object root.
         handle = self._handle
-        ref = handle if type(handle) is StoreRef else StoreRef(
+        ref = handle if isinstance(handle, StoreRef) else StoreRef(
             handle.url, str(handle.root), handle.safe, handle.durability, handle.readonly)
         return (_reopen, (*ref.args[:3], self.path, self._mmap_mode, *ref.args[3:]))
 
