@@ -96,7 +96,8 @@ def _pickler() -> type[pickle.Pickler]:
     # worker cannot import by name need it.
     import cloudpickle
 
-    class Pickler(cloudpickle.Pickler):
+    # cloudpickle ships no type information, so its Pickler is Any to mypy.
+    class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
         def reducer_override(self, obj: Any) -> Any:
             if type(obj) is types.CodeType and obj.co_filename != _NO_FILE:
                 name = obj.co_filename

@@ -39,7 +39,8 @@ from .tracking import TrackedFunction
 __all__ = ["CachedFunction", "Memory", "ShelvedResult"]
 
 
-class Memory(joblib.Memory):
+# joblib ships no type information, so its Memory is Any to mypy.
+class Memory(joblib.Memory):  # type: ignore[misc]
     """A ``joblib.Memory`` whose cache is a provstore store.
 
     Parameters

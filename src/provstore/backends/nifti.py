@@ -208,19 +208,21 @@ def _guarded_proxy_class() -> type:
     class GuardedArrayProxy(ArrayProxy):
         """An ArrayProxy whose reads raise CorruptObjectError for damaged files."""
 
+        # nibabel ships py.typed but leaves ArrayProxy's methods unannotated,
+        # hence the no-untyped-call ignores on the super() calls below.
         __slots__ = ()
 
         def __array__(self, dtype: Any = None) -> Any:
             with _translated(self.file_like):
-                return super().__array__(dtype)
+                return super().__array__(dtype)  # type: ignore[no-untyped-call]
 
         def __getitem__(self, slicer: Any) -> Any:
             with _translated(self.file_like):
-                return super().__getitem__(slicer)
+                return super().__getitem__(slicer)  # type: ignore[no-untyped-call]
 
         def get_unscaled(self) -> Any:
             with _translated(self.file_like):
-                return super().get_unscaled()
+                return super().get_unscaled()  # type: ignore[no-untyped-call]
 
     # Importable as provstore.backends.nifti.GuardedArrayProxy, so loaded images pickle.
     GuardedArrayProxy.__module__ = __name__
