@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import sqlite3
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -19,8 +21,9 @@ from sqlalchemy import create_engine
 
 import provstore
 from provstore.api import database_url
+from provstore.db.engine import make_engine
 from provstore.db.models import Base
-from provstore.db.schema import SCHEMA_HEAD, SCHEMA_REVISIONS, migrations_dir
+from provstore.db.schema import SCHEMA_HEAD, SCHEMA_REVISIONS, check_schema, migrations_dir
 from provstore.errors import ProvstoreError, StoreError, StoreNotFoundError, StoreVersionError
 from sql import scalar, sql
 
@@ -68,8 +71,6 @@ def test_a_newer_schema_is_refused_naming_both_versions(store_dir: Path) -> None
 def test_an_old_store_is_upgraded_on_open_with_its_data(tmp_path: Path) -> None:
     from alembic import command
 
-    from provstore.db.engine import make_engine
-
     store_dir = tmp_path / "study"  # an SQLite file as the first release wrote it
     store_dir.mkdir(parents=True)
     engine = make_engine(f"sqlite:///{store_dir / 'provstore.db'}")
@@ -97,9 +98,6 @@ def test_an_old_store_is_upgraded_on_open_with_its_data(tmp_path: Path) -> None:
 
 
 def test_store_version_error_from_check(store_dir: Path) -> None:
-    from provstore.db.engine import make_engine
-    from provstore.db.schema import check_schema
-
     provstore.open(store_dir).x = 1
     sql(store_dir, "UPDATE alembic_version SET version_num = '0042'", write=True)
     engine = make_engine(database_url(store_dir, None))
@@ -201,6 +199,40 @@ def test_concurrent_creation_of_a_new_store(tmp_path: Path) -> None:
     errors = [p.communicate()[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, errors
     assert provstore.open(loc).names() == ["x0", "x1", "x2", "x3"]
+
+
+def _connect_to_new_files(root: str, count: int, barrier: Any, found: Any) -> None:
+    errors = []
+    for i in range(count):
+        barrier.wait()  # both processes connect to file i at the same instant
+        engine = make_engine(f"sqlite:///{root}/db{i}.sqlite")
+        try:
+            engine.connect().close()
+        except Exception as exc:  # the test reports every kind
+            errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+        finally:
+            engine.dispose()
+    found.put(errors)
+
+
+def test_two_processes_connecting_to_a_new_file_at_once_both_succeed(tmp_path: Path) -> None:
+    """Turning a new file to WAL mode at the same instant as another process works.
+
+    Both connections hold a shared lock and want an exclusive one, so SQLite
+    answers one of them "database is locked" at once, without waiting for
+    its busy timeout: 28 of 400 connections failed so, and two processes
+    creating one store (bench_tracking's race) failed at open.
+    """
+    spawn = multiprocessing.get_context("spawn")
+    barrier, found = spawn.Barrier(2), spawn.Queue()
+    procs = [spawn.Process(target=_connect_to_new_files, args=(str(tmp_path), 150, barrier, found))
+             for _ in range(2)]
+    for p in procs:
+        p.start()
+    errors = [found.get(timeout=300) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert errors == [[], []]
 
 
 def test_hot_path_lookups_use_indexes(tmp_path: Path) -> None:

@@ -175,10 +175,27 @@ def _configure(dbapi_conn: Any, synchronous: str, readonly: bool) -> Any:
         mode = None
     else:
         cur.execute("PRAGMA foreign_keys=ON")
-        mode = cur.execute("PRAGMA journal_mode=WAL").fetchone()
+        mode = _set_wal(cur)
         cur.execute(f"PRAGMA synchronous={synchronous}")
     cur.close()
     return mode
+
+
+def _set_wal(cur: sqlite3.Cursor) -> Any:
+    # Two processes turning one new file to WAL at once both hold a shared
+    # lock and want an exclusive one; SQLite answers one "database is locked"
+    # at once instead of waiting its busy timeout (28 of 400 connections in
+    # tests/test_db.py). Once the other's switch is done, WAL is a no-op.
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    delay = 0.001
+    while True:
+        try:
+            return cur.execute("PRAGMA journal_mode=WAL").fetchone()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc).lower() or time.monotonic() > deadline:
+                raise
+        time.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 0.1)
 
 
 def _readonly_uri(path: Path) -> str:
