@@ -15,11 +15,16 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 
 import provstore
+from provstore import computing
+from provstore import context as context_module
 from provstore import maintenance as m
+from provstore.records import Prepared
 
 PROCS = 6
 
@@ -146,3 +151,80 @@ def test_gc_alongside_writer_processes_keeps_everything_reachable(
     assert m.verify(ctx.store).ok
     for rank in range(4):
         np.testing.assert_array_equal(ctx[f"cycle{rank}"], np.full(1000, 59 % 3))
+
+
+def test_a_bind_whose_stored_copy_gc_deletes_twice_in_a_row_is_stored(
+        ctx: provstore.Context, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bind retries until its value is stored, however often gc wins the race.
+
+    CI's gc-alongside-writers test once had a worker die with the internal
+    ``ArtifactCollectedError``: a bind links to an existing stored copy, gc
+    deletes that copy before the bind commits, the value is prepared again,
+    another writer stores the same content and gc deletes it once more. Here
+    the same interleaving is made with real binds and a real gc, between
+    ``prepare`` and the bind's transaction.
+    """
+    same = np.arange(1000, dtype=np.int64)
+    ctx["a"] = same.copy()
+    ctx["a"] = np.zeros(1000)  # the first content is now an old version only
+    real_prepare = context_module.prepare
+    collections: list[m.GcReport] = []
+    inside: list[bool] = []
+
+    def prepare_then_lose_the_copy(*args: Any, **kwargs: Any) -> Prepared:
+        if inside:  # the other writer's own binds below
+            return real_prepare(*args, **kwargs)
+        inside.append(True)
+        try:
+            if collections:  # another writer stores the same content again
+                ctx["other"] = same.copy()
+                ctx["other"] = np.ones(1000)
+            prepared = real_prepare(*args, **kwargs)
+            if len(collections) < 2 and prepared.existing_id is not None:
+                collections.append(m.gc(ctx.store, dry_run=False, keep_versions=1))
+            return prepared
+        finally:
+            inside.clear()
+
+    monkeypatch.setattr(context_module, "prepare", prepare_then_lose_the_copy)
+    ctx["x"] = same.copy()
+    assert len(collections) == 2  # gc deleted the linked copy twice
+    np.testing.assert_array_equal(ctx["x"], same)
+    assert m.verify(ctx.store).ok
+
+
+def test_a_call_whose_output_copy_gc_deletes_twice_in_a_row_is_committed(
+        ctx: provstore.Context, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same race for a tracked call's output: its commit retries until stored."""
+    same = np.arange(1000, dtype=np.int64)
+    ctx["a"] = same.copy()
+    ctx["a"] = np.zeros(1000)
+    real_prepare = computing.prepare
+    collections: list[m.GcReport] = []
+    inside: list[bool] = []
+
+    def prepare_then_lose_the_copy(*args: Any, **kwargs: Any) -> Prepared:
+        if inside:
+            return real_prepare(*args, **kwargs)
+        inside.append(True)
+        try:
+            if collections:
+                ctx["other"] = same.copy()
+                ctx["other"] = np.ones(1000)
+            prepared = real_prepare(*args, **kwargs)
+            if len(collections) < 2 and prepared.existing_id is not None:
+                collections.append(m.gc(ctx.store, dry_run=False, keep_versions=1))
+            return prepared
+        finally:
+            inside.clear()
+
+    monkeypatch.setattr(computing, "prepare", prepare_then_lose_the_copy)
+
+    @ctx.track
+    def make(n: int) -> np.ndarray:
+        return np.arange(n, dtype=np.int64)
+
+    np.testing.assert_array_equal(make(1000), same)
+    assert len(collections) == 2
+    np.testing.assert_array_equal(make(1000), same)  # a hit now
+    assert m.verify(ctx.store).ok

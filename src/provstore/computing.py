@@ -26,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 
 from . import callkeys, leases
 from .codeversion import CodeVersion
+from .errors import StoreError
 from .files import File
 from .leases import Claim, LeaseKeeper, claim, lease_seconds
 from .records import InputRecord
@@ -36,6 +37,9 @@ __all__ = ["COMPUTING", "Computation", "Hit", "Input", "args_text", "load_output
            "summary_of"]
 
 _HOST = socket.gethostname()
+# A commit whose linked copies gc deleted prepares them again; each retry needs
+# gc to win a fresh race, so a few attempts make failure practically impossible.
+_COMMIT_ATTEMPTS = 10
 # Keys this thread or task is computing right now: a call that needs its own
 # key again would wait forever on its own lease.
 COMPUTING: ContextVar[frozenset[str]] = ContextVar("provstore_computing", default=frozenset())
@@ -216,19 +220,24 @@ class Computation:
         inputs = [InputRecord(name, i.digest, i.artifact_id, i.file_path, summary_of(i.summary),
                               stored_file=not i.short_scalar)
                   for name, i in self.inputs.items()]
-        prepared = [prepare(self.store, v) for v in elements]  # files published first
-        try:
-            outputs = leases.commit(self.store, c, prepared, kind=kind, duration=duration,
-                                    code=self.cv, inputs=inputs)
-        except IntegrityError:
-            relinked = self.store.relinked(inputs)
-            if not self.store.collected(prepared) and relinked == inputs:
-                raise
-            # gc removed a stored copy an output or input was linked to: store them again.
-            inputs = relinked
-            prepared = [prepare(self.store, v) for v in elements]
-            outputs = leases.commit(self.store, c, prepared, kind=kind, duration=duration,
-                                    code=self.cv, inputs=inputs)
+        for _ in range(_COMMIT_ATTEMPTS):
+            prepared = [prepare(self.store, v) for v in elements]  # files published first
+            try:
+                outputs = leases.commit(self.store, c, prepared, kind=kind, duration=duration,
+                                        code=self.cv, inputs=inputs)
+                break
+            except IntegrityError:
+                relinked = self.store.relinked(inputs)
+                if not self.store.collected(prepared) and relinked == inputs:
+                    raise
+                # gc removed a stored copy an output or input was linked to
+                # before the commit: store them again (as a bind does).
+                inputs = relinked
+        else:
+            raise StoreError(
+                f"could not commit a call of {self.identity} in the store {self.store.root}: gc "
+                f"deleted the stored copy of an output or input {_COMMIT_ATTEMPTS} times while "
+                "it committed; run gc less often, or call it again")
         if outputs is None:
             return None
         # The rows just committed: loading the result reads none of them back.

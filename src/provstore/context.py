@@ -27,6 +27,7 @@ from .errors import (
     MissingKeyError,
     NotFoundError,
     ReservedNameError,
+    StoreError,
 )
 from .locations import StoreRef
 from .saving import prepare
@@ -496,14 +497,24 @@ class Context:
         segments = self._current()
         check_name(name, where=f" in {display(format_path(segments))}")
         self._store.check_writable(f"bind {name!r}")  # before any file is written
-        prepared = prepare(self._store, value, format=format, **options)
-        sid = self._store.scope_id(segments, create=True)
-        assert sid is not None
-        try:
-            self._store.bind(sid, name, prepared, origin=origin)
-        except ArtifactCollectedError:  # gc removed the copy it linked to: store it again
+        sid: int | None = None
+        for _ in range(_BIND_ATTEMPTS):
             prepared = prepare(self._store, value, format=format, **options)
-            self._store.bind(sid, name, prepared, origin=origin)
+            if sid is None:
+                sid = self._store.scope_id(segments, create=True)
+                assert sid is not None
+            try:
+                self._store.bind(sid, name, prepared, origin=origin)
+                return
+            except ArtifactCollectedError:
+                # gc removed the stored copy it linked to before the bind
+                # committed: store the value again. Another writer may store
+                # the same content and gc remove it again meanwhile.
+                continue
+        raise StoreError(
+            f"could not bind {_where(segments, name)!r} in the store {self._store.root}: gc "
+            f"deleted the stored copy of its value {_BIND_ATTEMPTS} times while the bind ran; "
+            "run gc less often, or bind again")
 
     def __setattr__(self, name: str, value: Any) -> None:
         _check_attribute(name, "assign", f"ctx[{name!r}] = ...")
@@ -643,6 +654,11 @@ class Context:
 
     def __hash__(self) -> int:
         return hash((id(self._store), self.path))
+
+
+# A bind whose linked copy gc deleted prepares again; each retry needs gc to
+# win a fresh race, so a few attempts make failure practically impossible.
+_BIND_ATTEMPTS = 10
 
 
 def _reopen(url: str, root: str, safe: bool, path: str, mmap_mode: str | None,
