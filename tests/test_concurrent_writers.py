@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -153,22 +154,14 @@ def test_gc_alongside_writer_processes_keeps_everything_reachable(
         np.testing.assert_array_equal(ctx[f"cycle{rank}"], np.full(1000, 59 % 3))
 
 
-def test_a_bind_whose_stored_copy_gc_deletes_twice_in_a_row_is_stored(
-        ctx: provstore.Context, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A bind retries until its value is stored, however often gc wins the race.
+def _losing_the_copy_twice(ctx: provstore.Context, same: np.ndarray,
+                           real_prepare: Callable[..., Prepared],
+                           collections: list[m.GcReport]) -> Callable[..., Prepared]:
+    """``prepare``, after which gc deletes the stored copy it linked to (twice).
 
-    CI's gc-alongside-writers test once had a worker die with the internal
-    ``ArtifactCollectedError``: a bind links to an existing stored copy, gc
-    deletes that copy before the bind commits, the value is prepared again,
-    another writer stores the same content and gc deletes it once more. Here
-    the same interleaving is made with real binds and a real gc, between
-    ``prepare`` and the bind's transaction.
+    Before the second attempt another writer stores the same content again
+    (and moves on), so the retry links to a fresh copy that gc deletes too.
     """
-    same = np.arange(1000, dtype=np.int64)
-    ctx["a"] = same.copy()
-    ctx["a"] = np.zeros(1000)  # the first content is now an old version only
-    real_prepare = context_module.prepare
-    collections: list[m.GcReport] = []
     inside: list[bool] = []
 
     def prepare_then_lose_the_copy(*args: Any, **kwargs: Any) -> Prepared:
@@ -186,7 +179,26 @@ def test_a_bind_whose_stored_copy_gc_deletes_twice_in_a_row_is_stored(
         finally:
             inside.clear()
 
-    monkeypatch.setattr(context_module, "prepare", prepare_then_lose_the_copy)
+    return prepare_then_lose_the_copy
+
+
+def test_a_bind_whose_stored_copy_gc_deletes_twice_in_a_row_is_stored(
+        ctx: provstore.Context, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bind retries until its value is stored, however often gc wins the race.
+
+    CI's gc-alongside-writers test once had a worker die with the internal
+    ``ArtifactCollectedError``: a bind links to an existing stored copy, gc
+    deletes that copy before the bind commits, the value is prepared again,
+    another writer stores the same content and gc deletes it once more. Here
+    the same interleaving is made with real binds and a real gc, between
+    ``prepare`` and the bind's transaction.
+    """
+    same = np.arange(1000, dtype=np.int64)
+    ctx["a"] = same.copy()
+    ctx["a"] = np.zeros(1000)  # the first content is now an old version only
+    collections: list[m.GcReport] = []
+    monkeypatch.setattr(context_module, "prepare", _losing_the_copy_twice(
+        ctx, same, context_module.prepare, collections))
     ctx["x"] = same.copy()
     assert len(collections) == 2  # gc deleted the linked copy twice
     np.testing.assert_array_equal(ctx["x"], same)
@@ -199,26 +211,9 @@ def test_a_call_whose_output_copy_gc_deletes_twice_in_a_row_is_committed(
     same = np.arange(1000, dtype=np.int64)
     ctx["a"] = same.copy()
     ctx["a"] = np.zeros(1000)
-    real_prepare = computing.prepare
     collections: list[m.GcReport] = []
-    inside: list[bool] = []
-
-    def prepare_then_lose_the_copy(*args: Any, **kwargs: Any) -> Prepared:
-        if inside:
-            return real_prepare(*args, **kwargs)
-        inside.append(True)
-        try:
-            if collections:
-                ctx["other"] = same.copy()
-                ctx["other"] = np.ones(1000)
-            prepared = real_prepare(*args, **kwargs)
-            if len(collections) < 2 and prepared.existing_id is not None:
-                collections.append(m.gc(ctx.store, dry_run=False, keep_versions=1))
-            return prepared
-        finally:
-            inside.clear()
-
-    monkeypatch.setattr(computing, "prepare", prepare_then_lose_the_copy)
+    monkeypatch.setattr(computing, "prepare", _losing_the_copy_twice(
+        ctx, same, computing.prepare, collections))
 
     @ctx.track
     def make(n: int) -> np.ndarray:
