@@ -29,7 +29,6 @@ from typing import Any, Protocol, TypeVar, cast
 
 from sqlalchemy import Connection, Engine, Executable
 from sqlalchemy.engine import Dialect
-from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
 
@@ -217,11 +216,6 @@ def read(readers: Readers, stmt: Executable, params: dict[str, Any]) -> Rows | N
         cursor.close()
 
 
-def _reader_of(readers: Readers | None) -> PoolProxiedConnection:
-    assert readers is not None
-    return readers.get().connection
-
-
 class _DriverFailed(Exception):
     """The driver reported an error; the transaction was rolled back."""
 
@@ -252,7 +246,8 @@ def _on_driver(engine: Engine, body: Callable[[Tx], T], readers: Readers | None)
     # Both are configured by make_engine's connect hook; the reader stays open.
     pooled = engine.raw_connection() if readers is None else None
     try:
-        held = pooled if pooled is not None else _reader_of(readers)
+        held = readers.get().connection if readers is not None else pooled
+        assert held is not None
         conn = held.driver_connection
         assert isinstance(conn, sqlite3.Connection)
         cursor = conn.cursor()
