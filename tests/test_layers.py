@@ -35,7 +35,7 @@ LAYERS: list[tuple[int, str]] = [
     (0, "provstore.hashing_pandas"), (0, "provstore.hashing_callables"), (0, "provstore.hasher"),
     (0, "provstore.files"), (0, "provstore.fstype"), (0, "provstore.codeversion"),
     (0, "provstore.codesource"), (0, "provstore.callkeys"), (0, "provstore.byvalue"),
-    (0, "provstore.faults"), (0, "provstore.periodic"),
+    (0, "provstore.faults"), (0, "provstore.periodic"), (0, "provstore.lazy"),
 ]
 
 # Inside the lineage package, read top to bottom: a module imports only lower ranks.

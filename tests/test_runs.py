@@ -67,7 +67,7 @@ def test_a_live_run_keeps_its_heartbeat_fresh(store_dir: Path) -> None:
     from provstore.runs import RunRecorder
 
     ctx = provstore.open(store_dir)
-    recorder = RunRecorder(ctx.store.engine, heartbeat=0.05)
+    recorder = RunRecorder(lambda: ctx.store.engine, ctx.store.lite, heartbeat=0.05)
     run_id = recorder.run_id()
     first = _runs(store_dir)[-1]["heartbeat"]
     deadline = time.monotonic() + 10

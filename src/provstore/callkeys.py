@@ -31,13 +31,12 @@ import dataclasses
 import functools
 import inspect
 import os
+import sys
 import threading
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-
-import numpy as np
 
 from . import hashing
 from .codesource import MAX_ITEMS, is_simple
@@ -52,7 +51,7 @@ __all__ = [
 
 _MAX_DEPTH = 8  # nested callables, estimators and containers followed
 _MAX_SCAN = 1000  # container items looked at for callables or estimators inside
-_PLAIN = frozenset({type(None), bool, int, float, complex, str, bytes, np.ndarray, np.memmap})
+_PLAIN = {type(None), bool, int, float, complex, str, bytes}
 _BUILTIN_BASES = (dict, list, tuple, set, frozenset, str, bytes, bytearray, int, float, complex)
 _local = threading.local()
 
@@ -97,7 +96,7 @@ def value_digest(value: Any, depth: int = 0) -> str:
     (also inside small lists, tuples and dicts), which follow the rules of
     this module.
     """
-    if type(value) in _PLAIN or depth > _MAX_DEPTH:
+    if _plain(type(value)) or depth > _MAX_DEPTH:
         return hashing.digest(value)
     keyed = _keyed(value, depth)
     if keyed is not None:
@@ -109,6 +108,17 @@ def value_digest(value: Any, depth: int = 0) -> str:
     return hashing.digest(value)
 
 
+def _plain(kind: type) -> bool:
+    """Whether values of *kind* are hashed by content alone (no rules inside)."""
+    if kind in _PLAIN:
+        return True
+    numpy = sys.modules.get("numpy")  # imported late: no array exists before it is
+    if numpy is not None and kind.__module__ == "numpy":
+        _PLAIN.update({numpy.ndarray, numpy.memmap})
+        return kind in _PLAIN
+    return False
+
+
 def _stand_in(value: Any, depth: int) -> Any:
     return Keyed("value", value_digest(value, depth + 1))
 
@@ -117,7 +127,7 @@ def _holds_rules(items: Any, depth: int) -> bool:
     if len(items) > _MAX_SCAN:
         return False
     for v in items:
-        if type(v) in _PLAIN:
+        if _plain(type(v)):
             continue
         if _has_rule(v) or (type(v) in (list, tuple) and _holds_rules(v, depth + 1)) or (
                 type(v) is dict and _holds_rules(v.values(), depth + 1)):

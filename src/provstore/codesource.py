@@ -20,11 +20,15 @@ import textwrap
 import threading
 import types
 from collections.abc import Iterable
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from .hashing import Hasher, digest, feed
+from .lazy import LazyModule
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = LazyModule("numpy")  # no numpy value exists before numpy is imported
 
 MAX_DEPTH = 50
 MAX_ITEMS = 1000  # elements a container constant may hold and still count as "simple"
@@ -101,8 +105,9 @@ def is_simple(obj: Any, budget: list[int]) -> bool:
     if budget[0] < 0:
         return False
     kind = type(obj)
-    if kind in _SCALARS or isinstance(obj, np.generic):
-        return not (isinstance(obj, np.generic) and obj.dtype.hasobject)
+    numpy_scalar = "numpy" in sys.modules and isinstance(obj, np.generic)
+    if kind in _SCALARS or numpy_scalar:
+        return not (numpy_scalar and obj.dtype.hasobject)
     if kind is dict:
         return all(is_simple(k, budget) and is_simple(v, budget) for k, v in obj.items())
     if kind in _CONTAINERS:

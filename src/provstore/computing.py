@@ -10,7 +10,6 @@ decides between a hit and a miss is :mod:`provstore.tracking`.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -20,18 +19,22 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
-
-from sqlalchemy.exc import IntegrityError
+from typing import TYPE_CHECKING, Any
 
 from . import callkeys, leases
 from .codeversion import CodeVersion
 from .errors import StoreError
 from .files import File
+from .lazy import LazyModule
 from .leases import Claim, LeaseKeeper, claim, lease_seconds
 from .records import InputRecord
 from .saving import prepare
 from .store import Store
+
+if TYPE_CHECKING:
+    from sqlalchemy import exc as sa_exc
+else:
+    sa_exc = LazyModule("sqlalchemy.exc")  # imported with the first miss's commit
 
 __all__ = ["COMPUTING", "Computation", "Hit", "Input", "args_text", "load_outputs",
            "summary_of"]
@@ -196,6 +199,10 @@ class Computation:
         return c
 
     async def _aclaim(self, recompute: bool) -> Claim | int:
+        # Imported here: asyncio costs every start-up ~15 ms, and a coroutine
+        # function's event loop has imported it already.
+        import asyncio
+
         row, delay = self._call_row(), 0.005
         while (c := self._try_claim(row, recompute)) is None:
             await asyncio.sleep(delay)  # another task or process computes it
@@ -226,7 +233,7 @@ class Computation:
                 outputs = leases.commit(self.store, c, prepared, kind=kind, duration=duration,
                                         code=self.cv, inputs=inputs)
                 break
-            except IntegrityError:
+            except sa_exc.IntegrityError:
                 relinked = self.store.relinked(inputs)
                 if not self.store.collected(prepared) and relinked == inputs:
                     raise

@@ -13,13 +13,19 @@ process read from the store are linked to their artifact the same way.
 
 from __future__ import annotations
 
+import sys
 import threading
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from .lazy import LazyModule
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = LazyModule("numpy")  # no array exists before numpy is imported
 
 __all__ = ["CallMemo", "IdentityMap", "Known", "rememberable"]
 
@@ -51,7 +57,7 @@ def rememberable(value: Any) -> bool:
     mutated in place), and nibabel images, whose header and affine are
     checked against a snapshot. Only such objects may be handed out twice.
     """
-    if isinstance(value, np.ndarray):
+    if "numpy" in sys.modules and isinstance(value, np.ndarray):
         return not value.flags.writeable and not value.dtype.hasobject
     mod = type(value).__module__
     return mod.startswith("nibabel.") and hasattr(value, "dataobj") and hasattr(value, "header")

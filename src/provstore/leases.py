@@ -30,19 +30,28 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass
-from typing import Any
-
-from sqlalchemy import Engine
+from typing import TYPE_CHECKING, Any
 
 from . import hashing
 from .codeversion import CodeVersion
-from .db import queries as q
-from .db.driver import Tx, read, transaction
-from .db.engine import Readers
+from .lazy import LazyModule
 from .periodic import timer
 from .records import ArtifactRow, InputRecord, Prepared
 from .runs import utcnow
 from .store import Store, commit_artifact
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from .db import driver
+    from .db import queries as q
+    from .db.driver import Tx
+    from .db.engine import Readers
+else:
+    # Imported with a process's first miss: a hit reads through the store
+    # alone (provstore.store says why).
+    driver = LazyModule("provstore.db.driver")
+    q = LazyModule("provstore.db.queries")
 
 __all__ = [
     "DEFAULT_LEASE_SECONDS", "Claim", "LeaseKeeper", "claim", "commit", "fail", "finished_call",
@@ -71,14 +80,10 @@ class Claim:
 def finished_call(store: Store, key: str) -> int | None:
     """Return the newest finished call with *key*, if any (the check before a claim).
 
-    Every call asks this once; on SQLite it is read on the driver connection
-    (see :mod:`provstore.db.driver`), ~25 µs less than through SQLAlchemy.
+    Every call asks this once; on SQLite it is read without SQLAlchemy
+    (see :mod:`provstore.db.lite`), ~25 µs less than through it.
     """
-    rows = read(store.readers, q.FINISHED_CALL, {"key": key})
-    if rows is None:
-        return store.finished_call(key)
-    found = rows.scalar()
-    return None if found is None else int(found)
+    return store.finished_call(key)
 
 
 def claim(engine: Engine, key: str, call_row: dict[str, Any], *,
@@ -102,7 +107,7 @@ def claim(engine: Engine, key: str, call_row: dict[str, Any], *,
         return _take(tx, key, lease, call_row, now, ttl)
 
     try:
-        return transaction(engine, attempt, readers)
+        return driver.transaction(engine, attempt, readers)
     except _TakenMeanwhile:
         return None
 
@@ -199,7 +204,7 @@ class LeaseKeeper:
             params = {**_held(c), "p_expires": tx.now() + dt.timedelta(seconds=self.ttl)}
             return not tx.execute(q.RENEW_LEASE, params).rowcount
 
-        self.lost = transaction(self.engine, push)
+        self.lost = driver.transaction(self.engine, push)
 
 
 def fail(engine: Engine, c: Claim, error: str) -> None:
@@ -211,7 +216,7 @@ def fail(engine: Engine, c: Claim, error: str) -> None:
             "p_duration": None, "p_kind": None, "p_error": error[:10_000]})
         release(tx, c)
 
-    transaction(engine, record)
+    driver.transaction(engine, record)
 
 
 OutputRows = list[tuple[str, int, int]]
@@ -249,7 +254,7 @@ def commit(store: Store, c: Claim, prepared: list[Prepared], *, kind: str, durat
         tx.execute(q.FINISH_CALL, {**finish, "p_status": "done"})
         return stored
 
-    stored = transaction(store.engine, body, store.readers)
+    stored = driver.transaction(store.engine, body, store.readers)
     if stored is None:
         return None
     for (artifact_id, inserted), p in zip(stored, prepared):

@@ -14,14 +14,23 @@ import os
 import socket
 import threading
 from pathlib import Path
-
-from sqlalchemy import URL, make_url
+from typing import TYPE_CHECKING
 
 from . import ambient
-from .db.engine import display_url
 from .errors import StoreError, StoreNotFoundError
 from .fstype import check_sqlite_url, sqlite_file
+from .lazy import LazyModule
 from .store import Store, check_database_file
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+    from .db import engine as eng
+else:
+    # URLs are parsed by SQLAlchemy only for a server database or db= (see
+    # provstore.store for why it is imported late).
+    sa = LazyModule("sqlalchemy")
+    eng = LazyModule("provstore.db.engine")
 
 __all__ = [
     "DB_NAME", "DB_POINTER", "DEFAULT_LOCATION", "StoreRef", "close", "database_url",
@@ -60,20 +69,20 @@ def database_url(loc: Path, db: str | None, *, create: bool = True) -> str:
         return recorded
     if recorded is not None and _without_password(recorded) != _without_password(db):
         raise StoreError(
-            f"{loc} belongs to the database {recorded}, not {display_url(db)}; open it "
+            f"{loc} belongs to the database {recorded}, not {eng.display_url(db)}; open it "
             f"without db=, or use another directory for another database")
     if recorded is None and local.exists() and sqlite_file(db) != local:
         raise StoreError(
             f"{loc} holds an SQLite store ({DB_NAME}); use another directory for "
-            f"{display_url(db)}")
+            f"{eng.display_url(db)}")
     if not loc.exists() and not create:
         raise StoreNotFoundError(f"no object root at {loc}; pass create=True to make one")
     return db
 
 
 def _without_password(url: str) -> str:
-    u = make_url(url)  # (URL.set treats password=None as "unchanged")
-    bare = URL.create(u.drivername, username=u.username, host=u.host, port=u.port,
+    u = sa.make_url(url)  # (URL.set treats password=None as "unchanged")
+    bare = sa.URL.create(u.drivername, username=u.username, host=u.host, port=u.port,
                       database=u.database, query=u.query)
     return bare.render_as_string(hide_password=False)
 

@@ -22,15 +22,27 @@ import time
 import uuid
 import weakref
 from collections import Counter
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, insert, update
-from sqlalchemy.exc import SQLAlchemyError
-
-from .db import queries as q
-from .db.engine import reading, retrying, write
+from .db import lite_sql
+from .db.lite import Lite, LiteFailed, Statement
 from .errors import ProvstoreError
+from .lazy import LazyModule
 from .periodic import timer
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+    from sqlalchemy import exc as sa_exc
+
+    from .db import engine as eng
+    from .db import queries as q
+else:
+    # Imported when first needed: a process that only hits an SQLite store
+    # writes its run through provstore.db.lite (see provstore.store).
+    sa_exc = LazyModule("sqlalchemy.exc")
+    eng = LazyModule("provstore.db.engine")
+    q = LazyModule("provstore.db.queries")
 
 __all__ = [
     "HIT_FLUSH_SECONDS", "ReuseLog", "RunRecorder", "environment", "process_gone", "status_of",
@@ -114,8 +126,10 @@ def environment() -> dict[str, Any]:
 class RunRecorder:
     """Opens this process's run in one store on first write and closes it at exit."""
 
-    def __init__(self, engine: Engine, *, heartbeat: float = HEARTBEAT_SECONDS) -> None:
+    def __init__(self, engine: Callable[[], Engine], lite: Lite | None = None, *,
+                 heartbeat: float = HEARTBEAT_SECONDS) -> None:
         self._engine = engine
+        self._lite = lite
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._id: int | None = None
@@ -153,16 +167,25 @@ class RunRecorder:
         with self._lock:
             self._same_process()
             pending, self._pending = self._pending, Counter()
-        saved = 0.0
-        if pending:
-            with reading(self._engine) as conn:
-                ids = sorted(pending)
-                for i in range(0, len(ids), 500):
-                    for r in conn.execute(q.CALL_DURATIONS, {"ids": ids[i:i + 500]}):
-                        saved += (r.duration or 0.0) * pending[r.id]
+        saved = self._saved_by(pending) if pending else 0.0
         with self._lock:
             self._saved += saved
             return {"hits": self._hits, "misses": self._misses, "saved_seconds": self._saved}
+
+    def _saved_by(self, pending: Counter[int]) -> float:
+        """The recorded durations of the calls in *pending*, times their hits."""
+        ids = sorted(pending)
+        if self._lite is not None and len(ids) <= 20:
+            durations = [self._lite.read(lite_sql.CALL_DURATION, {"id": i}) for i in ids]
+            if all(d is not None for d in durations):
+                return sum((d.scalar() or 0.0) * pending[i]
+                           for i, d in zip(ids, durations) if d is not None)
+        saved = 0.0
+        with eng.reading(self._engine()) as conn:
+            for i in range(0, len(ids), 500):
+                for r in conn.execute(q.CALL_DURATIONS, {"ids": ids[i:i + 500]}):
+                    saved += (r.duration or 0.0) * pending[r.id]
+        return saved
 
     def record_counts(self) -> None:
         """Write the counts now; a process that only hit opens (and closes) its run for them."""
@@ -174,9 +197,20 @@ class RunRecorder:
             self.run_id()
             self._close()
             return
-        counts = self.counts()
-        with write(self._engine) as conn:
-            conn.execute(q.RUN_COUNTS, {"run_id": self._id, **counts})
+        params = {"run_id": self._id, **self.counts()}
+        if not self._lite_wrote(lite_sql.RUN_COUNTS, params):
+            with eng.write(self._engine()) as conn:
+                conn.execute(q.RUN_COUNTS, params)
+
+    def _lite_wrote(self, stmt: Statement, params: dict[str, Any]) -> bool:
+        """Whether *stmt* was written without SQLAlchemy (else the caller writes it)."""
+        if self._lite is None:
+            return False
+        try:
+            self._lite.write(lambda tx: tx.execute(stmt, params))
+        except LiteFailed:
+            return False
+        return True
 
     def run_id(self) -> int:
         """Return this process's run id in the store, opening the run if needed."""
@@ -196,9 +230,8 @@ class RunRecorder:
         if run_id is None or self._pid != os.getpid():
             return False
         counts = self.counts()
-        with write(self._engine) as conn:
-            conn.execute(update(q.runs).where(q.runs.c.id == run_id)
-                         .values(heartbeat=utcnow(), **counts))
+        with eng.write(self._engine()) as conn:
+            conn.execute(q.BEAT_RUN, {"run_id": run_id, "p_heartbeat": utcnow(), **counts})
         return True
 
     def after_fork(self) -> None:
@@ -215,12 +248,18 @@ class RunRecorder:
             "status": "running",
         }
 
-        def insert_run() -> int:
-            with write(self._engine) as conn:
-                return int(conn.execute(insert(q.runs).values(**row).returning(q.runs.c.id))
-                           .scalar_one())
+        if self._lite is not None:
+            try:
+                return int(self._lite.write(
+                    lambda tx: tx.execute(lite_sql.INSERT_RUN, row).scalar_one()))
+            except LiteFailed:
+                pass  # again through SQLAlchemy, which retries or explains
 
-        return retrying(insert_run)
+        def insert_run() -> int:
+            with eng.write(self._engine()) as conn:
+                return int(conn.execute(q.INSERT_RUN, row).scalar_one())
+
+        return eng.retrying(insert_run)
 
     def _close(self) -> None:
         if self._id is None or self._pid != os.getpid():
@@ -230,13 +269,11 @@ class RunRecorder:
         status = "failed" if failed else "finished"
         now = utcnow()
         try:
-            counts = self.counts()
-            with write(self._engine) as conn:
-                conn.execute(
-                    update(q.runs)
-                    .where(q.runs.c.id == self._id)
-                    .values(status=status, ended=now, heartbeat=now, **counts)
-                )
+            params = {"run_id": self._id, "p_status": status, "p_ended": now,
+                      "p_heartbeat": now, **self.counts()}
+            if not self._lite_wrote(lite_sql.CLOSE_RUN, params):
+                with eng.write(self._engine()) as conn:
+                    conn.execute(q.CLOSE_RUN, params)
         except Exception:
             pass
 
@@ -250,9 +287,11 @@ class ReuseLog:
     those seconds of reuse times, which only order ``gc --max-bytes``.
     """
 
-    def __init__(self, engine: Engine, runs: RunRecorder, *, enabled: bool = True) -> None:
+    def __init__(self, engine: Callable[[], Engine], runs: RunRecorder, lite: Lite | None = None,
+                 *, enabled: bool = True) -> None:
         self._engine = engine
         self._runs = runs
+        self._lite = lite
         self._enabled = enabled  # a read-only store writes nothing, not even reuse
         self._lock = threading.Lock()
         self._ids: set[int] = set()
@@ -288,20 +327,33 @@ class ReuseLog:
         if not ids:
             return
         now = utcnow()
+        ordered = sorted(ids)
 
         def transaction() -> None:
-            with write(self._engine) as conn:
-                ordered = sorted(ids)
+            with eng.write(self._engine()) as conn:
                 for i in range(0, len(ordered), 500):  # far below SQLite's parameter limit
                     conn.execute(q.TOUCH_CALLS, {"ids": ordered[i:i + 500], "now": now})
 
         try:
-            retrying(transaction)
-        except (ProvstoreError, SQLAlchemyError):
+            if not self._touched(ordered, now):
+                eng.retrying(transaction)
+        except (ProvstoreError, sa_exc.SQLAlchemyError):
             # A busy or vanished database must not fail a hit; the ids wait
             # for the next flush.
             with self._lock:
                 self._ids |= ids
+
+
+    def _touched(self, ids: list[int], now: dt.datetime) -> bool:
+        """Whether the reuse times were written without SQLAlchemy (SQLite)."""
+        if self._lite is None:
+            return False
+        try:
+            self._lite.write(lambda tx: tx.execute(
+                lite_sql.TOUCH_CALL, [{"p_id": i, "now": now} for i in ids]))
+        except LiteFailed:
+            return False  # again through SQLAlchemy, which retries or explains
+        return True
 
 
 def _flush_at_exit(ref: weakref.ref[ReuseLog]) -> None:

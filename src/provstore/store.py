@@ -18,27 +18,12 @@ import threading
 import weakref
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
-
-from sqlalchemy import Connection, Executable, Result, insert, select
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from typing import TYPE_CHECKING, Any
 
 from . import hashing
 from .backends.base import Backend, registry
-from .db import queries as q
-from .db.driver import Tx, as_tx
-from .db.engine import (
-    Readers,
-    display_url,
-    is_sqlite,
-    lock_for_write,
-    lost_connection,
-    make_engine,
-    readonly_reason,
-    retrying,
-    write,
-)
-from .db.schema import check_schema, upgrade
+from .db import lite_sql
+from .db.lite import SCHEMA_HEAD, Lite, Rows, Statement, readonly_reason
 from .errors import (
     CorruptObjectError,
     DatabaseDamagedError,
@@ -50,10 +35,32 @@ from .errors import (
 )
 from .fstype import sqlite_file
 from .identity import CallMemo, IdentityMap, Known, rememberable
+from .lazy import LazyModule
 from .objects import ObjectDir
 from .records import ArtifactRow, InputRecord, Prepared
 from .runs import ReuseLog, RunRecorder, utcnow
 from .scope import Segment, format_path
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+    from sqlalchemy import Connection, Engine, Executable, Result
+    from sqlalchemy import exc as sa_exc
+
+    from .db import driver, schema
+    from .db import engine as eng
+    from .db import queries as q
+    from .db.driver import Tx
+    from .db.engine import Readers
+else:
+    # SQLAlchemy and the modules built on it are imported on first use: a
+    # process that only gets hits from an SQLite store never needs them
+    # (it reads through provstore.db.lite), and they cost it ~0.2 s.
+    sa = LazyModule("sqlalchemy")
+    sa_exc = LazyModule("sqlalchemy.exc")
+    driver = LazyModule("provstore.db.driver")
+    eng = LazyModule("provstore.db.engine")
+    q = LazyModule("provstore.db.queries")
+    schema = LazyModule("provstore.db.schema")
 
 # records re-exported for callers
 __all__ = [
@@ -88,21 +95,25 @@ class Store:
         self.unwritable: str | None = None if path is None else readonly_reason(path)
         #: Opened with readonly=True, or unwritable: hits load, nothing is written.
         self.readonly = readonly or self.unwritable is not None
-        self.engine = make_engine(url, durability=durability,
-                                  readonly=self.unwritable is not None)
+        self._engine: Engine | None = None
+        self._readers: Readers | None = None
+        self._engine_lock = threading.Lock()
+        #: SQLite without SQLAlchemy, for what a process that only hits needs.
+        self.lite = (None if path is None else
+                     Lite(path, synchronous="FULL" if durability == "full" else "NORMAL",
+                          readonly=self.unwritable is not None))
         try:
             self._check_schema(create, lock_path)
         except BaseException:
-            self.engine.dispose()
+            self._dispose()
             raise
         self.file_identity: tuple[int, int] | None = None  # set by provstore.api
         try:
             self.objects = ObjectDir(root, durable=True)
         except OSError as exc:  # e.g. a read-only store copied without its tmp/
-            self.engine.dispose()
+            self._dispose()
             raise StorageError(f"cannot use the object root {root}: {exc}") from exc
-        self.runs = RunRecorder(self.engine)
-        self.readers = Readers(self.engine)
+        self.runs = RunRecorder(lambda: self.engine, self.lite)
         self._scopes: dict[str, int] = {}
         self._artifacts: dict[int, ArtifactRow] = {}
         self._loaded: weakref.WeakValueDictionary[tuple[int, str | None], Any] = (
@@ -112,42 +123,81 @@ class Store:
         self._scalars: dict[int, Any] = {}  # immutable inline values by artifact id
         self.memo = CallMemo()
         self._lock = threading.Lock()
-        self.reuse = ReuseLog(self.engine, self.runs, enabled=not self.readonly)
+        self.reuse = ReuseLog(lambda: self.engine, self.runs, self.lite,
+                              enabled=not self.readonly)
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine, created on first use (see :mod:`provstore.db.lite`)."""
+        engine = self._engine
+        if engine is None:
+            with self._engine_lock:
+                if self._engine is None:
+                    self._engine = eng.make_engine(self.url, durability=self.durability,
+                                                   readonly=self.unwritable is not None)
+                engine = self._engine
+        return engine
+
+    @property
+    def readers(self) -> Readers:
+        """One SQLAlchemy read connection per thread, created on first use."""
+        readers = self._readers
+        if readers is None:
+            engine = self.engine
+            with self._engine_lock:
+                if self._readers is None:
+                    self._readers = eng.Readers(engine)
+                readers = self._readers
+        return readers
+
+    def _dispose(self) -> None:
+        if self.lite is not None:
+            self.lite.close_all()
+        if self._readers is not None:
+            self._readers.close_all()
+        if self._engine is not None:
+            self._engine.dispose()
 
     def _check_schema(self, create: bool, lock_path: Path | None) -> None:
         """Refuse what must not be opened; create or upgrade the schema when allowed."""
+        if self.lite is not None:
+            if self.lite.revision() == SCHEMA_HEAD:
+                return  # the usual open: one row read, nothing else to check
+            # One connection at a time: SQLite keeps a closed file's descriptor
+            # open while other connections of the process lock the file.
+            self.lite.close_all()
         url, root = self.url, self.root
-        revision = check_schema(self.engine)
+        revision = schema.check_schema(self.engine)
         if revision is None:
             # An empty database next to object files is a lost database, not
             # a new store: a fresh schema would make every object an orphan.
             # Read again after counting: a process creating the store commits
             # its schema before it publishes any object.
-            if object_count(root) and check_schema(self.engine) is None:
-                raise _database_lost(display_url(url), "holds no provstore schema", root)
+            if object_count(root) and schema.check_schema(self.engine) is None:
+                raise _database_lost(eng.display_url(url), "holds no provstore schema", root)
             if not create:
                 raise StoreNotFoundError(
-                    f"no provstore store at {root}: its database {display_url(url)} is empty; "
+                    f"no provstore store at {root}: its database {eng.display_url(url)} is empty; "
                     "provstore.open() in Python creates a store")
-        if revision == q.SCHEMA_HEAD:
+        if revision == SCHEMA_HEAD:
             return
         if self.readonly:
             why = self.unwritable or "it was opened with readonly=True"
             raise StoreError(
                 f"the store at {root} has schema version {revision or 'none'} and this "
-                f"provstore reads {q.SCHEMA_HEAD}, but {why}, so it cannot be "
+                f"provstore reads {SCHEMA_HEAD}, but {why}, so it cannot be "
                 "upgraded; open it once with write access, or use the provstore that wrote it")
         # An SQLite store belongs to its directory and is upgraded on
         # open; a server database is shared by every worker of a lab, so
         # changing its schema is an explicit step. Creating the schema in
         # an empty database changes nothing anyone relies on.
-        if revision is not None and not is_sqlite(url):
+        if revision is not None and self.lite is None:
             raise StoreVersionError(
-                f"the database {display_url(url)} has schema version {revision} and this "
-                f"provstore writes {q.SCHEMA_HEAD}; back it up, stop its workers, then run "
+                f"the database {eng.display_url(url)} has schema version {revision} and this "
+                f"provstore writes {SCHEMA_HEAD}; back it up, stop its workers, then run "
                 f"`provstore --store {root} upgrade`"
             )
-        upgrade(self.engine, lock_path=lock_path)
+        schema.upgrade(self.engine, lock_path=lock_path)
 
     # ------------------------------------------------------------------ scopes
     def query(self, statement: Executable,
@@ -171,9 +221,9 @@ class Store:
         """
         try:
             return self.readers.get().execute(statement, params or {})
-        except DBAPIError as exc:
+        except sa_exc.DBAPIError as exc:
             self.readers.discard()
-            lost = lost_connection(self.engine, exc)
+            lost = eng.lost_connection(self.engine, exc)
             if lost is not None:  # a server restart: the next read reconnects
                 raise lost from exc
             raise
@@ -189,16 +239,16 @@ class Store:
             return cached
         found = self.query(q.SCOPE_BY_PATH, {"path": path}).scalar()
         if found is None and create:
-            found = retrying(lambda: self._create_scopes(segments))
+            found = eng.retrying(lambda: self._create_scopes(segments))
         if found is not None:
             self._scopes[path] = found
         return found
 
     def _create_scopes(self, segments: tuple[Segment, ...]) -> int:
-        with write(self.engine) as conn:
+        with eng.write(self.engine) as conn:
             # One creator at a time (PostgreSQL): two workers making "a/b"
             # and "a/c" would otherwise both insert "a". Rare: paths are cached.
-            lock_for_write(conn, "scopes")
+            eng.lock_for_write(conn, "scopes")
             parent: int | None = None
             for depth in range(len(segments) + 1):
                 path = format_path(segments[:depth])
@@ -218,7 +268,7 @@ class Store:
         for path, sid in self._scopes.items():
             if sid == scope_id:
                 return path
-        found = self.query(select(q.scopes.c.path).where(q.scopes.c.id == scope_id)).scalar()
+        found = self.query(sa.select(q.scopes.c.path).where(q.scopes.c.id == scope_id)).scalar()
         if found is None:
             raise StoreError(f"scope id {scope_id} does not exist")
         return str(found)
@@ -239,7 +289,9 @@ class Store:
         if row is not None:
             return row
         if conn is None:
-            found = self.query(q.ARTIFACT_BY_ID, {"id": artifact_id}).one()
+            rows = self._lite_read(lite_sql.ARTIFACT_BY_ID, {"id": artifact_id})
+            found = (rows.rows[0] if rows is not None and len(rows.rows) == 1 else
+                     self.query(q.ARTIFACT_BY_ID, {"id": artifact_id}).one())
         else:
             found = conn.execute(q.ARTIFACT_BY_ID, {"id": artifact_id}).one()
         row = ArtifactRow(
@@ -290,13 +342,13 @@ class Store:
 
         def transaction() -> tuple[int, int | None]:
             now = utcnow()
-            with write(self.engine) as conn:
+            with eng.write(self.engine) as conn:
                 # Binds of one name take turns (PostgreSQL): the current
                 # version and the next number below see every earlier bind.
-                lock_for_write(conn, f"binding {scope_id} {name}")
+                eng.lock_for_write(conn, f"binding {scope_id} {name}")
                 artifact_id = None
                 if prepared is not None:
-                    artifact_id, _ = commit_artifact(as_tx(conn), prepared, run_id, now)
+                    artifact_id, _ = commit_artifact(driver.as_tx(conn), prepared, run_id, now)
                 version = conn.execute(q.INSERT_BINDING, {
                     "p_scope_id": scope_id, "p_name": name, "p_artifact_id": artifact_id,
                     "p_created": now, "p_run_id": run_id, "p_origin": origin,
@@ -308,8 +360,8 @@ class Store:
             return int(version), artifact_id
 
         try:
-            return retrying(transaction)
-        except IntegrityError:
+            return eng.retrying(transaction)
+        except sa_exc.IntegrityError:
             if prepared is not None and self.collected([prepared]):
                 raise ArtifactCollectedError(prepared.digest) from None
             raise
@@ -327,7 +379,7 @@ class Store:
         gone = any(self.query(q.ARTIFACT_BY_ID, {"id": i}).first() is None for i in ids)
         # gc --keep-calls may also have deleted the call a loaded value came from.
         calls = {p.call_id for p in prepared if p.call_id is not None}
-        gone = gone or any(self.query(select(q.calls.c.id).where(q.calls.c.id == c)).first()
+        gone = gone or any(self.query(sa.select(q.calls.c.id).where(q.calls.c.id == c)).first()
                            is None for c in calls)
         if gone:
             self.identity.clear()
@@ -477,14 +529,14 @@ class Store:
         """Return the paths of the scopes below *scope_id*."""
         if scope_id is None:
             return []
-        base = self.query(select(q.scopes.c.path).where(q.scopes.c.id == scope_id)).scalar()
+        base = self.query(sa.select(q.scopes.c.path).where(q.scopes.c.id == scope_id)).scalar()
         if recursive:
             prefix = f"{base}/" if base else ""
-            stmt = select(q.scopes.c.path).where(
+            stmt = sa.select(q.scopes.c.path).where(
                 q.scopes.c.path.startswith(prefix, autoescape=True), q.scopes.c.id != scope_id
             )
         else:
-            stmt = select(q.scopes.c.path).where(q.scopes.c.parent_id == scope_id)
+            stmt = sa.select(q.scopes.c.path).where(q.scopes.c.parent_id == scope_id)
         return sorted(self.query(stmt).scalars())
 
     def current_below(self, scope_id: int, path: str, *, recursive: bool, name: str | None,
@@ -505,14 +557,22 @@ class Store:
         }).all())
 
     # ------------------------------------------------------------------ calls
+    def _lite_read(self, stmt: Statement, params: dict[str, Any]) -> Rows | None:
+        """Read *stmt* without SQLAlchemy on SQLite; None: read it through :meth:`query`."""
+        return None if self.lite is None else self.lite.read(stmt, params)
+
     def finished_call(self, key: str) -> int | None:
         """Return the newest finished call with *key*, if any."""
-        found = self.query(q.FINISHED_CALL, {"key": key}).scalar()
+        rows = self._lite_read(lite_sql.FINISHED_CALL, {"key": key})
+        found = (rows.scalar() if rows is not None else
+                 self.query(q.FINISHED_CALL, {"key": key}).scalar())
         return None if found is None else int(found)
 
     def call_outputs(self, call_id: int) -> list[tuple[str, int, int]]:
         """Return ``(output_kind, position, artifact_id)`` rows of a call, in order."""
-        rows = self.query(q.CALL_OUTPUTS, {"call_id": call_id}).all()
+        found = self._lite_read(lite_sql.CALL_OUTPUTS, {"call_id": call_id})
+        rows = found.rows if found is not None else self.query(
+            q.CALL_OUTPUTS, {"call_id": call_id}).all()
         return [(r.output_kind, r.position, r.artifact_id) for r in rows]
 
     def load_output(self, artifact_id: int, call_id: int, *, computed: Any = None) -> Any:
@@ -536,10 +596,10 @@ class Store:
         still tells how each result was made, and ``gc`` may reclaim them.
         """
         def transaction() -> int:
-            with write(self.engine) as conn:
+            with eng.write(self.engine) as conn:
                 return int(conn.execute(q.FORGET_CALLS, {"p_function": function}).rowcount)
 
-        forgotten = retrying(transaction)
+        forgotten = eng.retrying(transaction)
         self.memo.forget_keys()
         return forgotten
 
@@ -568,7 +628,7 @@ class Store:
         This process may remember a call (and its outputs) that a ``gc``
         elsewhere has dropped since; its hit then finds no rows or files.
         """
-        if self.query(select(q.calls.c.id).where(q.calls.c.id == call_id)).first() is not None:
+        if self.query(sa.select(q.calls.c.id).where(q.calls.c.id == call_id)).first() is not None:
             return False
         self.memo = CallMemo()
         self.identity.clear()
@@ -579,27 +639,27 @@ class Store:
         self.check_writable(f"pin {name!r}")
 
         def transaction() -> bool:
-            with write(self.engine) as conn:
-                lock_for_write(conn, f"pin {scope_id} {name}")  # gc waits: it reads pins
+            with eng.write(self.engine) as conn:
+                eng.lock_for_write(conn, f"pin {scope_id} {name}")  # gc waits: it reads pins
                 if conn.execute(q.PIN_BY_NAME, {"scope_id": scope_id, "name": name}).first():
                     return False
                 conn.execute(q.INSERT_PIN, {"scope_id": scope_id, "name": name,
                                             "created": utcnow()})
                 return True
 
-        return retrying(transaction)
+        return eng.retrying(transaction)
 
     def unpin(self, scope_id: int, name: str) -> bool:
         """Unpin (scope, name); return False when it was not pinned."""
         self.check_writable(f"unpin {name!r}")
 
         def transaction() -> bool:
-            with write(self.engine) as conn:
-                lock_for_write(conn, f"pin {scope_id} {name}")
+            with eng.write(self.engine) as conn:
+                eng.lock_for_write(conn, f"pin {scope_id} {name}")
                 params = {"scope_id": scope_id, "name": name}
                 return bool(conn.execute(q.DELETE_PIN, params).rowcount)
 
-        return retrying(transaction)
+        return eng.retrying(transaction)
 
     def pins(self) -> list[Any]:
         """Every pin: ``path`` (of its scope), ``name``, ``created``."""
@@ -611,8 +671,7 @@ class Store:
         The store stays usable: its next read or write connects again.
         """
         self.reuse.flush()
-        self.readers.close_all()
-        self.engine.dispose()
+        self._dispose()
 
 
 def object_count(root: Path, *, at_least: int = 1) -> int:
@@ -677,9 +736,6 @@ def _database_lost(where: str, what: str, root: Path) -> DatabaseDamagedError:
         "there; see docs/guarantees.md, 'Damaged or missing database'.")
 
 
-_INSERT_FILE = insert(q.files)  # prebuilt: the SQLite driver compiles each statement once
-
-
 def commit_artifact(tx: Tx, p: Prepared, run_id: int, now: dt.datetime) -> tuple[int, bool]:
     """Insert *p*'s artifact row (and file record) in the open write transaction *tx*.
 
@@ -710,5 +766,5 @@ def commit_artifact(tx: Tx, p: Prepared, run_id: int, now: dt.datetime) -> tuple
                 inserted = False
                 artifact_id = tx.execute(q.ARTIFACT_BY_DIGEST, row).scalar_one()
     if p.file_record is not None:
-        tx.execute(_INSERT_FILE, {**p.file_record, "artifact_id": artifact_id, "seen": now})
+        tx.execute(q.INSERT_FILE, {**p.file_record, "artifact_id": artifact_id, "seen": now})
     return int(artifact_id), inserted

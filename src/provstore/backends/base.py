@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -156,6 +155,10 @@ class BackendRegistry:
         if self._discovered:
             return
         self._discovered = True
+        # Imported here: importlib.metadata costs ~20 ms of every start-up,
+        # and only a format that is not built in needs the plugins' list.
+        from importlib.metadata import entry_points
+
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             self._specs.setdefault(ep.name, ep.value)
 

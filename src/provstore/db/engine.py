@@ -75,8 +75,10 @@ from ..errors import (
 )
 from ..fstype import sqlite_file
 from ..objects import storage_error
+from .lite import BUSY_TIMEOUT_MS, configure, readonly_reason, readonly_uri
 
 __all__ = [
+    "BUSY_TIMEOUT_MS",
     "WRITE_OPTION",
     "Readers",
     "damaged",
@@ -97,7 +99,6 @@ __all__ = [
     "write",
 ]
 
-BUSY_TIMEOUT_MS = 60_000
 WRITE_OPTION = "provstore_write"
 T = TypeVar("T")
 
@@ -125,7 +126,7 @@ def make_engine(url: str, *, durability: str = "normal", readonly: bool = False)
     synchronous = "FULL" if durability == "full" else "NORMAL"
     options: dict[str, Any] = {}
     if readonly and path is not None:
-        uri = _readonly_uri(path)
+        uri = readonly_uri(path)
         options["creator"] = lambda: sqlite3.connect(uri, uri=True, check_same_thread=False)
     engine = create_engine(
         url, pool_size=4, max_overflow=64, connect_args={"check_same_thread": False}, **options
@@ -139,7 +140,7 @@ def make_engine(url: str, *, durability: str = "normal", readonly: bool = False)
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
         try:
-            mode = _configure(dbapi_conn, synchronous, readonly)
+            mode = configure(dbapi_conn, synchronous, readonly)
         except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
             # Raised in this hook, a driver error would bypass handle_error.
             dbapi_conn.close()
@@ -164,64 +165,6 @@ def make_engine(url: str, *, durability: str = "normal", readonly: bool = False)
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
-
-
-def _configure(dbapi_conn: Any, synchronous: str, readonly: bool) -> Any:
-    cur = dbapi_conn.cursor()
-    cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    if readonly:
-        # query_only: even a bug cannot write through this connection.
-        cur.execute("PRAGMA query_only=ON")
-        mode = None
-    else:
-        cur.execute("PRAGMA foreign_keys=ON")
-        mode = _set_wal(cur)
-        cur.execute(f"PRAGMA synchronous={synchronous}")
-    cur.close()
-    return mode
-
-
-def _set_wal(cur: sqlite3.Cursor) -> Any:
-    # Two processes turning one new file to WAL at once both hold a shared
-    # lock and want an exclusive one; SQLite answers one "database is locked"
-    # at once instead of waiting its busy timeout (28 of 400 connections in
-    # tests/test_db.py). Once the other's switch is done, WAL is a no-op.
-    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-    delay = 0.001
-    while True:
-        try:
-            return cur.execute("PRAGMA journal_mode=WAL").fetchone()
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc).lower() or time.monotonic() > deadline:
-                raise
-        time.sleep(delay * (0.5 + random.random()))
-        delay = min(delay * 2, 0.1)
-
-
-def _readonly_uri(path: Path) -> str:
-    # While a writer is connected (or one was killed) its -wal file holds
-    # commits not yet in the main file: mode=ro reads them through the -shm
-    # index that SQLite left. Without a -wal everything is in the main file,
-    # and immutable=1 reads it with no -shm file and no locks, which is the
-    # only way into a WAL database in a directory this user cannot write.
-    # (A writer that starts later is not seen by such a reader.)
-    wal = Path(f"{path}-wal")
-    mode = "mode=ro" if wal.exists() else "mode=ro&immutable=1"
-    return f"file:{quote(str(path))}?{mode}"
-
-
-def readonly_reason(path: Path) -> str | None:
-    """Why this process cannot write the SQLite file *path*, or None when it can.
-
-    A missing file is writable when its directory is (it is being created).
-    """
-    directory = path.parent
-    if path.exists() and not os.access(path, os.W_OK):
-        return f"{path} is not writable by this user"
-    if directory.exists() and not os.access(directory, os.W_OK):
-        # SQLite creates its -wal and -shm files there.
-        return f"its directory {directory} is not writable by this user"
-    return None
 
 
 def is_readonly(engine: Engine) -> bool:

@@ -73,6 +73,7 @@ ARTIFACT_BY_DIGEST = select(artifacts.c.id, artifacts.c.suffix, artifacts.c.inli
 )
 
 INSERT_ARTIFACT = insert(artifacts).returning(artifacts.c.id)
+INSERT_FILE = insert(files)
 
 
 @functools.cache
@@ -360,6 +361,23 @@ TOUCH_CALLS = (
 )
 CALL_DURATIONS = select(calls.c.id, calls.c.duration).where(
     calls.c.id.in_(bindparam("ids", expanding=True)))
+# One call at a time, for the run record written without SQLAlchemy (db/lite.py).
+TOUCH_CALL = update(calls).where(calls.c.id == bindparam("p_id")).values(last_hit=bindparam("now"))
+CALL_DURATION = select(calls.c.duration).where(calls.c.id == bindparam("id"))
+INSERT_RUN = insert(runs).returning(runs.c.id)
+CLOSE_RUN = (
+    update(runs)
+    .where(runs.c.id == bindparam("run_id"))
+    .values(status=bindparam("p_status"), ended=bindparam("p_ended"),
+            heartbeat=bindparam("p_heartbeat"), hits=bindparam("hits"),
+            misses=bindparam("misses"), saved_seconds=bindparam("saved_seconds"))
+)
+BEAT_RUN = (
+    update(runs)
+    .where(runs.c.id == bindparam("run_id"))
+    .values(heartbeat=bindparam("p_heartbeat"), hits=bindparam("hits"),
+            misses=bindparam("misses"), saved_seconds=bindparam("saved_seconds"))
+)
 RUN_COUNTS = (
     update(runs)
     .where(runs.c.id == bindparam("run_id"))

@@ -24,6 +24,7 @@ from .. import faults
 from ..errors import DatabaseDamagedError, StoreError, StoreVersionError
 from ..fstype import sqlite_file
 from .engine import WRITE_OPTION, damaged, integrity_check
+from .lite import SCHEMA_HEAD, SCHEMA_REVISIONS
 
 __all__ = [
     "SCHEMA_HEAD",
@@ -33,10 +34,6 @@ __all__ = [
     "upgrade",
 ]
 
-# Alembic revisions in order; the last is what this code writes. Keeping them
-# here lets `open()` compare versions without importing Alembic (~100 ms).
-SCHEMA_REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004")
-SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
 
 
 def migrations_dir() -> Path:
