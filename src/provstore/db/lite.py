@@ -345,7 +345,21 @@ class Lite:
 
 
 class _Connection(sqlite3.Connection):
-    """A ``sqlite3.Connection`` that a :class:`weakref.WeakSet` can hold."""
+    """A ``sqlite3.Connection`` that a :class:`weakref.WeakSet` can hold, closed when dropped.
+
+    A thread's connection goes with the thread; closing it explicitly spares
+    Python 3.13's ResourceWarning. Never in a forked child, which must not
+    close what its parent opened (see :meth:`Lite.forget`).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.opened_by = os.getpid()  # first: __del__ runs even when opening fails
+        super().__init__(*args, **kwargs)
+
+    def __del__(self) -> None:
+        if getattr(self, "opened_by", None) == os.getpid():
+            with contextlib.suppress(sqlite3.Error):
+                self.close()
 
 
 _LITES: weakref.WeakSet[Lite] = weakref.WeakSet()
