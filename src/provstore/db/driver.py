@@ -145,7 +145,7 @@ class _Compiled:
         for bind, name in compiled.bind_names.items():
             if bind.expanding:
                 raise TypeError(f"expanding parameter {name!r} is not supported here")
-            processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            processor = _bind_processor(bind.type, dialect)
             if name not in keys:
                 if bind.required:
                     raise KeyError(f"statement parameter {name!r} was not given")
@@ -174,10 +174,31 @@ class _Compiled:
                 out[name] = processor(value)
         return out
 
-    def row(self, raw: tuple[Any, ...]) -> Any:
+    def row(self, raw: Sequence[Any]) -> Any:
         if self.converts:
-            raw = tuple(v if p is None or v is None else p(v) for p, v in zip(self.results, raw))
+            raw = [v if p is None or v is None else p(v) for p, v in zip(self.results, raw)]
         return self.make(raw)
+
+
+# SQLAlchemy's own text for an SQLite DateTime: what isoformat() writes too.
+_SQLITE_DATETIME = ("%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:%(second)02d"
+                    ".%(microsecond)06d")
+
+
+def _bind_processor(type_: Any, dialect: Dialect) -> Callable[[Any], Any] | None:
+    impl = type_.dialect_impl(dialect)
+    processor: Callable[[Any], Any] | None = impl.bind_processor(dialect)
+    if processor is None or getattr(impl, "_storage_format", None) != _SQLITE_DATETIME:
+        return processor
+    general = processor
+
+    def timestamp(value: Any) -> Any:
+        # The same text, at half the cost: a miss writes four timestamps.
+        if type(value) is dt.datetime and value.tzinfo is None:
+            return value.isoformat(" ", "microseconds")
+        return general(value)
+
+    return timestamp
 
 
 _COMPILED: dict[tuple[int, tuple[str, ...]], _Compiled] = {}
@@ -214,18 +235,17 @@ class _Driver:
 
     def execute(self, stmt: Executable, params: Params) -> Rows:
         cur = self.cursor
-        if type(params) is list:
+        if isinstance(params, list):
             if not params:
-                return Rows([], 0)
+                return Rows((), 0)
             c = self._compiled(stmt, tuple(params[0]))
             cur.executemany(c.sql, [c.bound(p) for p in params])
-            return Rows([], cur.rowcount)
-        c = self._compiled(stmt, tuple(cast(dict[str, Any], params)))
-        cur.execute(c.sql, c.bound(cast(dict[str, Any], params)))
+            return Rows((), cur.rowcount)
+        c = self._compiled(stmt, tuple(params))
+        cur.execute(c.sql, c.bound(params))
         if not c.returns:
-            return Rows([], cur.rowcount)
-        raw = cur.fetchall()
-        return Rows(raw, cur.rowcount, c)
+            return Rows((), cur.rowcount)
+        return Rows(cur.fetchall(), cur.rowcount, c)
 
     def now(self) -> dt.datetime:
         return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
