@@ -155,6 +155,7 @@ class _Compiled:
             elif processor is not None:
                 processors[name] = processor
         self.processors = tuple(processors.items())
+        self.plain = not self.constants and not self.processors  # bound: the caller's dict
         columns = list(getattr(stmt, "selected_columns", None) or
                        getattr(stmt, "exported_columns", None) or [])
         self.returns = bool(columns)
@@ -165,8 +166,8 @@ class _Compiled:
         self.converts = any(p is not None for p in self.results)
 
     def bound(self, values: dict[str, Any]) -> dict[str, Any]:
-        if not self.processors:
-            return {**self.constants, **values} if self.constants else values
+        if self.plain:
+            return values
         out = {**self.constants, **values}
         for name, processor in self.processors:
             value = out[name]
@@ -238,14 +239,16 @@ class _Driver:
         if isinstance(params, list):
             if not params:
                 return Rows((), 0)
-            c = self._compiled(stmt, tuple(params[0]))
-            cur.executemany(c.sql, [c.bound(p) for p in params])
+            many = self._compiled(stmt, tuple(params[0]))
+            cur.executemany(many.sql, params if many.plain else [many.bound(p) for p in params])
             return Rows((), cur.rowcount)
-        c = self._compiled(stmt, tuple(params))
-        cur.execute(c.sql, c.bound(params))
-        if not c.returns:
-            return Rows((), cur.rowcount)
-        return Rows(cur.fetchall(), cur.rowcount, c)
+        c = _COMPILED.get((id(stmt), tuple(params)))  # _compiled(), inline: once per statement
+        if c is None or c.stmt is not stmt:
+            c = self._compiled(stmt, tuple(params))
+        cur.execute(c.sql, params if c.plain else c.bound(params))
+        if c.returns:
+            return Rows(cur.fetchall(), cur.rowcount, c)
+        return Rows((), cur.rowcount)
 
     def now(self) -> dt.datetime:
         return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
