@@ -120,9 +120,18 @@ def _prepare_number(store: Store, value: Any) -> Prepared | None:
     digest = hashing.digest(value)
     prepared = Prepared(digest=digest, backend=backend, summary=backend.describe(value),
                         call_id=store.identity.recent_call(digest))
-    prepared.inline, prepared.meta = backend.encode(value)
+    if type(value) is float:
+        prepared.inline, prepared.meta = backend.encode(value)
+    else:
+        # JSON's text of an int is its repr (of True, False, None: their
+        # literals): what the backend's encode writes, without an encoder.
+        prepared.inline = repr(value).encode() if type(value) is int else _LITERALS[value]
+        prepared.meta = {}
     prepared.size = len(prepared.inline)
     return prepared
+
+
+_LITERALS = {True: b"true", False: b"false", None: b"null"}
 
 
 def _elements_present(store: Store, artifact_id: int) -> bool:

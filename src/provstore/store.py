@@ -693,9 +693,8 @@ def commit_artifact(tx: Tx, p: Prepared, run_id: int, now: dt.datetime) -> tuple
         row = {
             "algorithm": hashing.ALGORITHM, "digest": p.digest, "format": p.backend.name,
             "suffix": p.suffix, "size": p.size, "file_digest": p.file_digest,
-            "inline": p.inline, "meta": json.dumps(p.meta) if p.meta else "{}",
-            "summary": json.dumps(p.summary) if p.summary else "{}", "created": now,
-            "run_id": run_id,
+            "inline": p.inline, "meta": p.meta_text(), "summary": p.summary_text(),
+            "created": now, "run_id": run_id,
         }
         # Inserted unless the content is stored already (then no row comes
         # back): one statement for new content, which a commit mostly holds.

@@ -163,7 +163,8 @@ class _Compiled:
         self.make: Callable[[Any], Any] = row._make
         self.results = [c.type.dialect_impl(dialect).result_processor(dialect, None)
                         for c in columns]
-        self.converts = any(p is not None for p in self.results)
+        # Only the columns that need it (timestamps, booleans) are converted.
+        self.converts = [(i, p) for i, p in enumerate(self.results) if p is not None]
 
     def bound(self, values: dict[str, Any]) -> dict[str, Any]:
         if self.plain:
@@ -177,7 +178,10 @@ class _Compiled:
 
     def row(self, raw: Sequence[Any]) -> Any:
         if self.converts:
-            raw = [v if p is None or v is None else p(v) for p, v in zip(self.results, raw)]
+            raw = list(raw)
+            for i, convert in self.converts:
+                if raw[i] is not None:
+                    raw[i] = convert(raw[i])
         return self.make(raw)
 
 
