@@ -111,6 +111,7 @@ class Computation:
                  key: str, cv: CodeVersion, inputs: dict[str, Input]) -> None:
         self.func, self.identity, self.defined_at = func, identity, defined_at
         self.store, self.key, self.cv, self.inputs = store, key, cv, inputs
+        self.ttl = lease_seconds()  # read once: the claim and its keeper use the same
 
     def run(self, args: tuple[Any, ...], kwargs: dict[str, Any], recompute: bool) -> Any:
         c = self._claim(recompute)
@@ -173,7 +174,7 @@ class Computation:
                 "host": _HOST, "pid": os.getpid()}
 
     def _try_claim(self, row: dict[str, Any], recompute: bool) -> Claim | int | None:
-        return claim(self.store.engine, self.key, row, ttl=lease_seconds(), force=recompute,
+        return claim(self.store.engine, self.key, row, ttl=self.ttl, force=recompute,
                      readers=self.store.readers)
 
     def _claim(self, recompute: bool) -> Claim | int:
@@ -255,7 +256,7 @@ class _Holding:
         comp = self.computation
         self._token = COMPUTING.set(COMPUTING.get() | {comp.key})
         try:
-            self._keeper = LeaseKeeper(comp.store.engine, self.claim, lease_seconds())
+            self._keeper = LeaseKeeper(comp.store.engine, self.claim, comp.ttl)
             self._keeper.__enter__()
         except BaseException as exc:
             self._end(exc)

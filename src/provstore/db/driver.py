@@ -320,7 +320,7 @@ def _on_driver(engine: Engine, body: Callable[[Tx], T], readers: Readers | None)
     try:
         held = readers.get().connection if readers is not None else pooled
         assert held is not None
-        conn = held.driver_connection
+        conn = held.dbapi_connection  # pysqlite's is the driver's: one attribute, no properties
         assert isinstance(conn, sqlite3.Connection)
         cursor = conn.cursor()
         try:
