@@ -58,6 +58,13 @@ class Rows:
         self.rowcount = rowcount
         self._compiled = compiled
 
+    @property
+    def rows(self) -> list[Any]:
+        """Every row (columns by attribute)."""
+        if self._compiled is None:
+            return list(self._raw)
+        return [self._compiled.row(r) for r in self._raw]
+
     def first(self) -> Any:
         """The first row (columns by attribute), or None."""
         if not self._raw:
@@ -138,6 +145,9 @@ class _Compiled:
     def __init__(self, stmt: Executable, keys: tuple[str, ...], dialect: Dialect) -> None:
         compiled = cast(SQLCompiler, cast(ClauseElement, stmt).compile(
             dialect=_named(dialect), column_keys=list(keys)))
+        if compiled.escaped_bind_names:  # the SQL would name them otherwise than the caller
+            raise TypeError(f"parameter names {sorted(compiled.escaped_bind_names)} need "
+                            "escaping, which is not supported here")
         self.stmt = stmt  # held, so that the id in the cache key stays its own
         self.sql = compiled.string
         self.constants: dict[str, Any] = {}
