@@ -16,8 +16,7 @@ import os
 import socket
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -115,6 +114,7 @@ class Computation:
                  key: str, cv: CodeVersion, inputs: dict[str, Input]) -> None:
         self.func, self.identity, self.defined_at = func, identity, defined_at
         self.store, self.key, self.cv, self.inputs = store, key, cv, inputs
+        self.ttl = lease_seconds()  # read once: the claim and its keeper use the same
 
     def run(self, args: tuple[Any, ...], kwargs: dict[str, Any], recompute: bool) -> Any:
         c = self._claim(recompute)
@@ -144,20 +144,9 @@ class Computation:
                                                         time.perf_counter() - started)
         return self._loaded(holding, value)
 
-    @contextmanager
-    def _holding(self, c: Claim) -> Iterator[_Holding]:
+    def _holding(self, c: Claim) -> _Holding:
         """Keep the lease while computing and storing; fail the call on any error."""
-        holding = _Holding(c)
-        token = COMPUTING.set(COMPUTING.get() | {self.key})
-        try:
-            with LeaseKeeper(self.store.engine, c, lease_seconds()):
-                yield holding
-        except BaseException as exc:
-            if holding.committed is None:
-                self._abandon(holding.claim, exc)
-            raise
-        finally:
-            COMPUTING.reset(token)
+        return _Holding(self, c)
 
     def _loaded(self, holding: _Holding, value: Any) -> Any:
         assert holding.committed is not None
@@ -188,7 +177,7 @@ class Computation:
                 "host": _HOST, "pid": os.getpid()}
 
     def _try_claim(self, row: dict[str, Any], recompute: bool) -> Claim | int | None:
-        return claim(self.store.engine, self.key, row, ttl=lease_seconds(), force=recompute,
+        return claim(self.store.engine, self.key, row, ttl=self.ttl, force=recompute,
                      readers=self.store.readers)
 
     def _claim(self, recompute: bool) -> Claim | int:
@@ -213,7 +202,8 @@ class Computation:
         text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         leases.fail(self.store.engine, c, text)
 
-    def _abandon(self, c: Claim, exc: BaseException) -> None:
+    def abandon(self, c: Claim, exc: BaseException) -> None:
+        """Fail the call of *c* after *exc*, unless it committed already."""
         # Publishing the outputs or committing them failed (a full disk): drop
         # the lease now, or every retry waits for it to expire. Unless the
         # error came after the commit itself, which then stands.
@@ -253,14 +243,48 @@ class Computation:
 
 
 class _Holding:
-    """The claim a computation holds, and the call it committed, once it has."""
+    """The claim a computation holds, and the call it committed, once it has.
 
-    __slots__ = ("claim", "committed", "ours")
+    Entered, it keeps the lease renewed and marks the key as computed by
+    this thread or task; an error before the commit fails the call and
+    releases the lease. (A class rather than a generator context manager:
+    a tiny call's miss pays for every call it makes.)
+    """
 
-    def __init__(self, claim: Claim) -> None:
+    __slots__ = ("_keeper", "_token", "claim", "committed", "computation", "ours")
+
+    def __init__(self, computation: Computation, claim: Claim) -> None:
+        self.computation = computation
         self.claim = claim
         self.committed: int | None = None
         self.ours = True  # False when another attempt's call finished the key instead
+
+    def __enter__(self) -> _Holding:
+        comp = self.computation
+        self._token = COMPUTING.set(COMPUTING.get() | {comp.key})
+        try:
+            self._keeper = LeaseKeeper(comp.store.engine, self.claim, comp.ttl)
+            self._keeper.__enter__()
+        except BaseException as exc:
+            self._end(exc)
+            raise
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: object) -> None:
+        try:
+            self._keeper.__exit__(kind, exc, tb)
+        except BaseException as error:
+            self._end(error)
+            raise
+        self._end(exc)
+
+    def _end(self, exc: BaseException | None) -> None:
+        try:
+            if exc is not None and self.committed is None:
+                self.computation.abandon(self.claim, exc)
+        finally:
+            COMPUTING.reset(self._token)
 
 
 def load_outputs(store: Store, call_id: int, computed: Any = None) -> Any:

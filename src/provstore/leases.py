@@ -2,7 +2,7 @@
 
 Compute leases make at most one process compute a call key at a time.
 
-A lease is a row keyed by the call key, holding its owner (one uuid per
+A lease is a row keyed by the call key, holding its owner (a random id per
 attempt), a fence number and an expiry. Claiming is one ``BEGIN IMMEDIATE``
 transaction: if a finished call exists the caller loads it; if the lease is
 free it is taken; if it expired (its owner died or stalled), or its owner is
@@ -28,7 +28,6 @@ import datetime as dt
 import json
 import os
 import socket
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +74,10 @@ class Claim:
     fence: int
     call_id: int
     takeover_of: str | None
+    # The call's code version was recorded when the claim was taken, in the
+    # transaction that inserted the call's row; gc keeps a code version that
+    # a call row uses, so the commit need not look for it again.
+    code_recorded: bool = False
 
 
 def finished_call(store: Store, key: str) -> int | None:
@@ -97,14 +100,15 @@ def claim(engine: Engine, key: str, call_row: dict[str, Any], *,
 
     def attempt(tx: Tx) -> Claim | int | None:
         tx.lock(f"lease {key}")  # PostgreSQL: one claim or commit of a key at a time
-        done = None if force else tx.execute(q.FINISHED_CALL, {"key": key}).scalar()
-        if done is not None:
-            return int(done)
-        lease = tx.execute(q.LEASE_BY_KEY, {"key": key}).first()
+        state = tx.execute(q.CLAIM_STATE, {
+            "key": key, "code_digest": call_row["code_digest"]}).first()
+        if state.done is not None and not force:
+            return int(state.done)
+        lease = None if state.key is None else state
         now = tx.now()
         if lease is not None and lease.expires > now and not _owner_dead(lease):
             return None
-        return _take(tx, key, lease, call_row, now, ttl)
+        return _take(tx, key, lease, call_row, now, ttl, code_recorded=bool(state.code_known))
 
     try:
         return driver.transaction(engine, attempt, readers)
@@ -134,27 +138,30 @@ def _owner_dead(lease: Any) -> bool:
 
 
 def _take(tx: Tx, key: str, lease: Any, call_row: dict[str, Any], now: dt.datetime,
-          ttl: float) -> Claim:
-    owner = uuid.uuid4().hex
+          ttl: float, *, code_recorded: bool) -> Claim:
+    owner = os.urandom(16).hex()  # a uuid4's randomness, without building a UUID
     fence = 1 if lease is None else lease.fence + 1
     takeover = None if lease is None else lease.owner
     call_id = tx.execute(q.INSERT_CALL, {
         **call_row, "key": key, "fence": fence, "takeover_of": takeover, "status": "running",
         "started": now,
     }).scalar_one()
-    row = {"p_key": key, "p_owner": owner, "p_fence": fence,
-           "p_expires": now + dt.timedelta(seconds=ttl), "p_host": _HOST, "p_pid": os.getpid(),
-           "p_call_id": call_id}
+    expires, pid = now + dt.timedelta(seconds=ttl), os.getpid()
     if lease is None:
-        tx.execute(q.INSERT_LEASE, {k[2:]: v for k, v in row.items()})
+        tx.execute(q.INSERT_LEASE, {"key": key, "owner": owner, "fence": fence,
+                                    "expires": expires, "host": _HOST, "pid": pid,
+                                    "call_id": call_id})
     else:
         # The previous attempt's lease expired: it crashed, or stalled and
         # will find its fence outdated when it tries to commit.
-        if not tx.execute(q.UPDATE_LEASE, {**row, "p_old_fence": lease.fence}).rowcount:
+        if not tx.execute(q.UPDATE_LEASE, {
+                "p_key": key, "p_owner": owner, "p_fence": fence, "p_expires": expires,
+                "p_host": _HOST, "p_pid": pid, "p_call_id": call_id,
+                "p_old_fence": lease.fence}).rowcount:
             raise _TakenMeanwhile  # rolls back the call row: the other taker computes
         if lease.call_id is not None:
             tx.execute(q.EXPIRE_CALL, {"p_id": lease.call_id, "p_finished": now})
-    return Claim(key, owner, fence, int(call_id), takeover)
+    return Claim(key, owner, fence, int(call_id), takeover, code_recorded)
 
 
 def release(tx: Tx, c: Claim) -> bool:
@@ -244,7 +251,8 @@ def commit(store: Store, c: Claim, prepared: list[Prepared], *, kind: str, durat
         if not release(tx, c):
             tx.execute(q.FINISH_CALL, {**finish, "p_status": "orphaned"})
             return None
-        _record_code(tx, code, now)
+        if not c.code_recorded:
+            _record_code(tx, code, now)
         stored = [commit_artifact(tx, p, run_id, now) for p in prepared]
         if stored:  # a call returning () has none, and is still done
             tx.execute(q.INSERT_CALL_OUTPUT, [
@@ -262,10 +270,20 @@ def commit(store: Store, c: Claim, prepared: list[Prepared], *, kind: str, durat
             store.note_artifact(ArtifactRow(
                 id=artifact_id, digest=p.digest, format=p.backend.name, suffix=p.suffix,
                 size=p.size, file_digest=p.file_digest, inline=p.inline,
-                # as read back from the database: JSON, so tuples are lists
-                meta=json.loads(json.dumps(p.meta or {})),
-                summary=json.loads(json.dumps(p.summary or {}))))
+                meta=_as_read(p.meta), summary=_as_read(p.summary)))
     return [(kind, i, artifact_id) for i, (artifact_id, _) in enumerate(stored)]
+
+
+_FLAT = frozenset({str, int, float, bool, type(None)})
+
+
+def _as_read(value: dict[str, Any] | None) -> dict[str, Any]:
+    """*value* as it reads back from its JSON column (tuples become lists...)."""
+    if not value:
+        return {}
+    if all(type(k) is str and type(v) in _FLAT for k, v in value.items()):
+        return dict(value)  # a flat dict of scalars reads back as it is
+    return dict(json.loads(json.dumps(value)))
 
 
 def _record_code(tx: Tx, code: CodeVersion, now: dt.datetime) -> None:
@@ -297,6 +315,8 @@ def _record_inputs(tx: Tx, call_id: int, inputs: list[InputRecord]) -> None:
                 "algorithm": hashing.ALGORITHM, "digest": i.digest}).scalar()
         rows.append({"call_id": call_id, "name": i.name, "digest": i.digest,
                      "artifact_id": artifact_id, "file_path": i.file_path,
-                     "summary": json.dumps(i.summary)})
+                     # JSON's text of an int is its repr, without an encoder's setup.
+                     "summary": (repr(i.summary) if type(i.summary) is int
+                                 else json.dumps(i.summary))})
     if rows:
         tx.execute(q.INSERT_CALL_INPUT, rows)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
 from .backends.base import Backend
 
-__all__ = ["ArtifactRow", "InputRecord", "Prepared"]
+__all__ = ["ArtifactRow", "InputRecord", "Prepared", "json_text"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,14 @@ class Prepared:
     file_record: dict[str, Any] | None = None
     call_id: int | None = None
 
+    def meta_text(self) -> str:
+        """``meta`` as its JSON column holds it."""
+        return json_text(self.meta)
+
+    def summary_text(self) -> str:
+        """``summary`` as its JSON column holds it."""
+        return json_text(self.summary)
+
 
 @dataclass(frozen=True)
 class InputRecord:
@@ -58,3 +67,25 @@ class InputRecord:
     file_path: str | None
     summary: Any
     stored_file: bool = True
+
+
+_TEXTS: dict[tuple[tuple[str, str], ...], str] = {}
+
+
+def json_text(value: dict[str, Any] | None) -> str:
+    """The JSON text of an artifact's ``meta`` or ``summary`` (``{}`` for None).
+
+    Dicts of strings only (``{"type": "int"}``, the summary of most inline
+    values) are encoded once per process: every miss of a tiny call stores one.
+    """
+    if not value:
+        return "{}"
+    if not all(type(v) is str for v in value.values()):
+        return json.dumps(value)
+    key = tuple(value.items())
+    text = _TEXTS.get(key)
+    if text is None:
+        if len(_TEXTS) >= 1024:
+            _TEXTS.clear()
+        text = _TEXTS[key] = json.dumps(value)
+    return text

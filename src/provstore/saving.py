@@ -28,6 +28,7 @@ import xxhash
 from . import hashing
 from .backends.base import Backend, registry
 from .backends.container import ContainerBackend, Leaf, element_files
+from .backends.json import JsonBackend
 from .errors import (
     BackendError,
     CorruptObjectError,
@@ -66,6 +67,10 @@ def prepare(store: Store, value: Any, *, format: str | None = None,
     """
     if isinstance(value, File):
         return prepare_file(store, value, format, options)
+    if type(value) in _NUMBERS and not format and not options:
+        scalar = _prepare_number(store, value)
+        if scalar is not None:
+            return scalar
     known = None if format or options else store.identity.known(value)
     if known is not None:
         row = store.artifact(known.artifact_id)
@@ -93,6 +98,40 @@ def prepare(store: Store, value: Any, *, format: str | None = None,
                                              for leaf in layout.leaves]}
         _publish(store, prepared, lambda tmp: _write(backend, value, tmp, options))
     return prepared
+
+
+# Exact types: what the JSON backend, first in line, always stores inline.
+_NUMBERS = frozenset({int, float, bool, type(None)})
+_JSON_INT = 1 << 63  # far below the digits beyond which JSON's encoder refuses an int
+
+
+def _prepare_number(store: Store, value: Any) -> Prepared | None:
+    """A number, bool or None, without asking each backend whether it can store it.
+
+    A tracked call's most common small result: the JSON backend takes it
+    (as :meth:`BackendRegistry.choose` would) and keeps it inline; None when
+    that backend was replaced, which then chooses as usual.
+    """
+    if type(value) is int and not -_JSON_INT <= value < _JSON_INT:
+        return None
+    backend = registry.get("json")
+    if type(backend) is not JsonBackend or not backend.auto:
+        return None
+    digest = hashing.digest(value)
+    prepared = Prepared(digest=digest, backend=backend, summary=backend.describe(value),
+                        call_id=store.identity.recent_call(digest))
+    if type(value) is float:
+        prepared.inline, prepared.meta = backend.encode(value)
+    else:
+        # JSON's text of an int is its repr (of True, False, None: their
+        # literals): what the backend's encode writes, without an encoder.
+        prepared.inline = repr(value).encode() if type(value) is int else _LITERALS[value]
+        prepared.meta = {}
+    prepared.size = len(prepared.inline)
+    return prepared
+
+
+_LITERALS = {True: b"true", False: b"false", None: b"null"}
 
 
 def _elements_present(store: Store, artifact_id: int) -> bool:

@@ -744,27 +744,22 @@ def commit_artifact(tx: Tx, p: Prepared, run_id: int, now: dt.datetime) -> tuple
     whether this inserted the row.
     """
     artifact_id = p.existing_id
-    if artifact_id is None:
-        artifact_id = tx.execute(q.ARTIFACT_BY_DIGEST, {
-            "algorithm": hashing.ALGORITHM, "digest": p.digest, "format": p.backend.name,
-        }).scalar()
-    inserted = artifact_id is None
+    inserted = False
     if artifact_id is None:
         row = {
             "algorithm": hashing.ALGORITHM, "digest": p.digest, "format": p.backend.name,
             "suffix": p.suffix, "size": p.size, "file_digest": p.file_digest,
-            "inline": p.inline, "meta": json.dumps(p.meta or {}),
-            "summary": json.dumps(p.summary or {}), "created": now, "run_id": run_id,
+            "inline": p.inline, "meta": p.meta_text(), "summary": p.summary_text(),
+            "created": now, "run_id": run_id,
         }
-        if not tx.server:  # one writer at a time: nobody inserts meanwhile
-            artifact_id = tx.execute(q.INSERT_ARTIFACT, row).scalar_one()
-        else:
-            # Two writers storing the same new content under different locks
-            # (names, call keys): the second waits for the first's row and takes it.
-            artifact_id = tx.execute(q.insert_artifact_unless_found(), row).scalar()
-            if artifact_id is None:
-                inserted = False
-                artifact_id = tx.execute(q.ARTIFACT_BY_DIGEST, row).scalar_one()
+        # Inserted unless the content is stored already (then no row comes
+        # back): one statement for new content, which a commit mostly holds.
+        # On PostgreSQL a concurrent writer storing the same new content under
+        # another lock (a name, a call key) is waited for, and its row taken.
+        artifact_id = tx.execute(q.insert_artifact_unless_found(tx.server), row).scalar()
+        inserted = artifact_id is not None
+        if artifact_id is None:
+            artifact_id = tx.execute(q.ARTIFACT_BY_DIGEST, row).scalar_one()
     if p.file_record is not None:
         tx.execute(q.INSERT_FILE, {**p.file_record, "artifact_id": artifact_id, "seen": now})
     return int(artifact_id), inserted

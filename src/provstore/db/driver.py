@@ -37,34 +37,57 @@ from ..errors import ProvstoreError
 from ..objects import storage_error
 from .engine import Readers, db_now, is_readonly, lock_for_write, retrying, write
 
-__all__ = ["Rows", "Tx", "as_tx", "read", "transaction"]
+__all__ = ["Rows", "Tx", "as_tx", "transaction"]
 
 T = TypeVar("T")
 Params = dict[str, Any] | list[dict[str, Any]]
 
 
 class Rows:
-    """The fetched result of one statement: its rows and the count of rows it changed."""
+    """The fetched result of one statement: its rows and the count of rows it changed.
 
-    __slots__ = ("rowcount", "rows")
+    Rows read on the driver are converted (timestamps parsed, columns named)
+    only when asked for: most statements are asked for one value, or none.
+    """
 
-    def __init__(self, rows: Sequence[Any], rowcount: int) -> None:
-        self.rows = rows
+    __slots__ = ("_compiled", "_raw", "rowcount")
+
+    def __init__(self, rows: Sequence[Any], rowcount: int,
+                 compiled: _Compiled | None = None) -> None:
+        self._raw = rows
         self.rowcount = rowcount
+        self._compiled = compiled
+
+    @property
+    def rows(self) -> list[Any]:
+        """Every row (columns by attribute)."""
+        if self._compiled is None:
+            return list(self._raw)
+        return [self._compiled.row(r) for r in self._raw]
 
     def first(self) -> Any:
         """The first row (columns by attribute), or None."""
-        return self.rows[0] if self.rows else None
+        if not self._raw:
+            return None
+        row = self._raw[0]
+        return row if self._compiled is None else self._compiled.row(row)
 
     def scalar(self) -> Any:
         """The first column of the first row, or None."""
-        return self.rows[0][0] if self.rows else None
+        return self._value() if self._raw else None
 
     def scalar_one(self) -> Any:
         """The first column of the only row."""
-        if len(self.rows) != 1:
-            raise ValueError(f"expected one row, got {len(self.rows)}")
-        return self.rows[0][0]
+        if len(self._raw) != 1:
+            raise ValueError(f"expected one row, got {len(self._raw)}")
+        return self._value()
+
+    def _value(self) -> Any:
+        value = self._raw[0][0]
+        if self._compiled is None or value is None:
+            return value
+        convert = self._compiled.results[0]
+        return value if convert is None else convert(value)
 
 
 class Tx(Protocol):
@@ -111,49 +134,103 @@ def as_tx(conn: Connection) -> Tx:
 
 
 class _Compiled:
-    """One statement compiled for SQLite, with its parameters' order and conversions."""
+    """One statement compiled for SQLite with named parameters, and its conversions.
+
+    Named parameters let ``sqlite3`` take each value from the caller's dict
+    itself: only the values that need converting (timestamps) and the
+    statement's own constants (``status = 'done'``, ``LIMIT 1``) are handled
+    here, once per execution rather than once per parameter.
+    """
 
     def __init__(self, stmt: Executable, keys: tuple[str, ...], dialect: Dialect) -> None:
         compiled = cast(SQLCompiler, cast(ClauseElement, stmt).compile(
-            dialect=dialect, column_keys=list(keys)))
-        if compiled.positiontup is None:
-            raise TypeError("expected a positional (qmark) dialect")
+            dialect=_named(dialect), column_keys=list(keys)))
+        if compiled.escaped_bind_names:  # the SQL would name them otherwise than the caller
+            raise TypeError(f"parameter names {sorted(compiled.escaped_bind_names)} need "
+                            "escaping, which is not supported here")
         self.stmt = stmt  # held, so that the id in the cache key stays its own
         self.sql = compiled.string
-        binds = compiled.binds
-        self.params: list[tuple[str, Any, bool, Callable[[Any], Any] | None]] = []
-        for name in compiled.positiontup:
-            bind = binds[name]
+        self.constants: dict[str, Any] = {}
+        processors: dict[str, Callable[[Any], Any]] = {}
+        for bind, name in compiled.bind_names.items():
             if bind.expanding:
                 raise TypeError(f"expanding parameter {name!r} is not supported here")
-            processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
-            self.params.append((name, bind.effective_value, bind.required, processor))
+            processor = _bind_processor(bind.type, dialect)
+            if name not in keys:
+                if bind.required:
+                    raise KeyError(f"statement parameter {name!r} was not given")
+                value = bind.effective_value
+                self.constants[name] = (value if processor is None or value is None
+                                        else processor(value))
+            elif processor is not None:
+                processors[name] = processor
+        self.processors = tuple(processors.items())
+        self.plain = not self.constants and not self.processors  # bound: the caller's dict
         columns = list(getattr(stmt, "selected_columns", None) or
                        getattr(stmt, "exported_columns", None) or [])
-        self.row: Any = namedtuple("Row", [c.key for c in columns], rename=True)  # type: ignore[misc]
+        self.returns = bool(columns)
+        row: Any = namedtuple("Row", [c.key for c in columns], rename=True)  # type: ignore[misc]
+        self.make: Callable[[Any], Any] = row._make
         self.results = [c.type.dialect_impl(dialect).result_processor(dialect, None)
                         for c in columns]
-        self.converts = any(p is not None for p in self.results)
+        # Only the columns that need it (timestamps, booleans) are converted.
+        self.converts = [(i, p) for i, p in enumerate(self.results) if p is not None]
 
-    def bound(self, values: dict[str, Any]) -> tuple[Any, ...]:
-        out = []
-        for name, default, required, processor in self.params:
-            if name in values:
-                value = values[name]
-            elif required:
-                raise KeyError(f"statement parameter {name!r} was not given")
-            else:
-                value = default
-            out.append(value if processor is None or value is None else processor(value))
-        return tuple(out)
+    def bound(self, values: dict[str, Any]) -> dict[str, Any]:
+        if self.plain:
+            return values
+        out = {**self.constants, **values}
+        for name, processor in self.processors:
+            value = out[name]
+            if value is not None:
+                out[name] = processor(value)
+        return out
 
-    def rows(self, raw: list[tuple[Any, ...]]) -> list[Any]:
+    def row(self, raw: Sequence[Any]) -> Any:
         if self.converts:
-            raw = [tuple(v if p is None else p(v) for p, v in zip(self.results, r)) for r in raw]
-        return [self.row._make(r) for r in raw]
+            raw = list(raw)
+            for i, convert in self.converts:
+                if raw[i] is not None:
+                    raw[i] = convert(raw[i])
+        return self.make(raw)
+
+
+# SQLAlchemy's own text for an SQLite DateTime: what isoformat() writes too.
+_SQLITE_DATETIME = ("%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:%(second)02d"
+                    ".%(microsecond)06d")
+
+
+def _bind_processor(type_: Any, dialect: Dialect) -> Callable[[Any], Any] | None:
+    impl = type_.dialect_impl(dialect)
+    processor: Callable[[Any], Any] | None = impl.bind_processor(dialect)
+    if processor is None or getattr(impl, "_storage_format", None) != _SQLITE_DATETIME:
+        return processor
+    general = processor
+
+    def timestamp(value: Any) -> Any:
+        # The same text, at half the cost: a miss writes four timestamps.
+        if type(value) is dt.datetime and value.tzinfo is None:
+            return value.isoformat(" ", "microseconds")
+        return general(value)
+
+    return timestamp
 
 
 _COMPILED: dict[tuple[int, tuple[str, ...]], _Compiled] = {}
+_NAMED: dict[int, tuple[Dialect, Dialect]] = {}
+
+
+def _named(dialect: Dialect) -> Dialect:
+    """*dialect*, rendering parameters by name (``:key``) rather than by position (``?``)."""
+    found = _NAMED.get(id(dialect))
+    if found is None or found[0] is not dialect:
+        # A shallow copy (the module's imports stay as they are): the same
+        # initialized dialect, SQLite version and type caches, another style.
+        named = type(dialect).__new__(type(dialect))
+        named.__dict__.update(vars(dialect))
+        named.paramstyle, named.positional = "named", False
+        found = _NAMED[id(dialect)] = (dialect, named)
+    return found[1]
 
 
 class _Driver:
@@ -164,6 +241,8 @@ class _Driver:
         self.dialect = dialect
 
     def _compiled(self, stmt: Executable, keys: tuple[str, ...]) -> _Compiled:
+        # Keyed by the parameters' names in the caller's order: each call site
+        # passes them in one order, and sorting them cost more than a lookup.
         found = _COMPILED.get((id(stmt), keys))
         if found is None or found.stmt is not stmt:
             found = _COMPILED[(id(stmt), keys)] = _Compiled(stmt, keys, self.dialect)
@@ -173,14 +252,17 @@ class _Driver:
         cur = self.cursor
         if isinstance(params, list):
             if not params:
-                return Rows([], 0)
-            c = self._compiled(stmt, tuple(sorted(params[0])))
-            cur.executemany(c.sql, [c.bound(p) for p in params])
-            return Rows([], cur.rowcount)
-        c = self._compiled(stmt, tuple(sorted(params)))
-        cur.execute(c.sql, c.bound(params))
-        raw = cur.fetchall()
-        return Rows(c.rows(raw) if raw else [], cur.rowcount)
+                return Rows((), 0)
+            many = self._compiled(stmt, tuple(params[0]))
+            cur.executemany(many.sql, params if many.plain else [many.bound(p) for p in params])
+            return Rows((), cur.rowcount)
+        c = _COMPILED.get((id(stmt), tuple(params)))  # _compiled(), inline: once per statement
+        if c is None or c.stmt is not stmt:
+            c = self._compiled(stmt, tuple(params))
+        cur.execute(c.sql, params if c.plain else c.bound(params))
+        if c.returns:
+            return Rows(cur.fetchall(), cur.rowcount, c)
+        return Rows((), cur.rowcount)
 
     def now(self) -> dt.datetime:
         return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
@@ -191,29 +273,6 @@ class _Driver:
     @property
     def server(self) -> bool:
         return False
-
-
-def read(readers: Readers, stmt: Executable, params: dict[str, Any]) -> Rows | None:
-    """Run the read *stmt* on this thread's SQLite reader connection, without SQLAlchemy.
-
-    Returns None when the store is not SQLite, or when the driver reported
-    an error: the caller then reads through :meth:`provstore.store.Store.query`,
-    which gives the error its provstore form. Reads run in autocommit mode,
-    as through SQLAlchemy.
-    """
-    conn = readers.get()
-    if conn.dialect.name != "sqlite":
-        return None
-    raw = conn.connection.driver_connection
-    if not isinstance(raw, sqlite3.Connection):
-        return None
-    cursor = raw.cursor()
-    try:
-        return _Driver(cursor, conn.dialect).execute(stmt, params)
-    except sqlite3.Error:
-        return None
-    finally:
-        cursor.close()
 
 
 class _DriverFailed(Exception):
@@ -248,7 +307,7 @@ def _on_driver(engine: Engine, body: Callable[[Tx], T], readers: Readers | None)
     try:
         held = readers.get().connection if readers is not None else pooled
         assert held is not None
-        conn = held.driver_connection
+        conn = held.dbapi_connection  # pysqlite's is the driver's: one attribute, no properties
         assert isinstance(conn, sqlite3.Connection)
         cursor = conn.cursor()
         try:

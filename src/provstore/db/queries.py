@@ -19,6 +19,7 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    literal_column,
     or_,
     select,
     update,
@@ -72,23 +73,34 @@ ARTIFACT_BY_DIGEST = select(artifacts.c.id, artifacts.c.suffix, artifacts.c.inli
     artifacts.c.format == bindparam("format"),
 )
 
-INSERT_ARTIFACT = insert(artifacts).returning(artifacts.c.id)
 INSERT_FILE = insert(files)
 
 
 @functools.cache
-def insert_artifact_unless_found() -> Executable:
-    """PostgreSQL's artifact insert: no row back when a concurrent writer inserted it first.
+def insert_artifact_unless_found(server: bool = True) -> Executable:
+    """Insert an artifact row, or return no row when one holds the same content already.
 
-    That writer's commit is waited for; the caller then reads its id. Built on
-    first use: the PostgreSQL dialect costs ~30 ms of start-up that an SQLite
-    store never needs.
+    Then the caller reads that row's id. On PostgreSQL (*server*) the insert
+    waits for a concurrent writer that inserted the same content first; on
+    SQLite, one writer at a time, it saves a lookup before every new
+    artifact. Built on first use: the PostgreSQL dialect costs ~30 ms of
+    start-up that an SQLite store never needs.
     """
-    from sqlalchemy.dialects.postgresql import insert as pg_insert
+    # Imported here: each dialect's own insert, and only the one the store uses.
+    if server:
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-    return (pg_insert(artifacts)
-            .on_conflict_do_nothing(index_elements=["algorithm", "digest", "format"])
+        return (pg_insert(artifacts)
+                .on_conflict_do_nothing(index_elements=_ARTIFACT_KEY)
+                .returning(artifacts.c.id))
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return (sqlite_insert(artifacts)
+            .on_conflict_do_nothing(index_elements=_ARTIFACT_KEY)
             .returning(artifacts.c.id))
+
+
+_ARTIFACT_KEY = ["algorithm", "digest", "format"]  # the unique constraint a conflict is on
 
 # A new version of (scope, name), unless its current version already holds
 # the artifact (binding an equal value again adds nothing): no row back then.
@@ -245,6 +257,15 @@ ANY_ARTIFACT_BY_DIGEST = (
     .limit(1)
 )
 LEASE_BY_KEY = select(leases).where(leases.c.key == bindparam("key"))
+# What a claim reads, in one statement: the finished call of the key (if
+# any), whether the code version is recorded, and the key's lease (its
+# columns NULL when there is none: the one-row anchor keeps the row).
+_one_row = select(literal_column("1").label("one")).subquery("one_row")
+CLAIM_STATE = select(
+    FINISHED_CALL.scalar_subquery().label("done"),
+    exists().where(code_versions.c.digest == bindparam("code_digest")).label("code_known"),
+    *leases.c,
+).select_from(_one_row.outerjoin(leases, leases.c.key == bindparam("key")))
 INSERT_LEASE = insert(leases)
 UPDATE_LEASE = (
     update(leases)
