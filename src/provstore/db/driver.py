@@ -32,10 +32,10 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
 
-from .. import faults
 from ..errors import ProvstoreError
 from ..objects import storage_error
 from .engine import Readers, db_now, is_readonly, lock_for_write, retrying, write
+from .lite import immediate
 
 __all__ = ["Rows", "Tx", "as_tx", "transaction"]
 
@@ -309,20 +309,7 @@ def _on_driver(engine: Engine, body: Callable[[Tx], T], readers: Readers | None)
         assert held is not None
         conn = held.dbapi_connection  # pysqlite's is the driver's: one attribute, no properties
         assert isinstance(conn, sqlite3.Connection)
-        cursor = conn.cursor()
-        try:
-            cursor.execute("BEGIN IMMEDIATE")
-            result = body(_Driver(cursor, engine.dialect))
-            faults.hit("txn.before_commit")
-            cursor.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.rollback()
-            raise
-        finally:
-            cursor.close()
-        faults.hit("txn.after_commit")
-        return result
+        return immediate(conn, lambda cursor: body(_Driver(cursor, engine.dialect)))
     except sqlite3.Error as exc:
         raise _DriverFailed from exc
     except ProvstoreError:

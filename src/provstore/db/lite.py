@@ -41,7 +41,7 @@ from ..objects import storage_error
 
 __all__ = [
     "BUSY_TIMEOUT_MS", "SCHEMA_HEAD", "SCHEMA_REVISIONS", "Lite", "LiteFailed", "Rows",
-    "Statement", "configure", "readonly_reason", "readonly_uri", "sqlite_path",
+    "Statement", "configure", "immediate", "readonly_reason", "readonly_uri",
 ]
 
 BUSY_TIMEOUT_MS = 60_000
@@ -51,17 +51,6 @@ BUSY_TIMEOUT_MS = 60_000
 SCHEMA_REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004")
 SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
 T = TypeVar("T")
-
-
-def sqlite_path(url: str) -> str | None:
-    """The database of a plain ``sqlite:///path`` URL; None when only SQLAlchemy can parse it.
-
-    URLs with a query string or percent-escapes, and other databases, give None.
-    """
-    prefix = "sqlite:///"
-    if not url.startswith(prefix) or "?" in url or "%" in url or len(url) == len(prefix):
-        return None
-    return url[len(prefix):]
 
 
 def configure(conn: sqlite3.Connection, synchronous: str, readonly: bool) -> Any:
@@ -209,6 +198,28 @@ class Statement:
         return [self._row._make(r) for r in raw]
 
 
+def immediate(conn: sqlite3.Connection, body: Callable[[sqlite3.Cursor], T]) -> T:
+    """Run *body* on a cursor of *conn* in one ``BEGIN IMMEDIATE`` transaction; return its result.
+
+    Any error rolls the transaction back and propagates. The fault points are
+    those of every provstore write (``txn.before_commit``, ``txn.after_commit``).
+    """
+    cursor = conn.cursor()
+    try:
+        cursor.execute("BEGIN IMMEDIATE")
+        result = body(cursor)
+        faults.hit("txn.before_commit")
+        cursor.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.rollback()
+        raise
+    finally:
+        cursor.close()
+    faults.hit("txn.after_commit")
+    return result
+
+
 class LiteFailed(Exception):
     """SQLite reported an error on the lite connection; the transaction was rolled back."""
 
@@ -298,20 +309,7 @@ class Lite:
         written, and the caller runs the transaction through SQLAlchemy.
         """
         try:
-            conn = self.connection()
-            cursor = conn.cursor()
-            try:
-                cursor.execute("BEGIN IMMEDIATE")
-                result = body(Tx(cursor))
-                faults.hit("txn.before_commit")
-                cursor.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.rollback()
-                raise
-            finally:
-                cursor.close()
-            faults.hit("txn.after_commit")
+            result = immediate(self.connection(), lambda cursor: body(Tx(cursor)))
         except (sqlite3.Error, UnicodeDecodeError) as exc:
             self.discard()
             raise LiteFailed(str(exc)) from exc
