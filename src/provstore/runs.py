@@ -175,6 +175,8 @@ class RunRecorder:
     def _saved_by(self, pending: Counter[int]) -> float:
         """The recorded durations of the calls in *pending*, times their hits."""
         ids = sorted(pending)
+        # A few calls (a script's hits) are read one by one without SQLAlchemy;
+        # many, in batches of one IN query each.
         if self._lite is not None and len(ids) <= 20:
             durations = [self._lite.read(lite_sql.CALL_DURATION, {"id": i}) for i in ids]
             if all(d is not None for d in durations):
