@@ -200,19 +200,9 @@ class RunRecorder:
             self._close()
             return
         params = {"run_id": self._id, **self.counts()}
-        if not self._lite_wrote(lite_sql.RUN_COUNTS, params):
+        if not _lite_wrote(self._lite, lite_sql.RUN_COUNTS, params):
             with eng.write(self._engine()) as conn:
                 conn.execute(q.RUN_COUNTS, params)
-
-    def _lite_wrote(self, stmt: Statement, params: dict[str, Any]) -> bool:
-        """Whether *stmt* was written without SQLAlchemy (else the caller writes it)."""
-        if self._lite is None:
-            return False
-        try:
-            self._lite.write(lambda tx: tx.execute(stmt, params))
-        except LiteFailed:
-            return False
-        return True
 
     def run_id(self) -> int:
         """Return this process's run id in the store, opening the run if needed."""
@@ -273,7 +263,7 @@ class RunRecorder:
         try:
             params = {"run_id": self._id, "p_status": status, "p_ended": now,
                       "p_heartbeat": now, **self.counts()}
-            if not self._lite_wrote(lite_sql.CLOSE_RUN, params):
+            if not _lite_wrote(self._lite, lite_sql.CLOSE_RUN, params):
                 with eng.write(self._engine()) as conn:
                     conn.execute(q.CLOSE_RUN, params)
         except Exception:
@@ -337,7 +327,8 @@ class ReuseLog:
                     conn.execute(q.TOUCH_CALLS, {"ids": ordered[i:i + 500], "now": now})
 
         try:
-            if not self._touched(ordered, now):
+            if not _lite_wrote(self._lite, lite_sql.TOUCH_CALL,
+                               [{"p_id": i, "now": now} for i in ordered]):
                 eng.retrying(transaction)
         except (ProvstoreError, sa_exc.SQLAlchemyError):
             # A busy or vanished database must not fail a hit; the ids wait
@@ -346,16 +337,20 @@ class ReuseLog:
                 self._ids |= ids
 
 
-    def _touched(self, ids: list[int], now: dt.datetime) -> bool:
-        """Whether the reuse times were written without SQLAlchemy (SQLite)."""
-        if self._lite is None:
-            return False
-        try:
-            self._lite.write(lambda tx: tx.execute(
-                lite_sql.TOUCH_CALL, [{"p_id": i, "now": now} for i in ids]))
-        except LiteFailed:
-            return False  # again through SQLAlchemy, which retries or explains
-        return True
+def _lite_wrote(lite: Lite | None, stmt: Statement,
+                params: dict[str, Any] | list[dict[str, Any]]) -> bool:
+    """Whether *stmt* was written on SQLite without SQLAlchemy; if not, the caller writes it.
+
+    Not written: a server database, or an error SQLite reported (rolled
+    back), which the SQLAlchemy path retries or explains.
+    """
+    if lite is None:
+        return False
+    try:
+        lite.write(lambda tx: tx.execute(stmt, params))
+    except LiteFailed:
+        return False
+    return True
 
 
 def _flush_at_exit(ref: weakref.ref[ReuseLog]) -> None:

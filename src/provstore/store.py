@@ -191,7 +191,7 @@ class Store:
         # open; a server database is shared by every worker of a lab, so
         # changing its schema is an explicit step. Creating the schema in
         # an empty database changes nothing anyone relies on.
-        if revision is not None and self.lite is None:
+        if revision is not None and not eng.is_sqlite(url):
             raise StoreVersionError(
                 f"the database {eng.display_url(url)} has schema version {revision} and this "
                 f"provstore writes {SCHEMA_HEAD}; back it up, stop its workers, then run "
@@ -290,8 +290,9 @@ class Store:
             return row
         if conn is None:
             rows = self._lite_read(lite_sql.ARTIFACT_BY_ID, {"id": artifact_id})
-            found = (rows.rows[0] if rows is not None and len(rows.rows) == 1 else
-                     self.query(q.ARTIFACT_BY_ID, {"id": artifact_id}).one())
+            found = rows.first() if rows is not None else None
+            if found is None:  # not SQLite, or no such row: SQLAlchemy reads or explains
+                found = self.query(q.ARTIFACT_BY_ID, {"id": artifact_id}).one()
         else:
             found = conn.execute(q.ARTIFACT_BY_ID, {"id": artifact_id}).one()
         row = ArtifactRow(

@@ -35,59 +35,12 @@ from sqlalchemy.sql.expression import ClauseElement
 from ..errors import ProvstoreError
 from ..objects import storage_error
 from .engine import Readers, db_now, is_readonly, lock_for_write, retrying, write
-from .lite import immediate
+from .lite import Rows, immediate, timestamp_text
 
 __all__ = ["Rows", "Tx", "as_tx", "transaction"]
 
 T = TypeVar("T")
 Params = dict[str, Any] | list[dict[str, Any]]
-
-
-class Rows:
-    """The fetched result of one statement: its rows and the count of rows it changed.
-
-    Rows read on the driver are converted (timestamps parsed, columns named)
-    only when asked for: most statements are asked for one value, or none.
-    """
-
-    __slots__ = ("_compiled", "_raw", "rowcount")
-
-    def __init__(self, rows: Sequence[Any], rowcount: int,
-                 compiled: _Compiled | None = None) -> None:
-        self._raw = rows
-        self.rowcount = rowcount
-        self._compiled = compiled
-
-    @property
-    def rows(self) -> list[Any]:
-        """Every row (columns by attribute)."""
-        if self._compiled is None:
-            return list(self._raw)
-        return [self._compiled.row(r) for r in self._raw]
-
-    def first(self) -> Any:
-        """The first row (columns by attribute), or None."""
-        if not self._raw:
-            return None
-        row = self._raw[0]
-        return row if self._compiled is None else self._compiled.row(row)
-
-    def scalar(self) -> Any:
-        """The first column of the first row, or None."""
-        return self._value() if self._raw else None
-
-    def scalar_one(self) -> Any:
-        """The first column of the only row."""
-        if len(self._raw) != 1:
-            raise ValueError(f"expected one row, got {len(self._raw)}")
-        return self._value()
-
-    def _value(self) -> Any:
-        value = self._raw[0][0]
-        if self._compiled is None or value is None:
-            return value
-        convert = self._compiled.results[0]
-        return value if convert is None else convert(value)
 
 
 class Tx(Protocol):
@@ -209,9 +162,7 @@ def _bind_processor(type_: Any, dialect: Dialect) -> Callable[[Any], Any] | None
 
     def timestamp(value: Any) -> Any:
         # The same text, at half the cost: a miss writes four timestamps.
-        if type(value) is dt.datetime and value.tzinfo is None:
-            return value.isoformat(" ", "microseconds")
-        return general(value)
+        return timestamp_text(value) if type(value) is dt.datetime else general(value)
 
     return timestamp
 

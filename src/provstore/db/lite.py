@@ -33,15 +33,16 @@ import weakref
 from collections import namedtuple
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 from .. import faults
 from ..objects import storage_error
 
 __all__ = [
-    "BUSY_TIMEOUT_MS", "SCHEMA_HEAD", "SCHEMA_REVISIONS", "Lite", "LiteFailed", "Rows",
-    "Statement", "configure", "immediate", "readonly_reason", "readonly_uri",
+    "BUSY_TIMEOUT_MS", "SCHEMA_HEAD", "SCHEMA_REVISIONS", "Lite", "LiteFailed", "RowShape",
+    "Rows", "Statement", "configure", "immediate", "readonly_reason", "readonly_uri",
+    "timestamp_text",
 ]
 
 BUSY_TIMEOUT_MS = 60_000
@@ -113,40 +114,80 @@ def readonly_reason(path: Path) -> str | None:
     return None
 
 
+class RowShape(Protocol):
+    """How a statement's raw rows become rows: the conversion of each column."""
+
+    @property
+    def results(self) -> Sequence[Callable[[Any], Any] | None]:
+        """Each column's conversion, or None."""
+
+    def row(self, raw: Sequence[Any]) -> Any:
+        """*raw* converted, with its columns by attribute."""
+
+
 class Rows:
-    """The fetched result of one statement: its rows and the count of rows it changed."""
+    """The fetched result of one statement: its rows and the count of rows it changed.
 
-    __slots__ = ("rowcount", "rows")
+    Rows are converted (timestamps parsed, columns named) only when asked
+    for: most statements are asked for one value, or none.
+    """
 
-    def __init__(self, rows: Sequence[Any], rowcount: int) -> None:
-        self.rows = rows
+    __slots__ = ("_raw", "_shape", "rowcount")
+
+    def __init__(self, rows: Sequence[Any], rowcount: int, shape: RowShape | None = None) -> None:
+        self._raw = rows
         self.rowcount = rowcount
+        self._shape = shape
+
+    @property
+    def rows(self) -> list[Any]:
+        """Every row (columns by attribute)."""
+        if self._shape is None:
+            return list(self._raw)
+        return [self._shape.row(r) for r in self._raw]
 
     def first(self) -> Any:
         """The first row (columns by attribute), or None."""
-        return self.rows[0] if self.rows else None
+        if not self._raw:
+            return None
+        row = self._raw[0]
+        return row if self._shape is None else self._shape.row(row)
 
     def scalar(self) -> Any:
         """The first column of the first row, or None."""
-        return self.rows[0][0] if self.rows else None
+        return self._value() if self._raw else None
 
     def scalar_one(self) -> Any:
         """The first column of the only row."""
-        if len(self.rows) != 1:
-            raise ValueError(f"expected one row, got {len(self.rows)}")
-        return self.rows[0][0]
+        if len(self._raw) != 1:
+            raise ValueError(f"expected one row, got {len(self._raw)}")
+        return self._value()
+
+    def _value(self) -> Any:
+        value = self._raw[0][0]
+        if self._shape is None or value is None:
+            return value
+        convert = self._shape.results[0]
+        return value if convert is None else convert(value)
 
 
 def _to_datetime(value: Any) -> Any:
     return dt.datetime.fromisoformat(value) if isinstance(value, str) else value
 
 
+def timestamp_text(value: dt.datetime) -> str:
+    """*value* as SQLAlchemy stores an SQLite DateTime: always with microseconds, no zone.
+
+    Stored times then sort as text; a naive datetime (provstore's, in UTC)
+    takes the fast path.
+    """
+    if value.tzinfo is not None:
+        value = value.replace(tzinfo=None)
+    return value.isoformat(" ", "microseconds")
+
+
 def _from_datetime(value: Any) -> Any:
-    # SQLAlchemy's SQLite DateTime format: always with microseconds, so that
-    # stored times sort as text.
-    if isinstance(value, dt.datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S.%f")
-    return value
+    return timestamp_text(value) if isinstance(value, dt.datetime) else value
 
 
 def _to_bool(value: Any) -> Any:
@@ -170,7 +211,7 @@ class Statement:
     values of parameters the statement fixes itself (``LIMIT 1``).
     """
 
-    __slots__ = ("_binds", "_results", "_row", "columns", "constants", "params", "sql")
+    __slots__ = ("_binds", "_row", "columns", "constants", "params", "results", "sql")
 
     def __init__(self, sql: str, params: tuple[tuple[str, str | None], ...],
                  columns: tuple[tuple[str, str | None], ...],
@@ -178,7 +219,7 @@ class Statement:
         self.sql, self.params, self.columns = sql, params, columns
         self.constants = constants or {}
         self._binds = [(name, _BIND.get(kind or "")) for name, kind in params]
-        self._results = [_RESULT.get(kind or "") for _, kind in columns]
+        self.results = [_RESULT.get(kind or "") for _, kind in columns]
         self._row: Any = None  # made on first use: a namedtuple class costs ~0.5 ms
 
     def bound(self, values: dict[str, Any]) -> tuple[Any, ...]:
@@ -188,14 +229,12 @@ class Statement:
         return tuple(values[name] if convert is None else convert(values[name])
                      for name, convert in self._binds)
 
-    def rows(self, raw: list[tuple[Any, ...]]) -> list[Any]:
-        """*raw* rows converted, with their columns by attribute."""
-        convert = self._results
-        if any(c is not None for c in convert):
-            raw = [tuple(v if c is None else c(v) for c, v in zip(convert, r)) for r in raw]
+    def row(self, raw: Sequence[Any]) -> Any:
+        """*raw* converted, with its columns by attribute."""
         if self._row is None:
             self._row = namedtuple("Row", [c for c, _ in self.columns], rename=True)  # type: ignore[misc]
-        return [self._row._make(r) for r in raw]
+        return self._row._make(v if c is None or v is None else c(v)
+                               for c, v in zip(self.results, raw))
 
 
 def immediate(conn: sqlite3.Connection, body: Callable[[sqlite3.Cursor], T]) -> T:
@@ -236,10 +275,9 @@ class Tx:
         """Run *stmt* with *params* (a list of dicts: once per dict, no rows back)."""
         if isinstance(params, list):
             self.cursor.executemany(stmt.sql, [stmt.bound(p) for p in params])
-            return Rows([], self.cursor.rowcount)
+            return Rows((), self.cursor.rowcount)
         self.cursor.execute(stmt.sql, stmt.bound(params))
-        raw = self.cursor.fetchall()
-        return Rows(stmt.rows(raw) if raw else [], self.cursor.rowcount)
+        return Rows(self.cursor.fetchall(), self.cursor.rowcount, stmt)
 
 
 class Lite:
@@ -287,7 +325,7 @@ class Lite:
         except (sqlite3.Error, UnicodeDecodeError):
             self.discard()
             return None
-        return Rows(stmt.rows(raw) if raw else [], -1)
+        return Rows(raw, -1, stmt)
 
     def revision(self) -> str | None:
         """The schema revision recorded in the file; None when it cannot be told this way.
