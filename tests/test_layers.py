@@ -31,6 +31,7 @@ LAYERS: list[tuple[int, str]] = [
     (1, "provstore.store"), (1, "provstore.saving"), (1, "provstore.leases"),
     (1, "provstore.runs"), (1, "provstore.records"), (1, "provstore.identity"),
     (1, "provstore.objects"), (1, "provstore.db"), (1, "provstore.backends"),
+    (1, "provstore.computelock"),
     (0, "provstore.errors"), (0, "provstore.scope"), (0, "provstore.hashing"),
     (0, "provstore.hashing_pandas"), (0, "provstore.hashing_callables"), (0, "provstore.hasher"),
     (0, "provstore.files"), (0, "provstore.fstype"), (0, "provstore.codeversion"),

@@ -33,6 +33,7 @@ def open(
     create: bool = True,
     durability: str = "normal",
     readonly: bool = False,
+    exclusive: bool = False,
 ) -> Context:
     """Open (or create) a store and return a Context at its root scope.
 
@@ -70,6 +71,16 @@ def open(
         work; a tracked call that misses raises ``NotCachedError`` instead of
         computing, and binding, deleting or pinning raises ``StoreError``.
         Nothing is written, not even reuse times or a run record.
+    exclusive : bool
+        This process computes the store's tracked calls alone, without
+        compute leases: a miss then skips the claim transaction before it
+        computes (about a third of a tiny call's overhead). Other processes
+        may still open the store, read it, load hits and bind names, but a
+        tracked call that misses there raises ``StoreError`` until this
+        process closes the store; opening with ``exclusive=True`` while
+        another process computes calls raises ``StoreError`` too. SQLite
+        stores only. A fork ends it: parent and child then compute with
+        leases. See docs/parallel.md.
 
     Returns
     -------
@@ -111,7 +122,7 @@ def open(
     loc.mkdir(parents=True, exist_ok=True)
     objects_root.mkdir(parents=True, exist_ok=True)
     store = store_for(url, str(objects_root), safe=safe, durability=durability, create=create,
-                      readonly=readonly)
+                      readonly=readonly, exclusive=exclusive)
     if not store.readonly:
         # Every open sweeps debris of crashed writers, even when this process
         # already had the store open: listing tmp/ costs microseconds.

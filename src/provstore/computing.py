@@ -115,6 +115,10 @@ class Computation:
         self.func, self.identity, self.defined_at = func, identity, defined_at
         self.store, self.key, self.cv, self.inputs = store, key, cv, inputs
         self.ttl = lease_seconds()  # read once: the claim and its keeper use the same
+        # How many calls this process had computed alone before this one
+        # looked for its key: more when it claims, and it looks again.
+        self.generation = store.computing.generation if store.computing is not None else 0
+        self.committed_alone: int | None = None  # the call's id, once committed without a lease
 
     def run(self, args: tuple[Any, ...], kwargs: dict[str, Any], recompute: bool) -> Any:
         c = self._claim(recompute)
@@ -176,9 +180,38 @@ class Computation:
                 "params": json.dumps(params), "run_id": self.store.runs.run_id(),
                 "host": _HOST, "pid": os.getpid()}
 
-    def _try_claim(self, row: dict[str, Any], recompute: bool) -> Claim | int | None:
+    def _try_claim(self, row: dict[str, Any], recompute: bool, *,
+                   block: bool = True) -> Claim | int | None:
+        lock = self.store.computing
+        if lock is not None and lock.hold():
+            return self._claim_alone(row, recompute, block)
         return claim(self.store.engine, self.key, row, ttl=self.ttl, force=recompute,
                      readers=self.store.readers)
+
+    def _claim_alone(self, row: dict[str, Any], recompute: bool,
+                     block: bool) -> Claim | int | None:
+        """No lease: this process computes the store's calls alone (``exclusive=True``).
+
+        None while another thread or task computes the key: a thread waits
+        for it first (*block*); a task must not block its event loop.
+        """
+        lock = self.store.computing
+        assert lock is not None
+        running = lock.begin_alone(self.key)
+        if running is not None:
+            if block:
+                running.wait()
+            return None
+        if not recompute:
+            # Committed by another thread since this call looked (each notes
+            # its key before it lets waiters go), or by this process earlier.
+            done = self.store.memo.call_for(self.key)
+            if done is None and self.generation != lock.generation:
+                done = self.store.finished_call(self.key)
+            if done is not None:
+                lock.end_alone(self.key)
+                return done
+        return leases.alone(self.key, row)
 
     def _claim(self, recompute: bool) -> Claim | int:
         row, delay = self._call_row(), 0.005
@@ -193,7 +226,7 @@ class Computation:
         import asyncio
 
         row, delay = self._call_row(), 0.005
-        while (c := self._try_claim(row, recompute)) is None:
+        while (c := self._try_claim(row, recompute, block=False)) is None:
             await asyncio.sleep(delay)  # another task or process computes it
             delay = min(delay * 1.5, 0.5)
         return c
@@ -208,7 +241,11 @@ class Computation:
         # the lease now, or every retry waits for it to expire. Unless the
         # error came after the commit itself, which then stands.
         with contextlib.suppress(Exception):  # the database may be what failed
-            if self.store.finished_call(self.key) != c.call_id:
+            if c.leased:
+                committed = self.store.finished_call(self.key) == c.call_id
+            else:  # computing alone, the call has no row before it commits
+                committed = self.committed_alone is not None
+            if not committed:
                 self._fail(c, exc)
 
     def _commit(self, c: Claim, value: Any, duration: float) -> int | None:
@@ -220,8 +257,8 @@ class Computation:
         for _ in range(_COMMIT_ATTEMPTS):
             prepared = [prepare(self.store, v) for v in elements]  # files published first
             try:
-                outputs = leases.commit(self.store, c, prepared, kind=kind, duration=duration,
-                                        code=self.cv, inputs=inputs)
+                done = leases.commit(self.store, c, prepared, kind=kind, duration=duration,
+                                     code=self.cv, inputs=inputs)
                 break
             except sa_exc.IntegrityError:
                 relinked = self.store.relinked(inputs)
@@ -235,11 +272,16 @@ class Computation:
                 f"could not commit a call of {self.identity} in the store {self.store.root}: gc "
                 f"deleted the stored copy of an output or input {_COMMIT_ATTEMPTS} times while "
                 "it committed; run gc less often, or call it again")
-        if outputs is None:
+        if done is None:
             return None
+        call_id, outputs = done
+        if not c.leased:
+            self.committed_alone = call_id
         # The rows just committed: loading the result reads none of them back.
-        self.store.memo.note_outputs(c.call_id, outputs)
-        return c.call_id
+        self.store.memo.note_outputs(call_id, outputs)
+        # Before a thread waiting for this key (computing alone) looks again.
+        self.store.memo.note_key(self.key, call_id)
+        return call_id
 
 
 class _Holding:
@@ -252,6 +294,7 @@ class _Holding:
     """
 
     __slots__ = ("_keeper", "_token", "claim", "committed", "computation", "ours")
+    _keeper: LeaseKeeper | None
 
     def __init__(self, computation: Computation, claim: Claim) -> None:
         self.computation = computation
@@ -262,29 +305,35 @@ class _Holding:
     def __enter__(self) -> _Holding:
         comp = self.computation
         self._token = COMPUTING.set(COMPUTING.get() | {comp.key})
-        try:
-            self._keeper = LeaseKeeper(comp.store.engine, self.claim, comp.ttl)
-            self._keeper.__enter__()
-        except BaseException as exc:
-            self._end(exc)
-            raise
+        self._keeper = None
+        if self.claim.leased:  # computing alone, there is no lease to keep
+            try:
+                self._keeper = LeaseKeeper(comp.store.engine, self.claim, comp.ttl)
+                self._keeper.__enter__()
+            except BaseException as exc:
+                self._end(exc)
+                raise
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: object) -> None:
         try:
-            self._keeper.__exit__(kind, exc, tb)
+            if self._keeper is not None:
+                self._keeper.__exit__(kind, exc, tb)
         except BaseException as error:
             self._end(error)
             raise
         self._end(exc)
 
     def _end(self, exc: BaseException | None) -> None:
+        comp = self.computation
         try:
             if exc is not None and self.committed is None:
-                self.computation.abandon(self.claim, exc)
+                comp.abandon(self.claim, exc)
         finally:
             COMPUTING.reset(self._token)
+            if not self.claim.leased and comp.store.computing is not None:
+                comp.store.computing.end_alone(comp.key)
 
 
 def load_outputs(store: Store, call_id: int, computed: Any = None) -> Any:

@@ -53,7 +53,8 @@ else:
     q = LazyModule("provstore.db.queries")
 
 __all__ = [
-    "DEFAULT_LEASE_SECONDS", "Claim", "LeaseKeeper", "claim", "commit", "fail", "finished_call",
+    "DEFAULT_LEASE_SECONDS", "Claim", "LeaseKeeper", "alone", "claim", "commit", "fail",
+    "finished_call",
     "lease_seconds", "release",
 ]
 
@@ -78,6 +79,20 @@ class Claim:
     # transaction that inserted the call's row; gc keeps a code version that
     # a call row uses, so the commit need not look for it again.
     code_recorded: bool = False
+    #: Without a lease (``exclusive=True``): no row until the commit or the
+    #: failure inserts the call's, from *row* (call_id is then 0).
+    row: dict[str, Any] | None = None
+
+    @property
+    def leased(self) -> bool:
+        """Whether a lease row and a running call row stand for this claim."""
+        return self.row is None
+
+
+def alone(key: str, call_row: dict[str, Any]) -> Claim:
+    """The claim of a process that computes the store's calls alone (no lease)."""
+    return Claim(key, "", 0, 0, None, row={**call_row, "key": key, "fence": 0,
+                                           "takeover_of": None, "started": utcnow()})
 
 
 def finished_call(store: Store, key: str) -> int | None:
@@ -218,6 +233,10 @@ def fail(engine: Engine, c: Claim, error: str) -> None:
     """Record *c*'s call as failed with *error*, and release its lease, at once."""
 
     def record(tx: Tx) -> None:
+        if c.row is not None:
+            tx.execute(q.INSERT_CALL, {**c.row, "status": "failed", "finished": utcnow(),
+                                       "error": error[:10_000]})
+            return
         tx.execute(q.FINISH_CALL, {
             "p_id": c.call_id, "p_status": "failed", "p_finished": utcnow(),
             "p_duration": None, "p_kind": None, "p_error": error[:10_000]})
@@ -230,48 +249,56 @@ OutputRows = list[tuple[str, int, int]]
 
 
 def commit(store: Store, c: Claim, prepared: list[Prepared], *, kind: str, duration: float,
-           code: CodeVersion, inputs: list[InputRecord]) -> OutputRows | None:
+           code: CodeVersion, inputs: list[InputRecord]) -> tuple[int, OutputRows] | None:
     """Commit a finished call: outputs, inputs, code version and status, in one transaction.
 
     The object files of *prepared* are already published. Returns the
-    call's output rows (``(kind, position, artifact_id)``, as
+    call's id and output rows (``(kind, position, artifact_id)``, as
     :meth:`Store.call_outputs` reads them), or None, recording the call
     ``orphaned``, when the lease was taken over meanwhile (this attempt
     stalled past its expiry): the taker's result wins.
     """
     run_id = store.runs.run_id()
 
-    def body(tx: Tx) -> list[tuple[int, bool]] | None:
+    def body(tx: Tx) -> tuple[int, list[tuple[int, bool]]] | None:
         tx.lock(f"lease {c.key}")  # a claim reads all of this or none
         now = utcnow()
-        finish = {"p_id": c.call_id, "p_finished": now, "p_duration": duration,
-                  "p_kind": kind, "p_error": None}
-        # Releasing first tells whether the lease is still ours, in one
-        # statement: a taken-over call rolls nothing else in.
-        if not release(tx, c):
-            tx.execute(q.FINISH_CALL, {**finish, "p_status": "orphaned"})
-            return None
+        if c.row is not None:  # no lease: the call's row, finished, is inserted now
+            call_id = int(tx.execute(q.INSERT_CALL, {
+                **c.row, "status": "done", "finished": now, "duration": duration,
+                "output_kind": kind}).scalar_one())
+        else:
+            call_id = c.call_id
+            finish = {"p_id": call_id, "p_finished": now, "p_duration": duration,
+                      "p_kind": kind, "p_error": None}
+            # Releasing first tells whether the lease is still ours, in one
+            # statement: a taken-over call rolls nothing else in.
+            if not release(tx, c):
+                tx.execute(q.FINISH_CALL, {**finish, "p_status": "orphaned"})
+                return None
         if not c.code_recorded:
             _record_code(tx, code, now)
         stored = [commit_artifact(tx, p, run_id, now) for p in prepared]
         if stored:  # a call returning () has none, and is still done
             tx.execute(q.INSERT_CALL_OUTPUT, [
-                {"call_id": c.call_id, "position": i, "artifact_id": a}
+                {"call_id": call_id, "position": i, "artifact_id": a}
                 for i, (a, _) in enumerate(stored)])
-        _record_inputs(tx, c.call_id, inputs)
-        tx.execute(q.FINISH_CALL, {**finish, "p_status": "done"})
-        return stored
+        _record_inputs(tx, call_id, inputs)
+        if c.row is None:
+            tx.execute(q.FINISH_CALL, {**finish, "p_status": "done"})
+        return call_id, stored
 
-    stored = driver.transaction(store.engine, body, store.readers)
-    if stored is None:
+    done = driver.transaction(store.engine, body, store.readers)
+    if done is None:
         return None
+    call_id, stored = done
     for (artifact_id, inserted), p in zip(stored, prepared):
         if inserted:  # committed: the row just written, so loading the result reads nothing
             store.note_artifact(ArtifactRow(
                 id=artifact_id, digest=p.digest, format=p.backend.name, suffix=p.suffix,
                 size=p.size, file_digest=p.file_digest, inline=p.inline,
                 meta=_as_read(p.meta), summary=_as_read(p.summary)))
-    return [(kind, i, artifact_id) for i, (artifact_id, _) in enumerate(stored)]
+    return call_id, [(kind, i, artifact_id) for i, (artifact_id, _) in enumerate(stored)]
 
 
 _FLAT = frozenset({str, int, float, bool, type(None)})

@@ -130,10 +130,12 @@ def reopen_store(url: str, root: str, safe: bool, durability: str,
 
 
 def store_for(url: str, root: str, *, safe: bool, durability: str = "normal",
-              create: bool = True, readonly: bool = False) -> Store:
+              create: bool = True, readonly: bool = False, exclusive: bool = False) -> Store:
     """The one Store of this process for (*url*, *root*, options), opened on first use.
 
     With ``create=False`` an empty database is refused rather than given a schema.
+    ``exclusive=True`` makes it compute alone (see :mod:`provstore.computelock`),
+    also when this process had it open already.
     """
     key = (url, root, safe, durability, readonly, os.getpid())
     with _lock:
@@ -147,9 +149,12 @@ def store_for(url: str, root: str, *, safe: bool, durability: str = "normal",
         if store is None:
             lock_path = Path(root) / ".provstore.lock"
             store = Store(url, Path(root), safe=safe, durability=durability,
-                          lock_path=lock_path, create=create, readonly=readonly)
+                          lock_path=lock_path, create=create, readonly=readonly,
+                          exclusive=exclusive)
             store.file_identity = _file_identity(url)
             _stores[key] = store
+        elif exclusive:
+            store.make_exclusive()
         return store
 
 

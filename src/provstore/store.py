@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import hashing
 from .backends.base import Backend, registry
+from .computelock import ComputeLock, lock_file
 from .db import lite_sql
 from .db.lite import SCHEMA_HEAD, Lite, Rows, Statement, readonly_reason
 from .errors import (
@@ -82,7 +83,7 @@ class Store:
 
     def __init__(self, url: str, root: Path, *, safe: bool = False, durability: str = "normal",
                  lock_path: Path | None = None, create: bool = True,
-                 readonly: bool = False) -> None:
+                 readonly: bool = False, exclusive: bool = False) -> None:
         self.url = url
         self.root = root
         self.safe = safe
@@ -102,8 +103,13 @@ class Store:
         self.lite = (None if path is None else
                      Lite(path, synchronous="FULL" if durability == "full" else "NORMAL",
                           readonly=self.unwritable is not None))
+        #: Who computes calls here (SQLite): this process alone, or any with leases.
+        self.computing = (None if path is None or self.readonly else
+                          ComputeLock(lock_file(path), root))
         try:
             self._check_schema(create, lock_path)
+            if exclusive:
+                self.make_exclusive()
         except BaseException:
             self._dispose()
             raise
@@ -150,7 +156,26 @@ class Store:
                 readers = self._readers
         return readers
 
+    def make_exclusive(self) -> None:
+        """Compute this store's calls alone, without compute leases (``exclusive=True``).
+
+        Raises
+        ------
+        StoreError
+            Not a writable SQLite store, or another process computes its calls.
+        """
+        if self.computing is None:
+            why = ("it was opened read-only" if self.readonly else
+                   f"its database {self.url.split('@')[-1]} is a server database, whose "
+                   "workers on other hosts no file lock can keep out")
+            raise StoreError(f"cannot open the store {self.root} with exclusive=True: {why}; "
+                             "open it without exclusive=True")
+        self.computing.hold_exclusive()
+        _EXCLUSIVE.add(self)
+
     def _dispose(self) -> None:
+        if self.computing is not None:
+            self.computing.release()
         if self.lite is not None:
             self.lite.close_all()
         if self._readers is not None:
@@ -673,6 +698,20 @@ class Store:
         """
         self.reuse.flush()
         self._dispose()
+
+
+# Stores opened with exclusive=True: a fork makes them share (see computelock).
+_EXCLUSIVE: weakref.WeakSet[Store] = weakref.WeakSet()
+
+
+def _share_before_fork() -> None:
+    for store in list(_EXCLUSIVE):
+        if store.computing is not None:
+            store.computing.before_fork()
+    _EXCLUSIVE.clear()
+
+
+os.register_at_fork(before=_share_before_fork)
 
 
 def object_count(root: Path, *, at_least: int = 1) -> int:
