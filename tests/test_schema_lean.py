@@ -21,7 +21,7 @@ import pytest
 from alembic import command
 from alembic.config import Config
 from click.testing import CliRunner
-from sqlalchemy import create_engine, inspect, select
+from sqlalchemy import create_engine, delete, inspect, select
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.pool import NullPool
 from sqlalchemy.sql import Executable
@@ -246,6 +246,7 @@ def test_the_hot_queries_use_the_indexes(tmp_path: Path) -> None:
             "downstream": _plan(con, lq.DOWNSTREAM_BINDINGS, root=1, max_depth=3),
             "by bytes": _plan(con, select(a.c.id).where(a.c.file_digest == "d")),
         }
+        opened = _opened_by_gc_delete(con)
     finally:
         con.close()
     assert "calls USING INDEX ix_calls_key (key=?)" in plans["finished call"]
@@ -255,3 +256,15 @@ def test_the_hot_queries_use_the_indexes(tmp_path: Path) -> None:
         assert "USING COVERING INDEX ix_call_inputs_artifact_id (artifact_id=?)" in plans[name]
     assert "USING COVERING INDEX ix_artifacts_file_digest (file_digest=?)" in plans["by bytes"]
     assert "TEMP B-TREE FOR ORDER BY" not in plans["finished call"]  # the index gives the order
+    # Deleting artifacts (gc), SQLite checks that no input still refers to them.
+    assert "ix_call_inputs_artifact_id" in opened and "call_inputs" not in opened
+
+
+def _opened_by_gc_delete(con: sqlite3.Connection) -> set[str]:
+    """The tables and indexes read by gc's delete of artifacts, with its foreign-key checks."""
+    roots = dict(con.execute("SELECT rootpage, name FROM sqlite_master WHERE rootpage > 0"))
+    con.execute("PRAGMA foreign_keys=ON")
+    stmt = delete(q.artifacts).where(q.artifacts.c.id.in_([1, 2]))
+    compiled = stmt.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True})
+    ops = con.execute(f"EXPLAIN {compiled}")
+    return {roots[op[3]] for op in ops if op[1] == "OpenRead" and op[3] in roots}
