@@ -50,7 +50,7 @@ BUSY_TIMEOUT_MS = 60_000
 # Alembic revisions in order; the last is what this code writes. Keeping them
 # here lets `open()` compare versions without importing Alembic (~100 ms) or
 # SQLAlchemy.
-SCHEMA_REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004")
+SCHEMA_REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005")
 SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
 T = TypeVar("T")
 
