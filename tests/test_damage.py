@@ -225,6 +225,23 @@ def test_garbled_pages_give_a_database_damaged_error_not_a_traceback(tmp_path: P
     assert str(db) in result.stderr and "Traceback" not in result.output
 
 
+def test_a_damaged_table_definition_gives_a_database_damaged_error(tmp_path: Path) -> None:
+    # A flipped byte inside the schema text SQLite keeps in the file: the
+    # revision still reads, and then a column provstore needs is missing.
+    study = tmp_path / "study"
+    make_study(study)
+    forget(study)  # a new process's view: nothing loaded yet
+    conn = sqlite3.connect(study / "provstore.db")
+    conn.execute("PRAGMA writable_schema=ON")
+    conn.execute("UPDATE sqlite_master SET sql = replace(sql, 'created DATETIME', "
+                 "'creaXed DATETIME') WHERE name = 'artifacts'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(DatabaseDamagedError, match="no such column") as info:
+        provstore.open(study).a
+    assert str(study / "provstore.db") in str(info.value)
+
+
 def test_a_damaged_header_is_refused(tmp_path: Path) -> None:
     study = tmp_path / "study"
     make_study(study)

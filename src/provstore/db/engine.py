@@ -197,8 +197,15 @@ def _is_damage(exc: BaseException) -> bool:
         # DatabaseError for SQLITE_CORRUPT and SQLITE_NOTADB (sometimes with an
         # empty message), and a subclass for every other failure.
         return True
+    text = str(exc).lower()
+    # provstore's statements name only tables and columns of its schema, which
+    # the revision check on open vouched for: one missing means the stored
+    # schema text itself was damaged (a flipped byte in a CREATE TABLE).
+    if isinstance(exc, sqlite3.OperationalError) and text.startswith(
+            ("no such column", "no such table")):
+        return True
     # Text columns whose bytes are not UTF-8: the driver's own message.
-    return "could not decode to utf-8" in str(exc).lower()
+    return "could not decode to utf-8" in text
 
 
 def damaged(where: str | os.PathLike[str], exc: BaseException | str,
