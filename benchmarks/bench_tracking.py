@@ -12,7 +12,8 @@ Cases (DESIGN §11; benchmarks/README.md has the details):
 (a') the first hit in a fresh process (informational);
 (b)  cache hit with a 200 MB float64 argument: an in-memory array (hashed) and
      the array loaded from the store (``ctx.a``: keyed by artifact identity);
-(c)  miss overhead of ``tiny`` with new arguments on every call;
+(c)  miss overhead of ``tiny`` with new arguments on every call, with compute
+     leases (the default) and with ``exclusive=True``;
 (d)  two processes released at the same instant on the same call (sleeps 0.5 s,
      returns 8 MB): in how many trials was it computed twice?
 
@@ -241,17 +242,25 @@ def case_big_hit(ws: Workspace, nbytes: int, repeats: int, wait: float,
                       samples["joblib"], 20))
 
 
-def case_miss(ws: Workspace, repeats: int, wait: float, calls: int) -> Row:
-    """(c) ``tiny(i, 1000)`` with a new ``i`` on every call: all misses."""
+def case_miss(ws: Workspace, repeats: int, wait: float, calls: int) -> list[Row]:
+    """(c) ``tiny(i, 1000)`` with a new ``i`` on every call: all misses.
+
+    Twice: with compute leases (the default: any process may compute), and
+    opened with ``exclusive=True`` (this process computes alone, no lease).
+    """
     ours = provstore.open(ws.fresh("store")).track(tiny)
+    alone = provstore.open(ws.fresh("alone"), exclusive=True).track(tiny)
     base = memory(ws.fresh("joblib")).cache(tiny)
-    ours(0, 1000)  # the run record and the function's directory are not timed
-    base(0, 1000)
+    for f in (ours, alone, base):
+        f(0, 1000)  # the run record and the function's directory are not timed
     samples = interleaved({"provstore": lambda: ours(next(_fresh_args), 1000),
+                           "exclusive": lambda: alone(next(_fresh_args), 1000),
                            "joblib": lambda: base(next(_fresh_args), 1000)},
                           repeats, wait, calls, block=20)
-    return timed_row(f"(c) miss tiny(i, 1000), median of {calls} calls", samples["provstore"],
-                     samples["joblib"], 1)
+    return [timed_row(f"(c) miss tiny(i, 1000), median of {calls} calls",
+                      samples["provstore"], samples["joblib"], 1),
+            timed_row("(c) the same, exclusive=True (no lease)", samples["exclusive"],
+                      samples["joblib"], 1)]
 
 
 RACER = textwrap.dedent("""\
@@ -347,7 +356,7 @@ def run(args: argparse.Namespace) -> list[Row]:
             rows.extend(case_big_hit(ws, 20 * MB if quick else 200 * MB, reps, wait,
                                      2 if quick else 3))
         if "c" in only:
-            rows.append(case_miss(ws, reps, wait, 50 if quick else 200))
+            rows.extend(case_miss(ws, reps, wait, 50 if quick else 200))
         if "d" in only:
             rows.append(case_race(ws, 3 if quick else 10))
     finally:

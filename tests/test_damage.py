@@ -238,7 +238,7 @@ def test_a_damaged_table_definition_gives_a_database_damaged_error(tmp_path: Pat
     conn.commit()
     conn.close()
     with pytest.raises(DatabaseDamagedError, match="no such column") as info:
-        provstore.open(study).a
+        _ = provstore.open(study).a
     assert str(study / "provstore.db") in str(info.value)
 
 

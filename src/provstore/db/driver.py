@@ -34,7 +34,7 @@ from sqlalchemy.sql.expression import ClauseElement
 
 from ..errors import ProvstoreError
 from ..objects import storage_error
-from .engine import Readers, db_now, is_readonly, lock_for_write, retrying, sqlite_path, write
+from .engine import Readers, db_now, is_readonly, lock_for_write, retrying, write
 from .lite import Rows, immediate, timestamp_text
 
 __all__ = ["Rows", "Tx", "as_tx", "transaction"]
@@ -260,8 +260,7 @@ def _on_driver(engine: Engine, body: Callable[[Tx], T], readers: Readers | None)
         assert held is not None
         conn = held.dbapi_connection  # pysqlite's is the driver's: one attribute, no properties
         assert isinstance(conn, sqlite3.Connection)
-        return immediate(conn, lambda cursor: body(_Driver(cursor, engine.dialect)),
-                         sqlite_path(engine))
+        return immediate(conn, lambda cursor: body(_Driver(cursor, engine.dialect)))
     except sqlite3.Error as exc:
         raise _DriverFailed from exc
     except ProvstoreError:

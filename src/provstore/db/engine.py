@@ -75,7 +75,6 @@ from ..errors import (
 )
 from ..fstype import sqlite_file
 from ..objects import storage_error
-from . import checkpoints
 from .lite import BUSY_TIMEOUT_MS, configure, readonly_reason, readonly_uri
 
 __all__ = [
@@ -87,7 +86,6 @@ __all__ = [
     "display_url",
     "integrity_check",
     "is_readonly",
-    "sqlite_path",
     "is_sqlite",
     "lock_for_write",
     "lock_key",
@@ -136,8 +134,6 @@ def make_engine(url: str, *, durability: str = "normal", readonly: bool = False)
     _ENGINES.add(engine)
     if readonly:
         _READONLY.add(engine)
-    elif path is not None:
-        _SQLITE_PATHS[engine] = str(path)
     where = str(path) if path is not None else url
 
     @event.listens_for(engine, "connect")
@@ -174,11 +170,6 @@ def make_engine(url: str, *, durability: str = "normal", readonly: bool = False)
 def is_readonly(engine: Engine) -> bool:
     """Whether *engine* was opened read-only by :func:`make_engine`."""
     return engine in _READONLY
-
-
-def sqlite_path(engine: Engine) -> str | None:
-    """The SQLite file a writable *engine* of :func:`make_engine` writes; None for others."""
-    return _SQLITE_PATHS.get(engine)
 
 
 # SQLite result codes that mean the file's bytes are not a sound database.
@@ -305,7 +296,6 @@ def _close_at_exit() -> None:
 
 _ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
 _READONLY: weakref.WeakSet[Engine] = weakref.WeakSet()
-_SQLITE_PATHS: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
 _READERS: weakref.WeakSet[Readers] = weakref.WeakSet()
 os.register_at_fork(after_in_child=_drop_inherited_connections)
 atexit.register(_close_at_exit)
@@ -408,7 +398,6 @@ def write(engine: Engine) -> Iterator[Connection]:
             with conn.begin():
                 yield conn
                 faults.hit("txn.before_commit")
-            checkpoints.committed(_SQLITE_PATHS.get(engine))
             faults.hit("txn.after_commit")
     except DBAPIError as exc:
         fault = _storage_fault(engine, exc) or lost_connection(engine, exc)

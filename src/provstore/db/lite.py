@@ -38,7 +38,6 @@ from urllib.parse import quote
 
 from .. import faults
 from ..objects import storage_error
-from . import checkpoints
 
 __all__ = [
     "BUSY_TIMEOUT_MS", "SCHEMA_HEAD", "SCHEMA_REVISIONS", "Lite", "LiteFailed", "RowShape",
@@ -67,8 +66,6 @@ def configure(conn: sqlite3.Connection, synchronous: str, readonly: bool) -> Any
         cur.execute("PRAGMA foreign_keys=ON")
         mode = _set_wal(cur)
         cur.execute(f"PRAGMA synchronous={synchronous}")
-        # Checkpoints run on a thread of their own (see checkpoints).
-        cur.execute(f"PRAGMA wal_autocheckpoint={checkpoints.AUTOCHECKPOINT_PAGES}")
     cur.close()
     return mode
 
@@ -240,14 +237,11 @@ class Statement:
                                for c, v in zip(self.results, raw))
 
 
-def immediate(conn: sqlite3.Connection, body: Callable[[sqlite3.Cursor], T],
-              path: str | None) -> T:
+def immediate(conn: sqlite3.Connection, body: Callable[[sqlite3.Cursor], T]) -> T:
     """Run *body* on a cursor of *conn* in one ``BEGIN IMMEDIATE`` transaction; return its result.
 
     Any error rolls the transaction back and propagates. The fault points are
     those of every provstore write (``txn.before_commit``, ``txn.after_commit``).
-    *path* is the database file's, whose checkpoints the commit counts
-    toward (:mod:`provstore.db.checkpoints`).
     """
     cursor = conn.cursor()
     try:
@@ -261,7 +255,6 @@ def immediate(conn: sqlite3.Connection, body: Callable[[sqlite3.Cursor], T],
         raise
     finally:
         cursor.close()
-    checkpoints.committed(path)
     faults.hit("txn.after_commit")
     return result
 
@@ -292,7 +285,6 @@ class Lite:
 
     def __init__(self, path: Path, *, synchronous: str = "NORMAL", readonly: bool = False) -> None:
         self.path = path
-        self._path_text = str(path)  # the key of its checkpoints
         self.synchronous = synchronous
         self.readonly = readonly
         self._local = threading.local()
@@ -355,8 +347,7 @@ class Lite:
         written, and the caller runs the transaction through SQLAlchemy.
         """
         try:
-            result = immediate(self.connection(), lambda cursor: body(Tx(cursor)),
-                               self._path_text)
+            result = immediate(self.connection(), lambda cursor: body(Tx(cursor)))
         except (sqlite3.Error, UnicodeDecodeError) as exc:
             self.discard()
             raise LiteFailed(str(exc)) from exc
@@ -373,8 +364,7 @@ class Lite:
                 conn.close()
 
     def close_all(self) -> None:
-        """Close every thread's connection and the checkpoint one (each reconnects on use)."""
-        checkpoints.stop(self._path_text)
+        """Close every thread's connection (each reconnects on next use)."""
         for conn in list(self._all):
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
