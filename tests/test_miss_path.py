@@ -18,6 +18,7 @@ import pytest
 import provstore
 from provstore import hashing
 from provstore.backends.base import registry
+from provstore.computing import params_text
 from provstore.db import queries as q
 from provstore.db.driver import transaction
 from provstore.records import json_text
@@ -76,3 +77,25 @@ def test_the_claim_read_on_the_driver_matches_sqlalchemy(tmp_path: Path) -> None
     found = transaction(engine, lambda tx: tx.execute(q.CLAIM_STATE, {
         "key": "k", "code_digest": "absent"}).first())
     assert found.expires == expires and found.fence == 3
+
+
+PARAMS = [{"a": 1, "b": 'say "hi" — ünïcode\n'}, {"é": -5, "x": None}, {"a": 1.5},
+          {"a": True}, {"a": {"artifact": 3}}, {}, {"a": {"file": "/data/é.nii"}},
+          {"a": {1: 2}}, {"a": [1, "x"]}, {"a": 10**30}]
+
+
+@pytest.mark.parametrize("params", PARAMS, ids=repr)
+def test_a_calls_params_are_the_json_of_its_arguments(params: dict[str, Any]) -> None:
+    assert params_text(params) == json.dumps(params)
+
+
+def test_a_miss_records_its_arguments_readably(tmp_path: Path) -> None:
+    ctx = provstore.open(tmp_path / "store")
+
+    @ctx.track
+    def greet(name: str, times: int) -> str:
+        return name * times
+
+    assert greet('Zoë "the" first', 2) == 'Zoë "the" first' * 2
+    [call] = ctx.calls()
+    assert call.params == {"name": 'Zoë "the" first', "times": 2}

@@ -67,7 +67,9 @@ class ComputeLock:
         self.wants_exclusive = False
         #: How many calls this process has computed alone (see Computation).
         self.generation = 0
-        self._inflight: dict[str, threading.Event] = {}
+        # Key -> None while one thread computes it alone; an event once
+        # another waits (most keys never have a waiter: no event to make).
+        self._inflight: dict[str, threading.Event | None] = {}
         self._inflight_lock = threading.Lock()
 
     @property
@@ -138,9 +140,12 @@ class ComputeLock:
     def begin_alone(self, key: str) -> threading.Event | None:
         """Mark *key* computed by this thread; None, or the event of the thread computing it."""
         with self._inflight_lock:
-            running = self._inflight.get(key)
+            if key not in self._inflight:
+                self._inflight[key] = None
+                return None
+            running = self._inflight[key]
             if running is None:
-                self._inflight[key] = threading.Event()
+                running = self._inflight[key] = threading.Event()
             return running
 
     def end_alone(self, key: str) -> None:
