@@ -83,6 +83,46 @@ def test_a_miss_takes_two_write_transactions_and_reads_nothing_back(
     assert not any("inline IS NULL" in s for s in seen), seen
 
 
+def test_a_run_of_misses_claims_at_once_and_still_finds_what_others_computed(
+        counted: tuple[provstore.Context, Statements], tmp_path: Path) -> None:
+    # A sweep over new arguments: after a few misses in a row, the read for
+    # a finished call before each claim is skipped (the claim reads it).
+    ctx, statements = counted
+    (tmp_path / "sweep_mod.py").write_text(textwrap.dedent("""
+        import os
+        def scaled(x):
+            print("computed", x, os.getpid(), flush=True)
+            return 3 * x
+    """))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import sweep_mod
+    finally:
+        sys.path.remove(str(tmp_path))
+    f = ctx.track(sweep_mod.scaled)
+    for x in range(4):
+        assert f(x) == 3 * x
+    seen = statements.during(lambda: f(10))
+    assert seen[0] == "BEGIN IMMEDIATE", seen  # no read before the claim
+    # Another process computes x=11; this one, mid-sweep, must take its result.
+    other = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        import provstore, sweep_mod
+        f = provstore.open({str(ctx.store.root)!r}).track(sweep_mod.scaled)
+        f(11), f(12)
+    """)], capture_output=True, text=True, timeout=120)
+    assert other.returncode == 0 and other.stdout.startswith("computed 11"), other.stderr
+    [before] = [c.id for c in ctx.calls(status="done") if c.params == {"x": 11}]
+    assert f(11) == 33
+    assert [c.id for c in ctx.calls(status="done") if c.params == {"x": 11}] == [before]
+    # And after a hit, the next call reads before it would claim: a hit
+    # takes no write transaction.
+    assert f(1) == 3
+    hit = statements.during(lambda: f(12))
+    assert not any(s.startswith("BEGIN") for s in hit), hit
+
+
 def test_a_miss_records_a_new_code_version_and_a_known_output_value(
         counted: tuple[provstore.Context, Statements]) -> None:
     # What the statements saved above skip must still be written when needed:
