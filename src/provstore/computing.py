@@ -135,8 +135,8 @@ class Computation:
         if isinstance(c, int):  # another process computed it meanwhile
             self.store.note_hit(c)
             return load_outputs(self.store, c)
-        self.store.runs.count_miss()
         with self._holding(c) as holding:
+            self.store.runs.count_miss()
             started = time.perf_counter()
             value = self.func(*args, **kwargs)
             holding.committed = self._commit_until_done(holding, value,
@@ -150,8 +150,8 @@ class Computation:
         if isinstance(c, int):  # another task or process computed it meanwhile
             self.store.note_hit(c)
             return load_outputs(self.store, c)
-        self.store.runs.count_miss()
         with self._holding(c) as holding:
+            self.store.runs.count_miss()
             started = time.perf_counter()
             value = await self.func(*args, **kwargs)
             holding.committed = self._commit_until_done(holding, value,
@@ -212,16 +212,20 @@ class Computation:
             if block:
                 running.wait()
             return None
-        if not recompute:
-            # Committed by another thread since this call looked (each notes
-            # its key before it lets waiters go), or by this process earlier.
-            done = self.store.memo.call_for(self.key)
-            if done is None and self.generation != lock.generation:
-                done = self.store.finished_call(self.key)
-            if done is not None:
-                lock.end_alone(self.key)
-                return done
-        return leases.alone(self.key, row)
+        try:
+            if not recompute:
+                # Committed by another thread since this call looked (each notes
+                # its key before it lets waiters go), or by this process earlier.
+                done = self.store.memo.call_for(self.key)
+                if done is None and self.generation != lock.generation:
+                    done = self.store.finished_call(self.key)
+                if done is not None:
+                    lock.end_alone(self.key)
+                    return done
+            return leases.alone(self.key, row)
+        except BaseException:
+            lock.end_alone(self.key)  # or the threads waiting for it would wait forever
+            raise
 
     def _claim(self, recompute: bool) -> Claim | int:
         row, delay = self._call_row(), 0.005
