@@ -256,3 +256,42 @@ def test_exclusive_needs_a_writable_sqlite_store(tmp_path: Path, store_dir: Path
             provstore.open(store_dir, exclusive=True)
     else:
         assert provstore.open(store_dir, exclusive=True).x == 1
+
+
+def test_a_refused_exclusive_open_keeps_computing_with_leases(tmp_path: Path) -> None:
+    store = tmp_path / "study"
+    ctx = provstore.open(store)
+    assert ctx.track(lambda v: v + 1)(1) == 2  # this process computes with leases
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, provstore
+        provstore.open({str(store)!r}).track(lambda v: v)(1)
+        print("ready", flush=True)
+        sys.stdin.readline()
+    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        with pytest.raises(StoreError, match="another process computes"):
+            provstore.open(store, exclusive=True)
+        # Still a leased computer: its share of the lock was taken back.
+        assert ctx.track(lambda v: v * 3)(5) == 15
+        assert sql(store, "SELECT count(*) AS n FROM calls WHERE fence > 0")[0]["n"] >= 2
+    finally:
+        holder.communicate("\n", timeout=60)
+    # Once alone, the same process may become exclusive.
+    assert provstore.open(store, exclusive=True).track(lambda v: v - 1)(5) == 4
+    assert sql(store, "SELECT fence FROM calls ORDER BY id DESC LIMIT 1")[0]["fence"] == 0
+
+
+def test_a_closed_exclusive_store_is_exclusive_again_on_its_next_miss(tmp_path: Path) -> None:
+    store = tmp_path / "study"
+    ctx = provstore.open(store, exclusive=True)
+    ctx.store.close()
+    assert ctx.track(lambda v: v + 10)(1) == 11  # takes the lock again
+    done = run_python(f"""
+        import provstore
+        try:
+            provstore.open({str(store)!r}).track(lambda v: v)(2)
+        except provstore.StoreError:
+            print("refused")
+    """)
+    assert done.stdout.strip() == "refused", done.stderr
