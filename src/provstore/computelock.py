@@ -25,6 +25,7 @@ import fcntl
 import os
 import socket
 import threading
+import weakref
 from pathlib import Path
 
 from .errors import StoreError
@@ -115,6 +116,7 @@ class ComputeLock:
                 self.release()
             raise
         self.wants_exclusive = self._exclusive = True
+        _EXCLUSIVE.add(self)
         with contextlib.suppress(OSError):  # only a courtesy for messages
             assert self._fd is not None
             os.ftruncate(self._fd, 0)
@@ -203,3 +205,16 @@ class ComputeLock:
         if len(text) >= 2 and text[0].isdigit():
             return f"process {text[0]} on {text[1]}"
         return "another process"
+
+
+# Locks held exclusively: a fork makes them shared first (see before_fork).
+_EXCLUSIVE: weakref.WeakSet[ComputeLock] = weakref.WeakSet()
+
+
+def _share_before_fork() -> None:
+    for lock in list(_EXCLUSIVE):
+        lock.before_fork()
+    _EXCLUSIVE.clear()
+
+
+os.register_at_fork(before=_share_before_fork)

@@ -171,7 +171,6 @@ class Store:
             raise StoreError(f"cannot open the store {self.root} with exclusive=True: {why}; "
                              "open it without exclusive=True")
         self.computing.hold_exclusive()
-        _EXCLUSIVE.add(self)
 
     def _dispose(self) -> None:
         if self.computing is not None:
@@ -698,20 +697,6 @@ class Store:
         """
         self.reuse.flush()
         self._dispose()
-
-
-# Stores opened with exclusive=True: a fork makes them share (see computelock).
-_EXCLUSIVE: weakref.WeakSet[Store] = weakref.WeakSet()
-
-
-def _share_before_fork() -> None:
-    for store in list(_EXCLUSIVE):
-        if store.computing is not None:
-            store.computing.before_fork()
-    _EXCLUSIVE.clear()
-
-
-os.register_at_fork(before=_share_before_fork)
 
 
 def object_count(root: Path, *, at_least: int = 1) -> int:
