@@ -9,6 +9,7 @@ processes throughout: the lock is the kernel's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -17,6 +18,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,22 @@ def run_python(code: str) -> subprocess.CompletedProcess[str]:
     """Run *code* in a fresh interpreter; return what it printed."""
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
                           text=True, timeout=120)
+
+
+@contextlib.contextmanager
+def computing_elsewhere(store: Path) -> Iterator[None]:
+    """Another process that has computed a call of *store* (with leases) and keeps it open."""
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, provstore
+        provstore.open({str(store)!r}).track(lambda v: v)(1)
+        print("ready", flush=True)
+        sys.stdin.readline()
+    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        yield
+    finally:
+        holder.communicate("\n", timeout=60)
 
 
 def leases_and_running(store: Path) -> tuple[int, int]:
@@ -120,20 +138,10 @@ def test_other_processes_read_and_bind_but_cannot_compute(tmp_path: Path) -> Non
 def test_exclusive_is_refused_while_another_process_computes(tmp_path: Path) -> None:
     store = tmp_path / "study"
     provstore.open(store).x = 0  # created by this process, which computes nothing
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import sys, provstore
-        ctx = provstore.open({str(store)!r})
-        ctx.track(lambda v: v)(1)  # a miss: this process now computes with leases
-        print("ready", flush=True)
-        sys.stdin.readline()
-    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+    with computing_elsewhere(store):
         with pytest.raises(StoreError, match="another process computes its tracked calls"):
             provstore.open(store, exclusive=True)
         assert provstore.open(store).x == 0  # the failed attempt left the store usable
-    finally:
-        holder.communicate("\n", timeout=60)
     ctx = provstore.open(store, exclusive=True)  # free once it exited
     assert ctx.track(lambda v: v * 2)(4) == 8
 
@@ -262,21 +270,12 @@ def test_a_refused_exclusive_open_keeps_computing_with_leases(tmp_path: Path) ->
     store = tmp_path / "study"
     ctx = provstore.open(store)
     assert ctx.track(lambda v: v + 1)(1) == 2  # this process computes with leases
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import sys, provstore
-        provstore.open({str(store)!r}).track(lambda v: v)(1)
-        print("ready", flush=True)
-        sys.stdin.readline()
-    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+    with computing_elsewhere(store):
         with pytest.raises(StoreError, match="another process computes"):
             provstore.open(store, exclusive=True)
         # Still a leased computer: its share of the lock was taken back.
         assert ctx.track(lambda v: v * 3)(5) == 15
         assert sql(store, "SELECT count(*) AS n FROM calls WHERE fence > 0")[0]["n"] >= 2
-    finally:
-        holder.communicate("\n", timeout=60)
     # Once alone, the same process may become exclusive.
     assert provstore.open(store, exclusive=True).track(lambda v: v - 1)(5) == 4
     assert sql(store, "SELECT fence FROM calls ORDER BY id DESC LIMIT 1")[0]["fence"] == 0
