@@ -118,8 +118,9 @@ class Computation:
         self.func, self.identity, self.defined_at = func, identity, defined_at
         self.store, self.key, self.cv, self.inputs = store, key, cv, inputs
         self._ttl: float | None = None
-        # How many calls this process had computed alone before this one
-        # looked for its key: more when it claims, and it looks again.
+        # How many calls this process had computed alone when this miss was
+        # found: more when it claims, and the database is read again. (One
+        # that ended sooner is in the memo: a thread notes its key first.)
         self.generation = store.computing.generation if store.computing is not None else 0
         self.committed_alone: int | None = None  # the call's id, once committed without a lease
 
