@@ -113,18 +113,19 @@ def test_other_processes_read_and_bind_but_cannot_compute(tmp_path: Path) -> Non
         ctx = provstore.open({str(store)!r})
         print(ctx.x)
         ctx.y = 1
-        try:
-            ctx.track(lambda v: v + 1)(1)
-        except provstore.StoreError as exc:
-            print("refused:", exc)
-        else:
-            print("computed")
+        for _ in range(2):  # refused again: a refusal leaves no lock behind to pass for one
+            try:
+                ctx.track(lambda v: v + 1)(1)
+            except provstore.StoreError as exc:
+                print("refused:", exc)
+            else:
+                print("computed")
     """
     done = run_python(other)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == "41"
-    assert lines[1].startswith("refused:")
+    assert lines[1].startswith("refused:") and lines[2].startswith("refused:")
     assert f"exclusive=True by process {os.getpid()}" in lines[1]
     assert str(store) in lines[1]
     assert ctx.y == 1

@@ -72,6 +72,8 @@ class ComputeLock:
         # another waits (most keys never have a waiter: no event to make).
         self._inflight: dict[str, threading.Event | None] = {}
         self._inflight_lock = threading.Lock()
+        self._lock = threading.Lock()  # one thread at a time takes or lets go of the lock
+        _ALL.add(self)
 
     @property
     def exclusive(self) -> bool:
@@ -91,11 +93,14 @@ class ComputeLock:
         """
         if self._fd is not None and self._pid == os.getpid():
             return self._exclusive
-        if self.wants_exclusive:
-            self.hold_exclusive()
-            return True
-        self._take(fcntl.LOCK_SH)
-        return False
+        with self._lock:
+            if self._fd is not None and self._pid == os.getpid():
+                return self._exclusive  # another thread took it meanwhile
+            if self.wants_exclusive:
+                self._hold_exclusive()
+                return True
+            self._take(fcntl.LOCK_SH)
+            return False
 
     def hold_exclusive(self) -> None:
         """Hold the lock exclusively (``exclusive=True``).
@@ -105,6 +110,10 @@ class ComputeLock:
         StoreError
             Another process computes calls of the store, or holds it exclusively.
         """
+        with self._lock:
+            self._hold_exclusive()
+
+    def _hold_exclusive(self) -> None:
         if self.exclusive:
             return
         shared = self._fd is not None and self._pid == os.getpid()
@@ -113,7 +122,7 @@ class ComputeLock:
         except StoreError:
             # Converting a lock may drop the one held: take back the share.
             if shared and not self._relock_shared():
-                self.release()
+                self._release()
             raise
         self.wants_exclusive = self._exclusive = True
         _EXCLUSIVE.add(self)
@@ -132,6 +141,10 @@ class ComputeLock:
 
     def release(self) -> None:
         """Let go of the lock (closing the store); the next miss takes it again."""
+        with self._lock:
+            self._release()
+
+    def _release(self) -> None:
         fd, exclusive, self._fd, self._exclusive = self._fd, self.exclusive, None, False
         if fd is not None and self._pid == os.getpid():
             with contextlib.suppress(OSError):
@@ -169,18 +182,23 @@ class ComputeLock:
     def _take(self, mode: int) -> None:
         if self._fd is not None and self._pid != os.getpid():
             self._fd = None  # the parent's (inherited through fork): left as it is
-        if self._fd is None:
+        fresh = self._fd is None
+        if fresh:
             try:
                 self._fd = _open(self.path)
             except OSError as exc:
                 raise StoreError(f"cannot open the compute lock file {self.path} of the store "
                                  f"{self.root}: {exc}") from exc
             self._pid = os.getpid()
+        assert self._fd is not None
         try:
             fcntl.flock(self._fd, mode | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise self._refusal(mode) from None
         except OSError as exc:
+            if fresh:  # an open file without its lock must not pass for one held
+                os.close(self._fd)
+                self._fd = None
+            if isinstance(exc, BlockingIOError):
+                raise self._refusal(mode) from None
             raise StoreError(f"cannot lock the compute lock file {self.path} of the store "
                              f"{self.root}: {exc}") from exc
 
@@ -209,6 +227,7 @@ class ComputeLock:
 
 # Locks held exclusively: a fork makes them shared first (see before_fork).
 _EXCLUSIVE: weakref.WeakSet[ComputeLock] = weakref.WeakSet()
+_ALL: weakref.WeakSet[ComputeLock] = weakref.WeakSet()
 
 
 def _share_before_fork() -> None:
@@ -217,4 +236,12 @@ def _share_before_fork() -> None:
     _EXCLUSIVE.clear()
 
 
-os.register_at_fork(before=_share_before_fork)
+def _fresh_locks_in_child() -> None:
+    # Another thread of the parent may have held them at the fork.
+    for lock in list(_ALL):
+        lock._lock = threading.Lock()
+        lock._inflight_lock = threading.Lock()
+        lock._inflight = {}
+
+
+os.register_at_fork(before=_share_before_fork, after_in_child=_fresh_locks_in_child)
