@@ -52,14 +52,20 @@ def _not_null(column: str) -> dict[str, sa.TextClause]:
     return {'sqlite_where': where, 'postgresql_where': where}
 
 
-def upgrade() -> None:
+def _reshape(*, lean: bool) -> None:
+    """Rebuild the call tables and the partial-or-full indexes, one way or back."""
     for name, table, _ in _PARTIAL:
         op.drop_index(name, table_name=table)
     if _sqlite():
         for table in _LEAN_TABLES:
-            _rebuild(table, with_rowid=False)
+            _rebuild(table, with_rowid=not lean)
     for name, table, column in _PARTIAL:
-        op.create_index(name, table, [column], unique=False, **_not_null(column))
+        op.create_index(name, table, [column], unique=False,
+                        **(_not_null(column) if lean else {}))
+
+
+def upgrade() -> None:
+    _reshape(lean=True)
     op.create_index('ix_calls_key', 'calls', ['key'], unique=False)
     op.drop_index('ix_calls_key_status', table_name='calls')
 
@@ -67,10 +73,4 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.create_index('ix_calls_key_status', 'calls', ['key', 'status'], unique=False)
     op.drop_index('ix_calls_key', table_name='calls')
-    for name, table, _ in _PARTIAL:
-        op.drop_index(name, table_name=table)
-    if _sqlite():
-        for table in _LEAN_TABLES:
-            _rebuild(table, with_rowid=True)
-    for name, table, column in _PARTIAL:
-        op.create_index(name, table, [column], unique=False)
+    _reshape(lean=False)

@@ -165,7 +165,8 @@ class Computation:
 
     def _loaded(self, holding: _Holding, value: Any) -> Any:
         assert holding.committed is not None
-        self.store.memo.note_key(self.key, holding.committed)
+        if not holding.ours:  # (our own commit noted its key already, in _commit)
+            self.store.memo.note_key(self.key, holding.committed)
         # Another attempt's result won (ours was refused): return what it stored.
         computed = value if holding.ours else None
         return load_outputs(self.store, holding.committed, computed=computed)

@@ -233,7 +233,8 @@ def fail(engine: Engine, c: Claim, error: str) -> None:
     """Record *c*'s call as failed with *error*, and release its lease, at once."""
 
     def record(tx: Tx) -> None:
-        if c.row is not None:
+        if not c.leased:
+            assert c.row is not None
             tx.execute(q.INSERT_CALL, {**c.row, "status": "failed", "finished": utcnow(),
                                        "error": error[:10_000]})
             return
@@ -263,19 +264,20 @@ def commit(store: Store, c: Claim, prepared: list[Prepared], *, kind: str, durat
     def body(tx: Tx) -> tuple[int, list[tuple[int, bool]]] | None:
         tx.lock(f"lease {c.key}")  # a claim reads all of this or none
         now = utcnow()
-        if c.row is not None:  # no lease: the call's row, finished, is inserted now
-            call_id = int(tx.execute(q.INSERT_CALL, {
-                **c.row, "status": "done", "finished": now, "duration": duration,
-                "output_kind": kind}).scalar_one())
-        else:
+        finish = {"p_id": c.call_id, "p_finished": now, "p_duration": duration,
+                  "p_kind": kind, "p_error": None}
+        if c.leased:
             call_id = c.call_id
-            finish = {"p_id": call_id, "p_finished": now, "p_duration": duration,
-                      "p_kind": kind, "p_error": None}
             # Releasing first tells whether the lease is still ours, in one
             # statement: a taken-over call rolls nothing else in.
             if not release(tx, c):
                 tx.execute(q.FINISH_CALL, {**finish, "p_status": "orphaned"})
                 return None
+        else:  # no lease: the call's row, finished, is inserted now
+            assert c.row is not None
+            call_id = int(tx.execute(q.INSERT_CALL, {
+                **c.row, "status": "done", "finished": now, "duration": duration,
+                "output_kind": kind}).scalar_one())
         if not c.code_recorded:
             _record_code(tx, code, now)
         stored = [commit_artifact(tx, p, run_id, now) for p in prepared]
@@ -284,7 +286,7 @@ def commit(store: Store, c: Claim, prepared: list[Prepared], *, kind: str, durat
                 {"call_id": call_id, "position": i, "artifact_id": a}
                 for i, (a, _) in enumerate(stored)])
         _record_inputs(tx, call_id, inputs)
-        if c.row is None:
+        if c.leased:
             tx.execute(q.FINISH_CALL, {**finish, "p_status": "done"})
         return call_id, stored
 

@@ -166,7 +166,7 @@ class Store:
         """
         if self.computing is None:
             why = ("it was opened read-only" if self.readonly else
-                   f"its database {self.url.split('@')[-1]} is a server database, whose "
+                   f"its database {eng.display_url(self.url)} is a server database, whose "
                    "workers on other hosts no file lock can keep out")
             raise StoreError(f"cannot open the store {self.root} with exclusive=True: {why}; "
                              "open it without exclusive=True")
